@@ -1,0 +1,11 @@
+//! Block formats of GGML and MLX: a scalar reference per type that is its
+//! definition, and fast CPU (SIMD + rayon) and GPU (WGSL through wgpu) paths
+//! tested bit-for-bit against it.
+//!
+//! This crate knows blocks and bytes, nothing about files or models.
+
+#![deny(missing_docs)]
+
+mod types;
+
+pub use types::GgmlType;

@@ -1,0 +1,13 @@
+//! Model file formats: GGUF, safetensors, MLX folders, and the Hugging Face
+//! side files. Readers mmap and parse headers without touching tensor data;
+//! writers stream tensor by tensor into atomic outputs.
+
+pub mod atomic;
+pub mod error;
+pub mod gguf;
+pub mod mlx;
+pub mod mmap;
+pub mod paths;
+pub mod safetensors;
+
+pub use error::{FormatError, FormatErrorKind, Result};
