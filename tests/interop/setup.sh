@@ -20,7 +20,6 @@ smollm2_sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 log() { printf '[oracles] %s\n' "$*" >&2; }
 die() { printf '[oracles] ERROR: %s\n' "$*" >&2; exit 1; }
-key_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 mkdir -p "$cache"
 command -v cmake >/dev/null || die "cmake is not installed (Debian: apt-get install cmake)"
@@ -33,10 +32,14 @@ flock 9
 pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 # --- llama.cpp from llama-cpp-python's source distribution -----------------
-# Built native (-march=native): the key includes the CPU's feature flags so a
+# Built native (-march=native) with $ORIGIN rpaths so the cache folder can
+# move; the key includes the CPU's feature flags so a
 # cache never serves a build made for another processor.
 cpu_key=$( (uname -m; grep -m1 '^flags' /proc/cpuinfo || true) | sha256sum | cut -c1-8)
-llama_key=$(printf '%s\n' "$llama_cpp_python_version" "$cpu_key" | cat - "$here/setup.sh" | sha256sum | cut -c1-16)
+# Bump a recipe version when the steps that build a piece change.
+llama_recipe="v2 Release shared native no-curl rpath-origin targets: quantize perplexity bench imatrix gguf-split"
+venv_recipe="v1 pip -r requirements.txt + llama-cpp-python bindings without build"
+llama_key=$(printf '%s\n' "$llama_cpp_python_version" "$cpu_key" "$llama_recipe" | sha256sum | cut -c1-16)
 llama_dir="$cache/llama.cpp-$llama_cpp_python_version-$llama_key"
 if [ ! -f "$llama_dir/.complete" ]; then
   log "building llama.cpp $llama_cpp_python_version into $llama_dir (about 5 minutes on 2 cores)"
@@ -48,7 +51,7 @@ if [ ! -f "$llama_dir/.complete" ]; then
   mv "$llama_dir"/llama_cpp_python-"$llama_cpp_python_version" "$llama_dir/src"
   rm -rf "$llama_dir/dl"
   cmake -S "$llama_dir/src/vendor/llama.cpp" -B "$llama_dir/build" \
-    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON \
+    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$llama_dir/cmake.log" 2>&1 \
     || { tail -40 "$llama_dir/cmake.log" >&2; die "cmake configure of llama.cpp failed"; }
@@ -64,7 +67,7 @@ for tool in llama-quantize llama-perplexity llama-bench llama-imatrix llama-gguf
 done
 
 # --- Python venv with the pinned oracles -----------------------------------
-venv_key=$(printf '%s\n' "$pyver" "$llama_key" | cat - "$here/requirements.txt" "$here/setup.sh" | sha256sum | cut -c1-16)
+venv_key=$(printf '%s\n' "$pyver" "$llama_cpp_python_version" "$venv_recipe" | cat - "$here/requirements.txt" | sha256sum | cut -c1-16)
 venv="$cache/venv-py$pyver-$venv_key"
 if [ ! -f "$venv/.complete" ]; then
   log "creating the oracle venv in $venv (downloads torch, mlx, transformers)"
@@ -106,11 +109,11 @@ fi
 # --- Hand the paths to the tests --------------------------------------------
 env_file="$here/oracles.env"
 cat >"$env_file.tmp" <<ENV
-QFORGE_ORACLE_PYTHON=$venv/bin/python
-QFORGE_LLAMA_BIN=$llama_bin
-QFORGE_LLAMA_SRC=$llama_dir/src/vendor/llama.cpp
-LLAMA_CPP_LIB_PATH=$llama_bin
-QFORGE_SMOLLM2_GGUF=$model
+export QFORGE_ORACLE_PYTHON=$venv/bin/python
+export QFORGE_LLAMA_BIN=$llama_bin
+export QFORGE_LLAMA_SRC=$llama_dir/src/vendor/llama.cpp
+export LLAMA_CPP_LIB_PATH=$llama_bin
+export QFORGE_SMOLLM2_GGUF=$model
 ENV
 mv "$env_file.tmp" "$env_file"
 
