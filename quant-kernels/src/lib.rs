@@ -6,6 +6,9 @@
 
 #![deny(missing_docs)]
 
+mod error;
+pub mod float;
 mod types;
 
+pub use error::KernelError;
 pub use types::GgmlType;
