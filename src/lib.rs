@@ -1,4 +1,10 @@
 //! qforge: convert, quantize and verify language models across GGUF, MLX
 //! and safetensors.
 
+pub mod cli;
 pub mod formats;
+pub mod hashing;
+pub mod quant;
+
+/// The qforge version, as written into provenance metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,5 @@
-fn main(){}
+//! The qforge command line.
+
+fn main() -> std::process::ExitCode {
+    qforge::cli::main()
+}

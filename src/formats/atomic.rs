@@ -141,7 +141,8 @@ impl AtomicDir {
     pub fn commit(mut self) -> Result<()> {
         let old = if fs::symlink_metadata(&self.final_path).is_ok() {
             let aside = temp_path_for(&self.final_path);
-            fs::rename(&self.final_path, &aside).map_err(|e| FormatError::io(&self.final_path, e))?;
+            fs::rename(&self.final_path, &aside)
+                .map_err(|e| FormatError::io(&self.final_path, e))?;
             Some(aside)
         } else {
             None

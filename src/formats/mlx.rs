@@ -130,7 +130,10 @@ fn params_from(obj: &Map<String, Json>, what: &str) -> Result<QuantParams> {
         bits: get("bits")?,
     };
     if !BITS.contains(&p.bits) {
-        return Err(bad(&format!("{what}.bits is {}, MLX supports {BITS:?}", p.bits)));
+        return Err(bad(&format!(
+            "{what}.bits is {}, MLX supports {BITS:?}",
+            p.bits
+        )));
     }
     if p.group_size == 0 || p.group_size > 1 << 16 {
         return Err(bad(&format!("{what}.group_size is {}", p.group_size)));
@@ -171,9 +174,11 @@ impl MlxModel {
     pub fn open(dir: impl AsRef<Path>) -> Result<MlxModel> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
-        let text = fs::read_to_string(&config_path).map_err(|e| FormatError::io(&config_path, e))?;
-        let config: Map<String, Json> = serde_json::from_str(&text)
-            .map_err(|e| FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&config_path))?;
+        let text =
+            fs::read_to_string(&config_path).map_err(|e| FormatError::io(&config_path, e))?;
+        let config: Map<String, Json> = serde_json::from_str(&text).map_err(|e| {
+            FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&config_path)
+        })?;
         let quantization = config
             .get("quantization")
             .map(QuantConfig::from_json)
@@ -219,13 +224,19 @@ impl MlxModel {
             let Some(path) = t.name.strip_suffix(".scales") else {
                 continue;
             };
-            let err = |msg: String| FormatError::other(msg).for_tensor(&t.name).in_file(self.tensors.root());
+            let err = |msg: String| {
+                FormatError::other(msg)
+                    .for_tensor(&t.name)
+                    .in_file(self.tensors.root())
+            };
             let q = self.quantization.as_ref().ok_or_else(|| {
                 err("a quantized layer, but config.json has no \"quantization\" block".into())
             })?;
             let params = q.params_for(path).ok_or_else(|| {
-                err(format!("stored quantized, but config.json marks '{path}' unquantized"))
-                    .in_file(&config_path)
+                err(format!(
+                    "stored quantized, but config.json marks '{path}' unquantized"
+                ))
+                .in_file(&config_path)
             })?;
             let weight = self
                 .tensors
@@ -235,10 +246,17 @@ impl MlxModel {
             let biases = self
                 .tensors
                 .tensor(&format!("{path}.biases"))
-                .ok_or_else(|| err(format!("'{path}.biases' is missing (qforge reads the affine mode)")))?
+                .ok_or_else(|| {
+                    err(format!(
+                        "'{path}.biases' is missing (qforge reads the affine mode)"
+                    ))
+                })?
                 .0;
             if weight.dtype != Dtype::U32 {
-                return Err(err(format!("'{path}.weight' is {:?}, packed weights are U32", weight.dtype)));
+                return Err(err(format!(
+                    "'{path}.weight' is {:?}, packed weights are U32",
+                    weight.dtype
+                )));
             }
             let (Some((&packed, w_outer)), Some((&groups, s_outer))) =
                 (weight.shape.split_last(), t.shape.split_last())
@@ -283,7 +301,13 @@ pub fn write_folder<'a>(
 ) -> Result<()> {
     let out = AtomicDir::create(dir)?;
     let metadata = BTreeMap::from([("format".to_string(), "mlx".to_string())]);
-    write_model(out.path(), specs, Some(&metadata), Some(MAX_SHARD_BYTES), produce)?;
+    write_model(
+        out.path(),
+        specs,
+        Some(&metadata),
+        Some(MAX_SHARD_BYTES),
+        produce,
+    )?;
     let mut text = serde_json::to_string_pretty(config).expect("JSON serializes");
     text.push('\n');
     out.write_file("config.json", text.as_bytes())?;

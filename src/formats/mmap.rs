@@ -18,10 +18,7 @@ impl MappedFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<MappedFile> {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FormatError::io(path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         if len == 0 {
             return Ok(MappedFile { map: None });
         }

@@ -3,6 +3,7 @@
 //! writers stream tensor by tensor into atomic outputs.
 
 pub mod atomic;
+pub mod detect;
 pub mod error;
 pub mod gguf;
 pub mod mlx;
@@ -10,4 +11,5 @@ pub mod mmap;
 pub mod paths;
 pub mod safetensors;
 
+pub use detect::{detect, ModelFormat};
 pub use error::{FormatError, FormatErrorKind, Result};

@@ -49,7 +49,16 @@ mod tests {
     #[test]
     fn refuses_escapes() {
         let root = Path::new("/models/x");
-        for bad in ["", "../a.safetensors", "/etc/passwd", "a/b", "a\\b", "..", "a\0b", "a\nb"] {
+        for bad in [
+            "",
+            "../a.safetensors",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "..",
+            "a\0b",
+            "a\nb",
+        ] {
             assert!(safe_child(root, bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(

@@ -95,7 +95,10 @@ impl<'de> Deserialize<'de> for RawHeader {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
                 let mut seen = HashSet::new();
                 let mut out = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
@@ -155,8 +158,12 @@ impl StHeader {
             ))
             .at(8));
         }
-        let text = std::str::from_utf8(json)
-            .map_err(|_| FormatError::new(FormatErrorKind::InvalidUtf8 { what: "the JSON header" }).at(8))?;
+        let text = std::str::from_utf8(json).map_err(|_| {
+            FormatError::new(FormatErrorKind::InvalidUtf8 {
+                what: "the JSON header",
+            })
+            .at(8)
+        })?;
         let raw: RawHeader = serde_json::from_str(text.trim_end_matches(' '))
             .map_err(|e| FormatError::new(FormatErrorKind::Json(e.to_string())).at(8))?;
 
@@ -230,7 +237,11 @@ impl StHeader {
         let mut expect = 0u64;
         for t in by_offset {
             if t.begin != expect {
-                let what = if t.begin > expect { "leaves a hole before it" } else { "overlaps the tensor before it" };
+                let what = if t.begin > expect {
+                    "leaves a hole before it"
+                } else {
+                    "overlaps the tensor before it"
+                };
                 return Err(FormatError::new(FormatErrorKind::BadLayout(format!(
                     "data starts at {} but the previous tensor ends at {expect}: the data {what}",
                     t.begin
@@ -325,9 +336,11 @@ impl SafetensorsModel {
         let (root, file_names, index) = if path.is_dir() {
             let index_path = path.join(INDEX_FILE);
             if index_path.is_file() {
-                let text = fs::read_to_string(&index_path).map_err(|e| FormatError::io(&index_path, e))?;
-                let index: ShardIndex = serde_json::from_str(&text)
-                    .map_err(|e| FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&index_path))?;
+                let text =
+                    fs::read_to_string(&index_path).map_err(|e| FormatError::io(&index_path, e))?;
+                let index: ShardIndex = serde_json::from_str(&text).map_err(|e| {
+                    FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&index_path)
+                })?;
                 let mut names: Vec<String> = Vec::new();
                 for shard in index.weight_map.values() {
                     if !names.contains(shard) {
@@ -359,7 +372,9 @@ impl SafetensorsModel {
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .ok_or_else(|| FormatError::other("the path has no usable file name").in_file(path))?
+                .ok_or_else(|| {
+                    FormatError::other("the path has no usable file name").in_file(path)
+                })?
                 .to_string();
             (parent, vec![name], None)
         };
@@ -512,10 +527,16 @@ impl StTensorSpec {
 /// The header bytes (length prefix included) for tensors written in the
 /// given order, padded with spaces to a multiple of 8 as the reference
 /// writer pads it.
-fn header_bytes(specs: &[&StTensorSpec], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
+fn header_bytes(
+    specs: &[&StTensorSpec],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut map = serde_json::Map::new();
     if let Some(m) = metadata {
-        map.insert("__metadata__".into(), serde_json::to_value(m).expect("strings serialize"));
+        map.insert(
+            "__metadata__".into(),
+            serde_json::to_value(m).expect("strings serialize"),
+        );
     }
     let mut offset = 0u64;
     for s in specs {
@@ -557,7 +578,8 @@ pub fn write_file<'a>(
     let ordered = reference_order(specs);
     let header = header_bytes(&ordered, metadata).map_err(|e| e.in_file(path))?;
     let mut out = AtomicFile::create(path)?;
-    out.write_all(&header).map_err(|e| FormatError::io(path, e))?;
+    out.write_all(&header)
+        .map_err(|e| FormatError::io(path, e))?;
     for s in ordered {
         let data = produce(s).map_err(|e| e.for_tensor(&s.name))?;
         let size = s.size()?;
@@ -646,7 +668,8 @@ pub fn write_model<'a>(
         let mut out = AtomicFile::create(&path)?;
         let mut text = serde_json::to_string_pretty(&index).expect("JSON serializes");
         text.push('\n');
-        out.write_all(text.as_bytes()).map_err(|e| FormatError::io(&path, e))?;
+        out.write_all(text.as_bytes())
+            .map_err(|e| FormatError::io(&path, e))?;
         out.commit()?;
         names.push(INDEX_FILE.to_string());
     }

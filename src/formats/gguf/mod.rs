@@ -11,7 +11,9 @@ mod value;
 mod writer;
 
 pub use reader::{GgufFile, GgufHeader};
-pub use split::{merge_split, split_file, split_path, GgufModel, SplitBy, SplitName};
+pub use split::{
+    merge_split, split_file, split_file_with_metadata, split_path, GgufModel, SplitBy, SplitName,
+};
 pub use value::{Array, Metadata, Value, ValueType};
 pub use writer::{GgufWriter, TensorSpec};
 
@@ -137,5 +139,7 @@ pub fn tensor_size(dims: &[u64], ggml_type: GgmlType) -> Result<u64> {
     }
     (n / block)
         .checked_mul(ggml_type.type_size())
-        .ok_or_else(|| FormatErrorKind::BadShape(format!("shape {dims:?} overflows a byte size")).into())
+        .ok_or_else(|| {
+            FormatErrorKind::BadShape(format!("shape {dims:?} overflows a byte size")).into()
+        })
 }

@@ -12,8 +12,8 @@ use quant_kernels::GgmlType;
 
 use super::value::{Array, Metadata, Value, ValueType};
 use super::{
-    TensorInfo, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS,
-    MAX_STRING_LEN, MAX_TENSOR_NAME_LEN, MAGIC,
+    TensorInfo, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS,
+    MAX_STRING_LEN, MAX_TENSOR_NAME_LEN,
 };
 use crate::formats::error::{FormatError, FormatErrorKind, Result};
 use crate::formats::mmap::MappedFile;
@@ -60,9 +60,11 @@ impl GgufHeader {
         let n_tensors = c.u64("the tensor count")?;
         let n_kv = c.u64("the metadata count")?;
         // Smallest tensor info: empty name (8) + n_dims (4) + type (4) + offset (8).
-        c.check_count("tensor count", n_tensors, 24).map_err(|e| e.at(count_at))?;
+        c.check_count("tensor count", n_tensors, 24)
+            .map_err(|e| e.at(count_at))?;
         // Smallest key-value pair: key length (8) + type (4) + one byte.
-        c.check_count("metadata count", n_kv, 13).map_err(|e| e.at(count_at + 8))?;
+        c.check_count("metadata count", n_kv, 13)
+            .map_err(|e| e.at(count_at + 8))?;
 
         let mut metadata = Metadata::new();
         let mut seen_keys = HashSet::new();
@@ -129,9 +131,9 @@ impl GgufHeader {
             }
             let n_dims = c.u32("a tensor's dimension count").map_err(err_here)?;
             if n_dims as usize > MAX_DIMS {
-                return Err(err_here(FormatError::new(FormatErrorKind::BadShape(format!(
-                    "{n_dims} dimensions, at most {MAX_DIMS} allowed"
-                )))));
+                return Err(err_here(FormatError::new(FormatErrorKind::BadShape(
+                    format!("{n_dims} dimensions, at most {MAX_DIMS} allowed"),
+                ))));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -153,16 +155,17 @@ impl GgufHeader {
             let offset = c.u64("a tensor offset").map_err(err_here)?;
             let info = TensorInfo::new(name.clone(), dims, ggml_type, offset).map_err(err_here)?;
             if offset % alignment != 0 {
-                return Err(err_here(FormatError::new(FormatErrorKind::BadLayout(format!(
-                    "data offset {offset} is not a multiple of the alignment {alignment}"
-                )))));
+                return Err(err_here(FormatError::new(FormatErrorKind::BadLayout(
+                    format!("data offset {offset} is not a multiple of the alignment {alignment}"),
+                ))));
             }
             tensors.push(info);
         }
 
         let infos_end = c.pos as u64;
         let data_offset = if n_tensors > 0 {
-            align_up(infos_end, alignment).ok_or_else(|| FormatError::other("data offset overflows"))?
+            align_up(infos_end, alignment)
+                .ok_or_else(|| FormatError::other("data offset overflows"))?
         } else {
             infos_end
         };
@@ -282,7 +285,11 @@ impl Cursor<'_> {
     fn check_count(&self, what: &'static str, count: u64, min_size: u64) -> Result<()> {
         let max = self.remaining() / min_size;
         if count > max {
-            return Err(FormatError::new(FormatErrorKind::CountTooLarge { what, count, max }));
+            return Err(FormatError::new(FormatErrorKind::CountTooLarge {
+                what,
+                count,
+                max,
+            }));
         }
         Ok(())
     }

@@ -131,10 +131,12 @@ impl GgufModel {
         for (fi, f) in files.iter().enumerate() {
             for (ti, t) in f.tensors().iter().enumerate() {
                 if by_name.insert(t.name.clone(), order.len()).is_some() {
-                    return Err(FormatError::new(crate::formats::error::FormatErrorKind::Duplicate {
-                        what: "tensor name across splits",
-                        name: t.name.clone(),
-                    })
+                    return Err(FormatError::new(
+                        crate::formats::error::FormatErrorKind::Duplicate {
+                            what: "tensor name across splits",
+                            name: t.name.clone(),
+                        },
+                    )
                     .in_file(f.path()));
                 }
                 order.push((fi, ti));
@@ -214,7 +216,8 @@ fn plan_splits(tensors: &[&TensorInfo], by: SplitBy) -> Result<Vec<Vec<usize>>> 
     let mut splits: Vec<Vec<usize>> = vec![Vec::new()];
     let mut current = 0u64;
     for (i, t) in tensors.iter().enumerate() {
-        let padded = align_up(t.size, DEFAULT_ALIGNMENT).expect("tensor size is bounded by the file");
+        let padded =
+            align_up(t.size, DEFAULT_ALIGNMENT).expect("tensor size is bounded by the file");
         let next = current + padded;
         let cut = match by {
             SplitBy::Tensors(n) => i > 0 && i % n.max(1) == 0,
@@ -248,6 +251,17 @@ fn plan_splits(tensors: &[&TensorInfo], by: SplitBy) -> Result<Vec<Vec<usize>>> 
 /// paths written. Metadata goes into the first file only, as
 /// llama-gguf-split does.
 pub fn split_file(model: &GgufModel, prefix: &Path, by: SplitBy) -> Result<Vec<PathBuf>> {
+    split_file_with_metadata(model, model.metadata(), prefix, by)
+}
+
+/// [`split_file`] with other metadata for the first file (any `split.*`
+/// keys in it are replaced).
+pub fn split_file_with_metadata(
+    model: &GgufModel,
+    metadata: &Metadata,
+    prefix: &Path,
+    by: SplitBy,
+) -> Result<Vec<PathBuf>> {
     let tensors: Vec<(&TensorInfo, &[u8])> = model.tensors().collect();
     let infos: Vec<&TensorInfo> = tensors.iter().map(|(t, _)| *t).collect();
     let plan = plan_splits(&infos, by)?;
@@ -256,20 +270,25 @@ pub fn split_file(model: &GgufModel, prefix: &Path, by: SplitBy) -> Result<Vec<P
     let mut paths = Vec::with_capacity(count);
     for (i, members) in plan.iter().enumerate() {
         let mut meta = if i == 0 {
-            model.metadata().clone()
+            metadata.clone()
         } else {
             Metadata::new()
         };
         meta.set(keys::SPLIT_NO, Value::U16(i as u16));
         meta.set(keys::SPLIT_COUNT, Value::U16(count as u16));
         meta.set(keys::SPLIT_TENSORS_COUNT, Value::I32(tensors.len() as i32));
-        let specs: Vec<TensorSpec> = members.iter().map(|&j| TensorSpec::from(infos[j])).collect();
+        let specs: Vec<TensorSpec> = members
+            .iter()
+            .map(|&j| TensorSpec::from(infos[j]))
+            .collect();
         let path = split_path(prefix, i, count);
         let mut out = AtomicFile::create(&path)?;
-        let mut w = GgufWriter::new(&mut out, VERSION, &meta, &specs).map_err(|e| e.in_file(&path))?;
+        let mut w =
+            GgufWriter::new(&mut out, VERSION, &meta, &specs).map_err(|e| e.in_file(&path))?;
         for &j in members {
             let (t, data) = tensors[j];
-            w.write_tensor(&t.name, data).map_err(|e| e.in_file(&path))?;
+            w.write_tensor(&t.name, data)
+                .map_err(|e| e.in_file(&path))?;
         }
         w.finish().map_err(|e| e.in_file(&path))?;
         out.commit()?;
@@ -289,9 +308,11 @@ pub fn merge_split(model: &GgufModel, out_path: &Path) -> Result<()> {
     let specs: Vec<TensorSpec> = model.tensors().map(|(t, _)| TensorSpec::from(t)).collect();
     let version = model.files()[0].header().version;
     let mut out = AtomicFile::create(out_path)?;
-    let mut w = GgufWriter::new(&mut out, version, &meta, &specs).map_err(|e| e.in_file(out_path))?;
+    let mut w =
+        GgufWriter::new(&mut out, version, &meta, &specs).map_err(|e| e.in_file(out_path))?;
     for (t, data) in model.tensors() {
-        w.write_tensor(&t.name, data).map_err(|e| e.in_file(out_path))?;
+        w.write_tensor(&t.name, data)
+            .map_err(|e| e.in_file(out_path))?;
     }
     w.finish().map_err(|e| e.in_file(out_path))?;
     out.commit()

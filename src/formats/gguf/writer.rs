@@ -165,7 +165,10 @@ impl<W: Write> GgufWriter<W> {
     /// Checks that every declared tensor was written and returns the sink.
     pub fn finish(mut self) -> Result<W> {
         if let Some(t) = self.tensors.get(self.next) {
-            return Err(FormatError::other("file finished before this tensor was written").for_tensor(&t.name));
+            return Err(
+                FormatError::other("file finished before this tensor was written")
+                    .for_tensor(&t.name),
+            );
         }
         self.out.flush().map_err(|e| FormatError::new(e.into()))?;
         Ok(self.out)

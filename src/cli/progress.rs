@@ -1,0 +1,51 @@
+//! Progress on a terminal, silence everywhere else: bars draw to stderr only
+//! when it is a terminal and the run was not asked for `--json`.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A byte-count progress bar that may be hidden.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar over `total` bytes labelled `label`; hidden when `quiet` or when
+    /// stderr is not a terminal.
+    pub fn bytes(total: u64, label: &str, quiet: bool) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), draw_target(quiet));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10.bold} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        Progress { bar }
+    }
+
+    /// Shows what is being worked on.
+    pub fn set_message(&self, msg: &str) {
+        self.bar.set_message(msg.to_string());
+    }
+
+    /// Advances by `n` bytes.
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn draw_target(quiet: bool) -> ProgressDrawTarget {
+    if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    }
+}

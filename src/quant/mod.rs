@@ -1,0 +1,4 @@
+//! Quantization policy: file types and type mixes, importance matrices,
+//! MLX recipes.
+
+pub mod ftype;
