@@ -107,3 +107,52 @@ fn split_by_size_keeps_each_part_under_the_limit() {
     merge_split(&GgufModel::open(&parts[0]).unwrap(), &merged).unwrap();
     assert_eq!(sha256_file(&merged).unwrap(), sha256_file(&path).unwrap());
 }
+
+fn llama_tool(name: &str) -> PathBuf {
+    let bin = std::env::var_os("QFORGE_LLAMA_BIN").map(PathBuf::from).expect(
+        "QFORGE_LLAMA_BIN is not set: run tests/interop/setup.sh and source tests/interop/oracles.env",
+    );
+    let path = bin.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: rerun tests/interop/setup.sh",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn our_split_is_byte_identical_to_llama_gguf_split() {
+    let path = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(llama_tool("llama-gguf-split"))
+        .args(["--split", "--split-max-tensors", "100"])
+        .arg(&path)
+        .arg(dir.path().join("ref"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let model = GgufModel::open(&path).unwrap();
+    let ours = split_file(&model, &dir.path().join("ours"), SplitBy::Tensors(100)).unwrap();
+    assert_eq!(ours.len(), 3);
+    for (i, p) in ours.iter().enumerate() {
+        let reference = dir.path().join(format!("ref-{:05}-of-00003.gguf", i + 1));
+        assert_eq!(
+            sha256_file(p).unwrap(),
+            sha256_file(&reference).unwrap(),
+            "split {} differs from llama-gguf-split's",
+            i + 1
+        );
+    }
+
+    // llama-gguf-split's set merges back through our reader and writer into
+    // the original bytes (its merge tool instead keeps split.* keys).
+    let merged = dir.path().join("merged.gguf");
+    merge_split(
+        &GgufModel::open(dir.path().join("ref-00002-of-00003.gguf")).unwrap(),
+        &merged,
+    )
+    .unwrap();
+    assert_eq!(sha256_file(&merged).unwrap(), sha256_file(&path).unwrap());
+}

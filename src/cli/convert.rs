@@ -101,7 +101,7 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
 
     let split = match (args.split_max_tensors, args.split_max_size) {
-        (Some(n), _) if n == 0 => bail!("--split-max-tensors must be at least 1"),
+        (Some(0), _) => bail!("--split-max-tensors must be at least 1"),
         (Some(n), _) => Some(SplitBy::Tensors(n)),
         (None, Some(b)) => Some(SplitBy::Bytes(b)),
         (None, None) => None,

@@ -274,9 +274,14 @@ pub fn split_file_with_metadata(
         } else {
             Metadata::new()
         };
+        // llama-gguf-split sets split.count last (its setter moves a key to
+        // the end), so the keys go in this order for identical bytes.
+        for key in [keys::SPLIT_NO, keys::SPLIT_COUNT, keys::SPLIT_TENSORS_COUNT] {
+            meta.remove(key);
+        }
         meta.set(keys::SPLIT_NO, Value::U16(i as u16));
-        meta.set(keys::SPLIT_COUNT, Value::U16(count as u16));
         meta.set(keys::SPLIT_TENSORS_COUNT, Value::I32(tensors.len() as i32));
+        meta.set(keys::SPLIT_COUNT, Value::U16(count as u16));
         let specs: Vec<TensorSpec> = members
             .iter()
             .map(|&j| TensorSpec::from(infos[j]))
