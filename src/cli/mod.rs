@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod convert;
+mod fetch;
 mod inspect;
 mod progress;
 
@@ -26,6 +27,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Rewrite a model into another format or layout.
     Convert(convert::ConvertArgs),
+    /// Download a model from the Hugging Face Hub into the HF cache.
+    Fetch(fetch::FetchArgs),
 }
 
 /// Runs the command line and maps the outcome to an exit code: 0 on
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Fetch(args) => fetch::run(args),
     };
     match result {
         Ok(code) => code,
