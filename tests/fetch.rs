@@ -443,9 +443,10 @@ fn a_corrupted_body_is_deleted_and_both_hashes_are_shown() {
 fn a_gated_repo_says_how_to_give_a_token_and_is_not_retried() {
     let hub = start();
     hub.commit(REPO, "main", tiny_files(7));
-    hub.gate(REPO, "hf_good");
+    hub.gate(REPO, "hf_good", true);
     let tmp = tempfile::tempdir().unwrap();
 
+    // The listing says gated and no token is set: stop before any file.
     let err = fetch(REPO, "main", &defaults(), &options(&hub, tmp.path(), None)).unwrap_err();
     assert!(
         matches!(
@@ -458,11 +459,20 @@ fn a_gated_repo_says_how_to_give_a_token_and_is_not_retried() {
         "{err}"
     );
     let msg = err.to_string();
-    for needle in ["gated", "HF_TOKEN", "hf auth login", "token", "restricted"] {
-        assert!(msg.contains(needle), "'{needle}' missing from: {msg}");
+    for needle in ["gated", "HF_TOKEN", "hf auth login", "token", "accept"] {
+        assert!(
+            msg.to_lowercase().contains(&needle.to_lowercase()),
+            "'{needle}' missing from: {msg}"
+        );
     }
-    assert_eq!(hub.log().len(), 1, "401 is not retried");
+    assert!(
+        msg.contains(&tmp.path().join("token").display().to_string()),
+        "{msg}"
+    );
+    assert_eq!(hub.log().len(), 1, "only the listing: {:?}", hub.log());
 
+    // A token without access: 403 GatedRepo on the files, not retried.
+    hub.clear_log();
     let err = fetch(
         REPO,
         "main",
@@ -481,7 +491,7 @@ fn a_gated_repo_says_how_to_give_a_token_and_is_not_retried() {
         "{err}"
     );
     assert!(err.to_string().contains("has no access"), "{err}");
-    assert_eq!(hub.log().len(), 2, "403 is not retried");
+    assert_no_retries(&hub);
 
     hub.clear_log();
     let snap = fetch(
@@ -500,6 +510,49 @@ fn a_gated_repo_says_how_to_give_a_token_and_is_not_retried() {
     assert_eq!(cdn.len(), 1);
     assert_eq!(cdn[0].authorization, None);
     assert_nothing_partial(tmp.path());
+}
+
+#[test]
+fn a_gated_401_on_the_files_is_not_retried_and_says_what_to_do() {
+    let hub = start();
+    hub.commit(REPO, "main", tiny_files(13));
+    hub.gate(REPO, "hf_good", false); // a listing that does not say gated
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fetch(REPO, "main", &defaults(), &options(&hub, tmp.path(), None)).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            FetchErrorKind::Gated {
+                token_sent: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HF_TOKEN") && msg.contains("restricted"),
+        "the Hub's words too: {msg}"
+    );
+    let log = hub.log();
+    assert!(log.iter().any(|l| l.status == 401), "{log:?}");
+    assert_no_retries(&hub);
+    assert!(log
+        .iter()
+        .all(|l| l.method != "GET" || l.path.starts_with("/api/")));
+    assert_nothing_partial(tmp.path());
+}
+
+/// Every URL was asked once: nothing was retried.
+fn assert_no_retries(hub: &FakeHub) {
+    let log = hub.log();
+    let mut seen = std::collections::HashSet::new();
+    for l in &log {
+        assert!(
+            seen.insert((l.method.clone(), l.path.clone())),
+            "retried: {l:?}"
+        );
+    }
 }
 
 #[test]

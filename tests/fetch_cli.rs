@@ -110,7 +110,7 @@ fn fetch_prints_the_commit_and_files_and_json() {
 fn the_environment_decides_token_and_offline_mode() {
     let hub = FakeHub::start(Duration::from_secs(120));
     hub.commit(REPO, "main", files());
-    hub.gate(REPO, "hf_secret");
+    hub.gate(REPO, "hf_secret", true);
     let tmp = tempfile::tempdir().unwrap();
 
     let out = run(qforge(&hub, tmp.path(), &[REPO]));

@@ -85,6 +85,8 @@ struct Repo {
     refs: HashMap<String, String>,
     /// Gated: requests need `Authorization: Bearer <token>`.
     gate_token: Option<String>,
+    /// Whether the listing says so (`"gated": "manual"`); some mirrors don't.
+    gate_listed: bool,
 }
 
 /// What a fault does to a matching request.
@@ -249,10 +251,13 @@ impl FakeHub {
             .insert(tag.into(), commit.into());
     }
 
-    /// Makes `repo` gated: only `Bearer token` gets in.
-    pub fn gate(&self, repo: &str, token: &str) {
+    /// Makes `repo` gated: only `Bearer token` gets its files. `listed`:
+    /// whether its revision listing says `"gated": "manual"`.
+    pub fn gate(&self, repo: &str, token: &str, listed: bool) {
         let mut st = self.state.lock().unwrap();
-        st.repos.entry(repo.into()).or_default().gate_token = Some(token.into());
+        let r = st.repos.entry(repo.into()).or_default();
+        r.gate_token = Some(token.into());
+        r.gate_listed = listed;
     }
 
     pub fn fault(&self, method: &'static str, path_contains: &str, times: usize, fault: Fault) {
@@ -540,7 +545,7 @@ fn route(req: &Request, path: &str, query: &str, state: &Mutex<State>, port: u16
         };
     }
     if let Some(rest) = path.strip_prefix("/api/models/") {
-        return api(req, rest, query, state);
+        return api(rest, query, state);
     }
     // /{org}/{name}/resolve/{rev}/{path}
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
@@ -582,7 +587,7 @@ fn route(req: &Request, path: &str, query: &str, state: &Mutex<State>, port: u16
     Response::new(404).body("not found")
 }
 
-fn api(req: &Request, rest: &str, query: &str, state: &Mutex<State>) -> Response {
+fn api(rest: &str, query: &str, state: &Mutex<State>) -> Response {
     // {org}/{name}/revision/{rev} or {org}/{name}/tree/{rev}[/path]
     let parts: Vec<&str> = rest.splitn(4, '/').collect();
     if parts.len() < 4 {
@@ -590,9 +595,9 @@ fn api(req: &Request, rest: &str, query: &str, state: &Mutex<State>) -> Response
     }
     let repo_id = format!("{}/{}", parts[0], parts[1]);
     let st = state.lock().unwrap();
-    let repo = match access(req, &st, &repo_id) {
-        Ok(r) => r,
-        Err(e) => return e,
+    // As on the Hub, a gated repo's listing is public; its files are not.
+    let Some(repo) = st.repos.get(&repo_id) else {
+        return Response::error(401, "RepoNotFound", "Repository not found");
     };
     let rev = parts[3].split('/').next().unwrap_or_default();
     let rev = if parts[2] == "revision" {
@@ -628,7 +633,7 @@ fn api(req: &Request, rest: &str, query: &str, state: &Mutex<State>) -> Response
             serde_json::json!({
                 "_id": commit, "id": repo_id, "modelId": repo_id, "sha": commit,
                 "private": false, "disabled": false,
-                "gated": if repo.gate_token.is_some() { serde_json::json!("manual") } else { serde_json::json!(false) },
+                "gated": if repo.gate_listed { serde_json::json!("manual") } else { serde_json::json!(false) },
                 "downloads": 0, "likes": 0, "tags": [], "lastModified": "2026-01-01T00:00:00.000Z",
                 "siblings": siblings,
             })

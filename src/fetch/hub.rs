@@ -76,11 +76,16 @@ pub struct RevisionListing {
     pub commit: String,
     /// Every file at that commit.
     pub files: Vec<RemoteFile>,
+    /// The repo is gated: its listing is public, its files need a token.
+    pub gated: bool,
 }
 
 #[derive(Deserialize)]
 struct RawInfo {
     sha: Option<String>,
+    /// `false`, or `"auto"`/`"manual"` for a gated repo.
+    #[serde(default)]
+    gated: serde_json::Value,
     #[serde(default)]
     siblings: Vec<RawSibling>,
 }
@@ -175,6 +180,18 @@ impl HubClient {
         })
     }
 
+    /// The error for a gated repo's files when no token is set.
+    pub fn gated_without_token(&self, repo: &str) -> FetchError {
+        FetchErrorKind::Gated {
+            repo: repo.to_string(),
+            endpoint: self.config.endpoint.clone(),
+            token_sent: false,
+            token_path: self.config.token_path.clone(),
+            server_message: None,
+        }
+        .into()
+    }
+
     /// The configuration this client was made with.
     pub fn config(&self) -> &HubConfig {
         &self.config
@@ -206,6 +223,10 @@ impl HubClient {
             .sha
             .filter(|s| is_commit_hash(s))
             .ok_or_else(|| bad_response(&url, "the revision listing has no 40-hex 'sha'"))?;
+        let gated = !matches!(
+            raw.gated,
+            serde_json::Value::Null | serde_json::Value::Bool(false)
+        );
         let files = raw
             .siblings
             .into_iter()
@@ -216,7 +237,11 @@ impl HubClient {
                 path: s.rfilename,
             })
             .collect();
-        Ok(RevisionListing { commit, files })
+        Ok(RevisionListing {
+            commit,
+            files,
+            gated,
+        })
     }
 
     /// `HEAD /{repo}/resolve/{commit}/{path}`, following redirects that stay

@@ -326,6 +326,11 @@ fn fetch_online(
             cached,
         });
     }
+    if listing.gated && options.hub.token.is_none() && plan.iter().any(|p| !p.cached) {
+        // The listing of a gated repo is public; its files are not. Say so
+        // now rather than after a 401 per file.
+        return Err(client.gated_without_token(repo));
+    }
     options.observer.planned(&plan);
     cache.prepare()?;
 
