@@ -5,6 +5,7 @@ pub mod cli;
 pub mod formats;
 pub mod hashing;
 pub mod quant;
+pub mod tokenizer;
 
 /// The qforge version, as written into provenance metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
