@@ -2,8 +2,10 @@
 //! runtime tokenizer, run from Python without FFI.
 //!
 //! ```text
-//! tokenizer_tool hf-to-gguf-keys DIR OUT.gguf [--tokenizer-pre NAME] [--arch HF_ARCH]
-//!     the tokenizer.* keys for a Hugging Face folder, in a GGUF with no tensors
+//! tokenizer_tool hf-to-gguf-keys DIR OUT.gguf [--tokenizer-pre NAME] [--arch HF_ARCH] [--into BASE.gguf]
+//!     the tokenizer.* keys for a Hugging Face folder, in a GGUF with no tensors;
+//!     with --into, BASE's keys (a tensorless vocab-only file) with its
+//!     tokenizer.* keys replaced by ours, where its first one stood
 //! tokenizer_tool gguf-to-hf IN.gguf OUTDIR
 //!     tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat template
 //! tokenizer_tool encode MODEL TEXTFILE [--no-add-special] [--no-parse-special]
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use qforge::formats::atomic::AtomicFile;
-use qforge::formats::gguf::{GgufModel, GgufWriter, VERSION};
+use qforge::formats::gguf::{GgufModel, GgufWriter, Metadata, VERSION};
 use qforge::tokenizer::{check_text_hash, gguf_to_hf, hf_to_gguf_keys, HfToGgufOptions, Tokenizer};
 
 fn main() -> ExitCode {
@@ -48,7 +50,7 @@ fn option(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> 
 }
 
 fn run(mut args: Vec<String>) -> Result<(), String> {
-    let usage = "usage: tokenizer_tool hf-to-gguf-keys DIR OUT.gguf [--tokenizer-pre NAME] [--arch A] | \
+    let usage = "usage: tokenizer_tool hf-to-gguf-keys DIR OUT.gguf [--tokenizer-pre NAME] [--arch A] [--into BASE.gguf] | \
                  gguf-to-hf IN.gguf OUTDIR | encode MODEL TEXTFILE [--no-add-special] [--no-parse-special] | \
                  check-hash DIR";
     if args.is_empty() {
@@ -61,10 +63,14 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
                 tokenizer_pre: option(&mut args, "--tokenizer-pre")?,
                 architecture: option(&mut args, "--arch")?,
             };
+            let into = option(&mut args, "--into")?;
             let [dir, out] = args.as_slice() else {
                 return Err(usage.into());
             };
-            let keys = hf_to_gguf_keys(dir, &options).map_err(|e| e.to_string())?;
+            let mut keys = hf_to_gguf_keys(dir, &options).map_err(|e| e.to_string())?;
+            if let Some(base) = into {
+                keys = splice(&base, keys)?;
+            }
             let mut file = AtomicFile::create(out).map_err(|e| e.to_string())?;
             GgufWriter::new(&mut file, VERSION, &keys, &[])
                 .and_then(|w| w.finish())
@@ -105,6 +111,36 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
         }
         _ => Err(usage.into()),
     }
+}
+
+/// BASE's metadata with its tokenizer.* keys replaced by `ours`.
+fn splice(base: &str, ours: Metadata) -> Result<Metadata, String> {
+    let model = GgufModel::open(base).map_err(|e| e.to_string())?;
+    if model.tensor_count() != 0 {
+        return Err(format!(
+            "{base}: --into takes a vocab-only file with no tensors"
+        ));
+    }
+    let mut out = Metadata::new();
+    let mut placed = false;
+    for (key, value) in model.metadata().iter() {
+        if key.starts_with("tokenizer.") {
+            if !placed {
+                for (k, v) in ours.iter() {
+                    out.set(k, v.clone());
+                }
+                placed = true;
+            }
+        } else {
+            out.set(key, value.clone());
+        }
+    }
+    if !placed {
+        for (k, v) in ours.iter() {
+            out.set(k, v.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn load(model: &Path) -> Result<Tokenizer, String> {

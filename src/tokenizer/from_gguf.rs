@@ -523,7 +523,7 @@ pub fn gguf_to_hf(md: &Metadata) -> Result<HfTokenizerOutput> {
                 .iter()
                 .filter_map(|m| {
                     // llama.cpp splits at the first space after the first byte.
-                    let at = m.get(1..)?.find(' ')? + 1;
+                    let at = m.bytes().skip(1).position(|b| b == b' ')? + 1;
                     Some(json!([&m[..at], &m[at + 1..]]))
                 })
                 .collect();

@@ -380,9 +380,8 @@ fn sentencepiece_vocab(
         types[id] = ty as i32;
         Ok(())
     };
-    if let Some(Value::Object(decoder)) =
-        files.tokenizer_config_object().get("added_tokens_decoder")
-    {
+    let tc = files.tokenizer_config_object();
+    if let Some(Value::Object(decoder)) = tc.get("added_tokens_decoder") {
         for (id, data) in decoder {
             let id: usize = id.parse().map_err(|_| {
                 TokenizerError::json(format!("added_tokens_decoder key {id:?} is not an id"))
@@ -394,6 +393,37 @@ fn sentencepiece_vocab(
                 truthy(data.get("special")),
                 "added_tokens_decoder",
             )?;
+        }
+    }
+    // Better than the script: transformers 5 no longer writes
+    // added_tokens_decoder into tokenizer_config.json, and without it a
+    // piece SentencePiece marks user-defined (Gemma's <start_of_turn>,
+    // <mask>...) or a token added past the model's pieces would stay
+    // NORMAL (or [PADn]), which llama.cpp then cuts into pieces instead
+    // of matching whole. tokenizer.json's added_tokens carry what
+    // transformers 4 wrote to added_tokens_decoder: use them for exactly
+    // those tokens.
+    if flavor == SpmFlavor::Base && !tc.contains_key("added_tokens_decoder") {
+        if let Some(Value::Array(added)) = files.tokenizer_json.as_ref().map(|t| &t["added_tokens"])
+        {
+            for data in added {
+                let Some(id) = data["id"].as_u64().map(|i| i as usize) else {
+                    continue;
+                };
+                let lost = match spm.pieces.get(id) {
+                    Some(piece) => piece.kind == PieceType::UserDefined,
+                    None => true,
+                };
+                if lost {
+                    let content = data["content"].as_str().unwrap_or_default();
+                    apply_added(
+                        id,
+                        content,
+                        truthy(data.get("special")),
+                        "tokenizer.json added",
+                    )?;
+                }
+            }
         }
     }
     if flavor == SpmFlavor::Phi3 {
