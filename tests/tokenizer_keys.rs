@@ -376,3 +376,19 @@ fn gguf_without_a_tokenizer_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn huge_vocab_size_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    spm_folder(dir.path());
+    write_json(
+        dir.path(),
+        "config.json",
+        json!({"architectures": ["MistralForCausalLM"], "vocab_size": 1u64 << 40}),
+    );
+    let err = hf_to_gguf_keys(dir.path(), &HfToGgufOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("above the limit"), "{err}");
+    assert!(err.contains("config.json"), "{err}");
+}

@@ -240,8 +240,7 @@ fn bpe_vocab(
         }
     };
 
-    let vocab_size =
-        usize::try_from(vocab_size).map_err(|_| TokenizerError::json("vocab_size too large"))?;
+    let vocab_size = checked_vocab_size(vocab_size, files)?;
     let mut reverse: Vec<Option<&str>> = vec![None; vocab_size];
     for (token, &id) in &vocab {
         reverse[id as usize] = Some(token);
@@ -301,6 +300,20 @@ fn bpe_vocab(
     Ok(())
 }
 
+/// Most tokens a vocabulary may have: config.json is untrusted input, and
+/// the vocabulary is padded to its size.
+const MAX_VOCAB_SIZE: u64 = 1 << 24;
+
+fn checked_vocab_size(n: u64, files: &HfTokenizerFiles) -> Result<usize> {
+    if n > MAX_VOCAB_SIZE {
+        return Err(TokenizerError::json(format!(
+            "vocab_size {n} is above the limit of {MAX_VOCAB_SIZE} tokens"
+        ))
+        .in_file(&files.path("config.json")));
+    }
+    Ok(n as usize)
+}
+
 // ---------------------------------------------------------------------------
 // SentencePiece: `_create_vocab_sentencepiece` and Phi-3's copy of it
 
@@ -329,7 +342,7 @@ fn sentencepiece_vocab(
     };
     let vocab_size = match config_size {
         Some(0) | None => spm.pieces.len(),
-        Some(n) => usize::try_from(n).map_err(|_| TokenizerError::json("vocab_size too large"))?,
+        Some(n) => checked_vocab_size(n, files)?,
     };
     let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; vocab_size];
