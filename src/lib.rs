@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod formats;
 pub mod hashing;
 pub mod quant;
+pub mod tokenizer;
 
 /// The qforge version, as written into provenance metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
