@@ -57,6 +57,12 @@ pub(crate) fn group_params(w: &[f32], bits: u32, variant: MlxVariant) -> (f32, f
         w_max = cpp_max(w_max, x);
         w_min = cpp_min(w_min, x);
     }
+    params_from_range(w_min, w_max, bits, variant)
+}
+
+/// The formula of [`group_params`] once min and max are known.
+#[inline(always)]
+fn params_from_range(w_min: f32, w_max: f32, bits: u32, variant: MlxVariant) -> (f32, f32) {
     if bits == 1 {
         return (cpp_max(w_max - w_min, EPS), w_min);
     }
@@ -76,6 +82,27 @@ pub(crate) fn group_params(w: &[f32], bits: u32, variant: MlxVariant) -> (f32, f
     } else {
         (scale, 0.0)
     }
+}
+
+/// Min and max of a group (a multiple of 8 finite values) in 8 lanes, so
+/// the scan vectorizes. The order of comparisons differs from mlx's loop,
+/// which can only change the sign of a zero min or max; for bits >= 2
+/// that sign never reaches the output (a zero edge gives q0 = 0, bias 0,
+/// scale +-1e-7 decided by magnitudes alone). 1 bit stores the min as the
+/// bias, so it keeps mlx's sequential scan.
+#[inline(always)]
+fn min_max_lanes(w: &[f32]) -> (f32, f32) {
+    let mut lo = [f32::INFINITY; 8];
+    let mut hi = [f32::NEG_INFINITY; 8];
+    for c in w.chunks_exact(8) {
+        for i in 0..8 {
+            lo[i] = cpp_min(lo[i], c[i]);
+            hi[i] = cpp_max(hi[i], c[i]);
+        }
+    }
+    let lo = lo.iter().fold(f32::INFINITY, |a, &b| cpp_min(a, b));
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |a, &b| cpp_max(a, b));
+    (lo, hi)
 }
 
 /// The reference: quantizes one group of f32 values (already widened from
@@ -155,7 +182,7 @@ pub(crate) fn dequantize_group_ref(
 }
 
 /// The fast CPU path: same bytes as [`quantize_group_ref`] with
-/// [`MlxVariant::Cpu`], written so the element loop vectorizes.
+/// [`MlxVariant::Cpu`], written so the loops vectorize.
 ///
 /// `rint(y)` then clamping to `[0, n_bins]` equals clamping then rounding,
 /// since both bounds are integers and rint is monotonic; for
@@ -163,102 +190,77 @@ pub(crate) fn dequantize_group_ref(
 /// addition itself rounds to nearest even and the low mantissa bits are
 /// the integer. NaN cannot reach here (inputs are checked finite and
 /// `x - bias` stays within the group's finite range).
-#[inline]
+#[inline(always)]
 pub(crate) fn quantize_group_fast<const BITS: u32>(
     w: &[f32],
     dtype: MlxDtype,
     q: &mut [u8],
 ) -> (f32, f32) {
     const MAGIC: f32 = 8_388_608.0;
-    let (scale, bias) = group_params(w, BITS, MlxVariant::Cpu);
+    let (scale, bias) = if BITS == 1 {
+        group_params(w, BITS, MlxVariant::Cpu)
+    } else {
+        let (lo, hi) = min_max_lanes(w);
+        params_from_range(lo, hi, BITS, MlxVariant::Cpu)
+    };
     let nb = n_bins(BITS);
     for (qi, &x) in q.iter_mut().zip(w) {
-        let y = ((x - bias) / scale).max(0.0).min(nb);
+        let y = cpp_min(cpp_max((x - bias) / scale, 0.0), nb);
         *qi = ((y + MAGIC).to_bits() - MAGIC.to_bits()) as u8;
     }
     (round_to(dtype, scale), round_to(dtype, bias))
 }
 
-/// Fast packing of one group (a multiple of 32 values) for `BITS`.
-#[inline]
+/// Fast packing of one group (a multiple of 32 values) for `BITS`. Every
+/// 8 values fill exactly `BITS` bytes, so each run of 8 is assembled in a
+/// u64 with constant shifts and its low `BITS` bytes stored.
+#[inline(always)]
 pub(crate) fn pack_fast<const BITS: u32>(q: &[u8], out: &mut [u32]) {
-    match BITS {
-        1 | 2 | 4 | 8 => {
-            let per = (32 / BITS) as usize;
-            for (word, chunk) in out.iter_mut().zip(q.chunks_exact(per)) {
-                let mut acc = 0u32;
-                for (k, &v) in chunk.iter().enumerate() {
-                    acc |= u32::from(v) << (k as u32 * BITS);
-                }
-                *word = acc;
+    let b = BITS as usize;
+    for (words, chunk) in out.chunks_exact_mut(b).zip(q.chunks_exact(32)) {
+        let mut bytes = [0u8; 4 * 8 + 8];
+        for (r, run) in chunk.chunks_exact(8).enumerate() {
+            let mut v = 0u64;
+            for (k, &x) in run.iter().enumerate() {
+                v |= u64::from(x) << (k * b);
             }
+            bytes[r * b..r * b + 8].copy_from_slice(&v.to_le_bytes());
         }
-        _ => {
-            // 32 values fill exactly BITS words.
-            for (words, chunk) in out.chunks_exact_mut(BITS as usize).zip(q.chunks_exact(32)) {
-                let mut lo = 0u128;
-                let mut hi = 0u128;
-                for (k, &v) in chunk.iter().enumerate() {
-                    let pos = k as u32 * BITS;
-                    if pos < 128 {
-                        lo |= u128::from(v) << pos;
-                        if pos + BITS > 128 {
-                            hi |= u128::from(v) >> (128 - pos);
-                        }
-                    } else {
-                        hi |= u128::from(v) << (pos - 128);
-                    }
-                }
-                for (j, word) in words.iter_mut().enumerate() {
-                    *word = if j < 4 {
-                        (lo >> (32 * j)) as u32
-                    } else {
-                        (hi >> (32 * (j - 4))) as u32
-                    };
-                }
-            }
+        for (j, w) in words.iter_mut().enumerate() {
+            *w = u32::from_le_bytes([
+                bytes[4 * j],
+                bytes[4 * j + 1],
+                bytes[4 * j + 2],
+                bytes[4 * j + 3],
+            ]);
         }
     }
 }
 
-/// Fast unpacking of one group for `BITS`.
-#[inline]
+/// Fast unpacking of one group for `BITS` (the inverse of [`pack_fast`]).
+#[inline(always)]
 pub(crate) fn unpack_fast<const BITS: u32>(words: &[u32], q: &mut [u8]) {
-    let mask = (1u32 << BITS) - 1;
-    match BITS {
-        1 | 2 | 4 | 8 => {
-            let per = (32 / BITS) as usize;
-            for (&word, chunk) in words.iter().zip(q.chunks_exact_mut(per)) {
-                for (k, v) in chunk.iter_mut().enumerate() {
-                    *v = ((word >> (k as u32 * BITS)) & mask) as u8;
-                }
+    let b = BITS as usize;
+    if 32 % BITS == 0 {
+        let per = (32 / BITS) as usize;
+        let mask = (1u32 << BITS) - 1;
+        for (&word, chunk) in words.iter().zip(q.chunks_exact_mut(per)) {
+            for (k, v) in chunk.iter_mut().enumerate() {
+                *v = ((word >> (k as u32 * BITS)) & mask) as u8;
             }
         }
-        _ => {
-            for (ws, chunk) in words
-                .chunks_exact(BITS as usize)
-                .zip(q.chunks_exact_mut(32))
-            {
-                let mut lo = 0u128;
-                let mut hi = 0u128;
-                for (j, &w) in ws.iter().enumerate() {
-                    if j < 4 {
-                        lo |= u128::from(w) << (32 * j);
-                    } else {
-                        hi |= u128::from(w) << (32 * (j - 4));
-                    }
-                }
-                for (k, v) in chunk.iter_mut().enumerate() {
-                    let pos = k as u32 * BITS;
-                    let bits = if pos >= 128 {
-                        hi >> (pos - 128)
-                    } else if pos + BITS > 128 {
-                        (lo >> pos) | (hi << (128 - pos))
-                    } else {
-                        lo >> pos
-                    };
-                    *v = (bits as u32 & mask) as u8;
-                }
+        return;
+    }
+    let mask = (1u64 << BITS) - 1;
+    for (ws, chunk) in words.chunks_exact(b).zip(q.chunks_exact_mut(32)) {
+        let mut bytes = [0u8; 4 * 8 + 8];
+        for (j, w) in ws.iter().enumerate() {
+            bytes[4 * j..4 * j + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        for (r, run) in chunk.chunks_exact_mut(8).enumerate() {
+            let v = u64::from_le_bytes(bytes[r * b..r * b + 8].try_into().unwrap());
+            for (k, x) in run.iter_mut().enumerate() {
+                *x = ((v >> (k * b)) & mask) as u8;
             }
         }
     }

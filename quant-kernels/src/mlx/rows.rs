@@ -1,6 +1,7 @@
 //! Whole matrices: validation, the row loop (sequential for the reference,
 //! rayon for the fast path) and the dtype plumbing.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -27,6 +28,8 @@ enum Engine {
 /// A float element type of MLX arrays.
 trait Elem: Copy + Send + Sync + 'static {
     fn widen(self) -> f32;
+    /// Widens a slice (exact).
+    fn widen_slice(src: &[Self], dst: &mut [f32]);
     /// From an f32 that is already representable in `Self`.
     fn narrow(x: f32) -> Self;
 }
@@ -35,6 +38,10 @@ impl Elem for f32 {
     #[inline]
     fn widen(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
     #[inline]
     fn narrow(x: f32) -> Self {
@@ -47,6 +54,10 @@ impl Elem for f16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
+    #[inline(always)]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
     #[inline]
     fn narrow(x: f32) -> Self {
         f16::from_f32(x)
@@ -57,6 +68,12 @@ impl Elem for bf16 {
     #[inline]
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+    #[inline(always)]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
     }
     #[inline]
     fn narrow(x: f32) -> Self {
@@ -284,14 +301,14 @@ fn non_finite<T: Elem>(
 
 /// Widens one group into `buf`; the column of the first non-finite value
 /// (relative to the group) if any.
-#[inline]
+#[inline(always)]
 fn widen_group<T: Elem>(group: &[T], buf: &mut [f32]) -> Option<usize> {
-    let mut finite = true;
-    for (o, &x) in buf.iter_mut().zip(group) {
-        *o = x.widen();
-        finite &= o.is_finite();
-    }
-    if finite {
+    T::widen_slice(group, buf);
+    // An all-ones exponent plus one carries into the sign bit: NaN or inf.
+    let non_finite = buf.iter().fold(0u32, |acc, x| {
+        acc | (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000)
+    });
+    if non_finite & 0x8000_0000 == 0 {
         None
     } else {
         buf.iter().position(|x| !x.is_finite())
@@ -340,7 +357,7 @@ fn affine_row<T: Elem>(
     None
 }
 
-#[inline]
+#[inline(always)]
 fn fast_group<const BITS: u32>(
     w: &[f32],
     dtype: MlxDtype,
