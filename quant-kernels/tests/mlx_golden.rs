@@ -264,3 +264,69 @@ fn golden_inputs_are_adversarial() {
         .any(|&x| x != 0.0 && x.abs() < f32::MIN_POSITIVE));
     assert_eq!(bits_of(&rows[1][..1]), bits_of(&[0.3]));
 }
+
+#[test]
+fn ggml_blocks_transcode_like_mx_load() {
+    use quant_kernels::mlx::transcode::{ggml_to_mlx, mlx_to_ggml, GgmlBlock};
+    for (file, kind) in [
+        ("q4_0", GgmlBlock::Q4_0),
+        ("q4_1", GgmlBlock::Q4_1),
+        ("q8_0", GgmlBlock::Q8_0),
+    ] {
+        let g = load(&golden_dir().join(format!("ggml_{file}.qgold")));
+        let cols = g.meta_usize("cols");
+        let blocks = &g.tensor("blocks").bytes;
+        let t = ggml_to_mlx(kind, blocks, cols, MlxDtype::F16).unwrap();
+        assert!(t.is_exact(), "{file}: {:?}", t.first_inexact);
+        let m = t.value;
+        assert_eq!(m.weight, g.tensor("weight").as_u32(), "{file} weight");
+        assert_eq!(
+            m.scales.to_le_bytes(),
+            g.tensor("scales").bytes,
+            "{file} scales"
+        );
+        assert_eq!(
+            m.biases.as_ref().unwrap().to_le_bytes(),
+            g.tensor("biases").bytes,
+            "{file} biases"
+        );
+        let back = mlx_to_ggml(
+            kind,
+            &m.weight,
+            m.scales.as_scales(),
+            m.biases.as_ref().unwrap().as_scales(),
+            cols,
+            32,
+        )
+        .unwrap();
+        assert_eq!(&back.exact().unwrap(), blocks, "{file} round trip");
+        // Dequantized in f32, the MLX tensors give GGML's values exactly.
+        let deq = mlx::dequantize(
+            &m.weight,
+            m.scales.as_scales(),
+            m.biases.as_ref().map(ScaleBuf::as_scales),
+            cols,
+            &kind.mlx_params(),
+            DequantPrecision::F32,
+        )
+        .unwrap();
+        for (i, block) in blocks.chunks_exact(kind.block_bytes()).enumerate() {
+            let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+            for j in 0..32 {
+                let x = match kind {
+                    GgmlBlock::Q4_0 => {
+                        d * (f32::from((block[2 + j % 16] >> (4 * (j / 16))) & 15) - 8.0)
+                    }
+                    GgmlBlock::Q4_1 => {
+                        let m = f16::from_bits(u16::from_le_bytes([block[2], block[3]])).to_f32();
+                        d * f32::from((block[4 + j % 16] >> (4 * (j / 16))) & 15) + m
+                    }
+                    GgmlBlock::Q8_0 => d * f32::from(block[2 + j] as i8),
+                };
+                // Equal values; GGML's `d*0` is -0.0 for a negative d where
+                // MLX's `8d + -8d` is +0.0, hence `==`, not bits.
+                assert_eq!(deq[i * 32 + j], x, "{file} block {i} element {j}");
+            }
+        }
+    }
+}

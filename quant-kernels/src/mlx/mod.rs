@@ -32,6 +32,7 @@ mod affine;
 mod fp;
 mod numeric;
 mod rows;
+pub mod transcode;
 
 use half::{bf16, f16};
 
