@@ -26,7 +26,35 @@
 //! Mac or an NVIDIA GPU — see [`MlxVariant::Gpu`] for what differs.
 //!
 //! Rows are independent and processed in parallel with rayon; the output
-//! does not depend on the thread count.
+//! does not depend on the thread count. [`quantize_ref`] and
+//! [`dequantize_ref`] are the scalar single-threaded definitions the fast
+//! path is tested against.
+//!
+//! [`transcode`] converts GGML Q4_0/Q4_1/Q8_0 blocks to MLX affine groups
+//! and back without requantizing.
+//!
+//! # Example
+//!
+//! ```
+//! use quant_kernels::mlx::{self, DequantPrecision, MlxInput, MlxParams, ScaleBuf};
+//!
+//! let (rows, cols) = (2, 128);
+//! let w: Vec<f32> = (0..rows * cols).map(|i| (i as f32 - 128.0) / 64.0).collect();
+//! let params = MlxParams::affine(4, 64);
+//! let q = mlx::quantize(MlxInput::F32(&w), cols, &params)?;
+//! assert_eq!(q.weight.len(), rows * params.words_per_row(cols)); // [2, 16] u32
+//! assert_eq!(q.scales.len(), rows * params.groups_per_row(cols)); // [2, 2] f32
+//! let back = mlx::dequantize(
+//!     &q.weight,
+//!     q.scales.as_scales(),
+//!     q.biases.as_ref().map(ScaleBuf::as_scales),
+//!     cols,
+//!     &params,
+//!     DequantPrecision::F32,
+//! )?;
+//! assert!(back.iter().zip(&w).all(|(a, b)| (a - b).abs() < 0.04));
+//! # Ok::<(), quant_kernels::KernelError>(())
+//! ```
 
 mod affine;
 mod fp;
