@@ -241,6 +241,33 @@ fn bad_shapes_and_settings_are_refused_clearly() {
         DequantPrecision::F32
     )
     .contains("same float dtype"));
+    let mut short = vec![0f32; 4 * 96 - 1];
+    let e = mlx::dequantize_into(
+        &good.weight,
+        s,
+        Some(b),
+        96,
+        &p,
+        DequantPrecision::F32,
+        &mut short,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("output holds 383 values"), "{e}");
+    let mut out = vec![0f32; 4 * 96];
+    mlx::dequantize_into(
+        &good.weight,
+        s,
+        Some(b),
+        96,
+        &p,
+        DequantPrecision::F32,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        mlx::dequantize(&good.weight, s, Some(b), 96, &p, DequantPrecision::F32).unwrap()
+    );
     let e = mlx::dequantize(
         &good.weight,
         s,

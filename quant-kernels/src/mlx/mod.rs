@@ -66,7 +66,7 @@ use half::{bf16, f16};
 
 use crate::KernelError;
 
-pub use rows::{dequantize, dequantize_ref, quantize, quantize_ref};
+pub use rows::{dequantize, dequantize_into, dequantize_ref, quantize, quantize_ref};
 
 /// A floating dtype of MLX arrays (inputs, affine scales and biases,
 /// dequantized outputs).

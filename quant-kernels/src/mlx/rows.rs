@@ -130,6 +130,30 @@ pub fn dequantize(
     )
 }
 
+/// [`dequantize`] into a caller's buffer of `rows x cols` f32 (reusing one
+/// buffer across tensors saves the page faults of a fresh allocation,
+/// which otherwise cost more than the dequantization).
+pub fn dequantize_into(
+    weight: &[u32],
+    scales: Scales<'_>,
+    biases: Option<Scales<'_>>,
+    cols: usize,
+    params: &MlxParams,
+    precision: DequantPrecision,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    dequantize_rows(
+        weight,
+        scales,
+        biases,
+        cols,
+        params,
+        precision,
+        Engine::Fast,
+        out,
+    )
+}
+
 /// The scalar, single-threaded reference of [`dequantize`].
 pub fn dequantize_ref(
     weight: &[u32],
@@ -401,6 +425,22 @@ fn dequantize_with(
     precision: DequantPrecision,
     engine: Engine,
 ) -> Result<Vec<f32>, KernelError> {
+    let rows = check_quantized(weight, &scales, biases.as_ref(), cols, params)?;
+    let mut out = vec![0f32; rows * cols];
+    dequantize_rows(
+        weight, scales, biases, cols, params, precision, engine, &mut out,
+    )?;
+    Ok(out)
+}
+
+/// Validates quantized tensors against the settings; returns the rows.
+fn check_quantized(
+    weight: &[u32],
+    scales: &Scales<'_>,
+    biases: Option<&Scales<'_>>,
+    cols: usize,
+    params: &MlxParams,
+) -> Result<usize, KernelError> {
     check_row_length(cols, params)?;
     let wpr = params.words_per_row(cols);
     let gpr = params.groups_per_row(cols);
@@ -422,11 +462,9 @@ fn dequantize_with(
         )));
     }
     match (params.mode, biases) {
-        (MlxMode::Affine, None) => {
-            return Err(KernelError::BadLength(
-                "MLX affine dequantization needs biases".to_string(),
-            ))
-        }
+        (MlxMode::Affine, None) => Err(KernelError::BadLength(
+            "MLX affine dequantization needs biases".to_string(),
+        )),
         (MlxMode::Affine, Some(b)) => {
             if scales.dtype().is_none() || b.dtype() != scales.dtype() {
                 return Err(KernelError::Unsupported(format!(
@@ -442,13 +480,12 @@ fn dequantize_with(
                     scales.len()
                 )));
             }
+            Ok(rows)
         }
-        (mode, Some(_)) => {
-            return Err(KernelError::Unsupported(format!(
-                "biases with MLX {} (it has none)",
-                mode.name()
-            )))
-        }
+        (mode, Some(_)) => Err(KernelError::Unsupported(format!(
+            "biases with MLX {} (it has none)",
+            mode.name()
+        ))),
         (mode, None) => {
             if scales.dtype().is_some() {
                 return Err(KernelError::Unsupported(format!(
@@ -456,28 +493,50 @@ fn dequantize_with(
                     mode.name()
                 )));
             }
+            Ok(rows)
         }
     }
-    let mut out = vec![0f32; rows * cols];
-    let row_fn = |r: usize, w: &[u32], o: &mut [f32]| {
-        dequantize_row(
-            w,
-            &scales,
-            biases.as_ref(),
-            r * gpr,
-            params,
-            precision,
-            engine,
-            o,
-        )
-    };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dequantize_rows(
+    weight: &[u32],
+    scales: Scales<'_>,
+    biases: Option<Scales<'_>>,
+    cols: usize,
+    params: &MlxParams,
+    precision: DequantPrecision,
+    engine: Engine,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let rows = check_quantized(weight, &scales, biases.as_ref(), cols, params)?;
+    if out.len() != rows * cols {
+        return Err(KernelError::BadLength(format!(
+            "the output holds {} values, the dequantized {rows} x {cols} matrix needs {}",
+            out.len(),
+            rows * cols
+        )));
+    }
+    let wpr = params.words_per_row(cols);
+    let gpr = params.groups_per_row(cols);
     weight
         .par_chunks(wpr)
         .zip(out.par_chunks_mut(cols))
         .with_min_len(rows_per_task(engine, cols))
         .enumerate()
-        .for_each(|(r, (w, o))| row_fn(r, w, o));
-    Ok(out)
+        .for_each(|(r, (w, o))| {
+            dequantize_row(
+                w,
+                &scales,
+                biases.as_ref(),
+                r * gpr,
+                params,
+                precision,
+                engine,
+                o,
+            )
+        });
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
