@@ -8,6 +8,7 @@
 
 mod error;
 pub mod float;
+pub mod ggml;
 mod types;
 
 pub use error::KernelError;
