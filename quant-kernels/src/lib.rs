@@ -9,6 +9,7 @@
 mod error;
 pub mod float;
 pub mod ggml;
+mod simd;
 mod types;
 
 pub use error::KernelError;

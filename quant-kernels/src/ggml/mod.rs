@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::{GgmlType, KernelError};
+use crate::{simd, GgmlType, KernelError};
 
 pub mod reference;
 
@@ -243,11 +243,17 @@ fn check_rows(
 
 /// One row, fastest path available; same bytes as [`reference::quantize_row`].
 fn quantize_row_fast(ty: GgmlType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    if imatrix.is_none() && simd::quantize_at(simd::level(), ty, x, y) {
+        return;
+    }
     reference::quantize_row(ty, x, y, imatrix).expect("type checked by the caller");
 }
 
 /// Whole blocks, fastest path available; same values as
 /// [`reference::dequantize_row`].
 fn dequantize_row_fast(ty: GgmlType, x: &[u8], y: &mut [f32]) {
+    if simd::dequantize_at(simd::level(), ty, x, y) {
+        return;
+    }
     reference::dequantize_row(ty, x, y).expect("type checked by the caller");
 }

@@ -40,6 +40,10 @@ pub use legacy::{
     quantize_row_q5_1_impl, quantize_row_q5_1_ref, quantize_row_q8_0_ref, quantize_row_q8_1_ref,
 };
 
+pub(crate) use helpers::{
+    cvtt, get_scale_min_k4, nearest_int, put_scale_min_k4, MinSearch, GROUP_MAX_EPS,
+};
+
 use crate::float::{bf16_to_f32, f32_to_bf16, f32_to_f16, read_f16};
 use crate::{GgmlType, KernelError};
 

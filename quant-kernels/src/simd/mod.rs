@@ -1,0 +1,228 @@
+//! SIMD: the only module with `unsafe` and `std::arch`.
+//!
+//! Two kinds of kernels live here:
+//! - `portable`: safe, lane-wise Rust that LLVM vectorizes. Each is
+//!   compiled once per instruction-set level by [`versions!`] (x86-64:
+//!   baseline SSE2, AVX2+FMA+F16C, AVX-512; aarch64: NEON is baseline) and
+//!   picked at run time.
+//! - `x86` / `neon`: explicit intrinsics where the vectorizer cannot help
+//!   (f16 conversions, integer dot products).
+//!
+//! The level is detected once; `QFORGE_SIMD=scalar|avx2|avx512` caps it
+//! (for benchmarks and for bisecting a suspected SIMD bug).
+
+use std::sync::OnceLock;
+
+use crate::GgmlType;
+
+mod kquants;
+pub(crate) mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Instruction-set levels the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    /// Baseline of the target (SSE2 on x86-64, NEON on aarch64).
+    Baseline,
+    /// AVX2 + FMA + F16C (+ BMI1/2).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    /// AVX-512 F/BW/VL/DQ on top of AVX2.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+fn detect() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2");
+        let avx512 = avx2
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq");
+        if avx512 {
+            Level::Avx512
+        } else if avx2 {
+            Level::Avx2
+        } else {
+            Level::Baseline
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Level::Baseline
+    }
+}
+
+/// The level in use: the CPU's, capped by `QFORGE_SIMD`.
+pub(crate) fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cpu = detect();
+        let cap = match std::env::var("QFORGE_SIMD").as_deref() {
+            Ok("scalar") | Ok("baseline") => Level::Baseline,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        cpu.min(cap)
+    })
+}
+
+/// Levels this CPU can run (for tests that compare every level).
+#[cfg(test)]
+pub(crate) fn available_levels() -> Vec<Level> {
+    let top = detect();
+    [Level::Baseline, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|l| *l <= top)
+        .collect()
+}
+
+/// Generates, for each listed portable kernel `name(args)`, a module
+/// `name` with a `run(level, args)` that calls the kernel compiled for
+/// `level`.
+macro_rules! versions {
+    ($($kmod:ident :: $name:ident ( $($a:ident : $t:ty),* );)*) => {$(
+        #[allow(non_snake_case)]
+        pub(crate) mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+            fn avx2($($a: $t),*) {
+                $kmod::$name($($a),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+            fn avx512($($a: $t),*) {
+                $kmod::$name($($a),*)
+            }
+
+            #[inline]
+            pub(crate) fn run(level: Level, $($a: $t),*) {
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `level` never exceeds what `detect` found on
+                    // this CPU (callers pass `level()` or a level from
+                    // `available_levels`), so AVX-512 F/BW/VL/DQ, AVX2, FMA,
+                    // F16C and BMI are present.
+                    Level::Avx512 => unsafe { avx512($($a),*) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above, AVX2, FMA, F16C and BMI are present.
+                    Level::Avx2 => unsafe { avx2($($a),*) },
+                    _ => $kmod::$name($($a),*),
+                }
+            }
+        }
+    )*};
+}
+
+versions! {
+    portable::dequantize_q4_0(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q4_1(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q5_0(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q5_1(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q8_0(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q2_k(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q3_k(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q4_k(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q5_k(x: &[u8], y: &mut [f32]);
+    portable::dequantize_q6_k(x: &[u8], y: &mut [f32]);
+    portable::dequantize_iq4_nl(x: &[u8], y: &mut [f32]);
+    portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
+    portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
+    portable::dequantize_f32(x: &[u8], y: &mut [f32]);
+    portable::quantize_q8_0(x: &[f32], y: &mut [u8]);
+    portable::quantize_q4_0(x: &[f32], y: &mut [u8]);
+    portable::quantize_q4_1(x: &[f32], y: &mut [u8]);
+    portable::quantize_q5_0(x: &[f32], y: &mut [u8]);
+    portable::quantize_q5_1(x: &[f32], y: &mut [u8]);
+    portable::quantize_bf16(x: &[f32], y: &mut [u8]);
+    portable::quantize_f32(x: &[f32], y: &mut [u8]);
+    kquants::quantize_q2_k(x: &[f32], y: &mut [u8]);
+    kquants::quantize_q4_k(x: &[f32], y: &mut [u8]);
+    kquants::quantize_q5_k(x: &[f32], y: &mut [u8]);
+    kquants::quantize_q6_k(x: &[f32], y: &mut [u8]);
+}
+
+/// Dequantizes whole blocks of `ty` at `level`; false when there is no
+/// fast kernel for `ty` (the caller then runs the reference).
+pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32]) -> bool {
+    use GgmlType as T;
+    match ty {
+        T::Q4_0 => dequantize_q4_0::run(level, x, y),
+        T::Q4_1 => dequantize_q4_1::run(level, x, y),
+        T::Q5_0 => dequantize_q5_0::run(level, x, y),
+        T::Q5_1 => dequantize_q5_1::run(level, x, y),
+        T::Q8_0 => dequantize_q8_0::run(level, x, y),
+        T::Q2K => dequantize_q2_k::run(level, x, y),
+        T::Q3K => dequantize_q3_k::run(level, x, y),
+        T::Q4K => dequantize_q4_k::run(level, x, y),
+        T::Q5K => dequantize_q5_k::run(level, x, y),
+        T::Q6K => dequantize_q6_k::run(level, x, y),
+        T::IQ4NL => dequantize_iq4_nl::run(level, x, y),
+        T::IQ4XS => dequantize_iq4_xs::run(level, x, y),
+        T::BF16 => dequantize_bf16::run(level, x, y),
+        T::F32 => dequantize_f32::run(level, x, y),
+        T::F16 => return f16_to_f32_row(level, x, y),
+        _ => return false,
+    }
+    true
+}
+
+/// Quantizes rows to `ty` at `level` without importance weights; false
+/// when there is no fast kernel for `ty`.
+pub(crate) fn quantize_at(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -> bool {
+    use GgmlType as T;
+    match ty {
+        T::Q8_0 => quantize_q8_0::run(level, x, y),
+        T::Q4_0 => quantize_q4_0::run(level, x, y),
+        T::Q4_1 => quantize_q4_1::run(level, x, y),
+        T::Q5_0 => quantize_q5_0::run(level, x, y),
+        T::Q5_1 => quantize_q5_1::run(level, x, y),
+        T::BF16 => quantize_bf16::run(level, x, y),
+        T::F32 => quantize_f32::run(level, x, y),
+        T::Q2K => quantize_q2_k::run(level, x, y),
+        T::Q4K => quantize_q4_k::run(level, x, y),
+        T::Q5K => quantize_q5_k::run(level, x, y),
+        T::Q6K => quantize_q6_k::run(level, x, y),
+        T::F16 => return f32_to_f16_row(level, x, y),
+        _ => return false,
+    }
+    true
+}
+
+/// F16 bytes to f32 with the CPU's conversion instructions.
+fn f16_to_f32_row(level: Level, x: &[u8], y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
+        // SAFETY: F16C and AVX are present at this level (see `detect`).
+        unsafe { x86::f16_to_f32_row(x, y) };
+        return true;
+    }
+    let _ = (level, x, y);
+    false
+}
+
+/// f32 to F16 bytes (round to nearest even) with the CPU's instructions.
+fn f32_to_f16_row(level: Level, x: &[f32], y: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
+        // SAFETY: F16C and AVX are present at this level (see `detect`).
+        unsafe { x86::f32_to_f16_row(x, y) };
+        return true;
+    }
+    let _ = (level, x, y);
+    false
+}
+
+#[cfg(test)]
+mod tests;
