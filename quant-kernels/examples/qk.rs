@@ -4,6 +4,8 @@
 //! ```text
 //! qk quantize TYPE IN.f32 OUT.bin --n-per-row N [--imatrix W.f32]
 //! qk dequantize TYPE IN.bin OUT.f32
+//! qk quantize-act TYPE IN.f32 OUT.bin           (TYPE: an activation type)
+//! qk vec-dot TYPE W.bin A.bin OUT.f32 --n N     (row i of W with row i of A)
 //! ```
 
 use std::process::ExitCode;
@@ -85,7 +87,37 @@ fn run(args: &[String]) -> Result<(), String> {
             ggml::dequantize(ty, &q, &mut y).map_err(|e| e.to_string())?;
             write_f32(output, &y)
         }
-        _ => Err("usage: qk quantize TYPE IN.f32 OUT.bin --n-per-row N [--imatrix W.f32]\n       qk dequantize TYPE IN.bin OUT.f32".into()),
+        ["quantize-act", ty, input, output] => {
+            let ty = parse_type(ty)?;
+            let x = read_f32(input)?;
+            let mut y = vec![0u8; ggml::row_size(ty, x.len()).map_err(|e| e.to_string())?];
+            ggml::quantize_activations(ty, &x, &mut y).map_err(|e| e.to_string())?;
+            std::fs::write(output, y).map_err(|e| format!("{output}: {e}"))
+        }
+        ["vec-dot", ty, weights, acts, output] => {
+            let ty = parse_type(ty)?;
+            let n = usize_opt(&opts, "n")?;
+            let vdt = ggml::vec_dot_type(ty).ok_or(format!("{ty} has no dot product"))?;
+            let w = std::fs::read(weights).map_err(|e| format!("{weights}: {e}"))?;
+            let a = std::fs::read(acts).map_err(|e| format!("{acts}: {e}"))?;
+            let (wb, ab) = (
+                ggml::row_size(ty, n).map_err(|e| e.to_string())?,
+                ggml::row_size(vdt, n).map_err(|e| e.to_string())?,
+            );
+            let rows = w.len() / wb;
+            if a.len() != rows * ab {
+                return Err(format!("{rows} weight rows but {} activation bytes", a.len()));
+            }
+            let mut out = Vec::with_capacity(rows);
+            for r in 0..rows {
+                out.push(
+                    ggml::vec_dot(ty, &w[r * wb..(r + 1) * wb], &a[r * ab..(r + 1) * ab], n)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            write_f32(output, &out)
+        }
+        _ => Err("usage: qk quantize TYPE IN.f32 OUT.bin --n-per-row N [--imatrix W.f32]\n       qk dequantize TYPE IN.bin OUT.f32\n       qk quantize-act TYPE IN.f32 OUT.bin\n       qk vec-dot TYPE W.bin A.bin OUT.f32 --n N".into()),
     }
 }
 

@@ -164,3 +164,56 @@ fn dequantize_matches_ggml_to_float() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn activations_match_ggml_cpu_from_float() {
+    let g = golden();
+    let mut failures = Vec::new();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q8K,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::F32,
+    ] {
+        let mut got = vec![0u8; ggml::row_size(ty, g.rows.len()).unwrap()];
+        ggml::quantize_activations(ty, &g.rows, &mut got).unwrap();
+        if let Err(e) = check(&g, ty, "act", &got, Some(&format!("act_{}.bin", ty.name()))) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn vec_dot_matches_ggml_cpu_vec_dot() {
+    let g = golden();
+    let n = g.n_per_row;
+    let mut failures = Vec::new();
+    for &ty in ggml::QUANTIZABLE {
+        let vdt = ggml::vec_dot_type(ty).unwrap();
+        let mut w = vec![0u8; ggml::row_size(ty, g.rows.len()).unwrap()];
+        ggml::quantize(ty, &g.rows, n, None, &mut w).unwrap();
+        let mut a = vec![0u8; ggml::row_size(vdt, g.rows.len()).unwrap()];
+        ggml::quantize_activations(vdt, &g.rows, &mut a).unwrap();
+        let (wb, ab) = (
+            ggml::row_size(ty, n).unwrap(),
+            ggml::row_size(vdt, n).unwrap(),
+        );
+        for r in 0..g.rows.len() / n {
+            let got =
+                ggml::vec_dot(ty, &w[r * wb..(r + 1) * wb], &a[r * ab..(r + 1) * ab], n).unwrap();
+            let key = (ty.name().to_string(), format!("dot_{r}"));
+            let want = f32::from_bits(u32::from_str_radix(&g.expect[&key].1, 16).unwrap());
+            if got.to_bits() != want.to_bits() && !(got.is_nan() && want.is_nan()) {
+                failures.push(format!(
+                    "{ty} row {r}: {got:e} ({:08x}), ggml {want:e} ({:08x})",
+                    got.to_bits(),
+                    want.to_bits()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

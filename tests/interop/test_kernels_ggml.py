@@ -182,3 +182,39 @@ def test_requantize_model_like_ggml(ty, with_imatrix, rows_by_width, ggml, qk, t
             py = np.ascontiguousarray(py).view(np.uint8).reshape(-1)
             assert_same_bytes(ty, ours, py, "vs gguf-py quantize")
 
+
+DOT_ROWS = 2048
+
+
+@pytest.mark.parametrize("ty", QUANT_TYPES)
+def test_vec_dot_model_like_ggml_cpu(ty, rows_by_width, ggml, qk, tmp_path):
+    """Activations quantized like the CPU backend's from_float, and dot
+    products of model weight rows with them, equal to ggml's bit for bit.
+
+    Weights: the first rows of each width group; activations: the rows
+    after them, each scaled by a random power of ten (10^-2..10^2)."""
+    vdt = ggml.vec_dot_type(ty)
+    rng = np.random.default_rng(7)
+    for width, (_, x) in sorted(rows_by_width.items()):
+        n = n_per_row_for(ty, width)
+        rows = x.reshape(-1, n)
+        r = min(DOT_ROWS, rows.shape[0] // 2)
+        w = np.ascontiguousarray(rows[:r])
+        act = (rows[r:2 * r] * (10.0 ** rng.uniform(-2, 2, (r, 1)))).astype(np.float32)
+        wq = ggml.quantize(ty, w, n)
+        aq = ggml.from_float(vdt, act)
+
+        act.tofile(tmp_path / "act.f32")
+        run_qk(qk, "quantize-act", vdt, tmp_path / "act.f32", tmp_path / "act.bin")
+        assert_same_bytes(vdt, np.fromfile(tmp_path / "act.bin", dtype=np.uint8), aq,
+                          f"activations of {n}")
+
+        wq.tofile(tmp_path / "w.bin")
+        aq.tofile(tmp_path / "a.bin")
+        run_qk(qk, "vec-dot", ty, tmp_path / "w.bin", tmp_path / "a.bin", tmp_path / "d.f32",
+               "--n", n)
+        ours = np.fromfile(tmp_path / "d.f32", dtype=np.float32)
+        wr, ar = wq.reshape(r, -1), aq.reshape(r, -1)
+        theirs = np.array([ggml.vec_dot(ty, wr[i], ar[i], n) for i in range(r)],
+                          dtype=np.float32)
+        assert_same_floats(ty, ours, theirs, f"vec_dot over rows of {n}")

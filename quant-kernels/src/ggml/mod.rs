@@ -257,3 +257,76 @@ fn dequantize_row_fast(ty: GgmlType, x: &[u8], y: &mut [f32]) {
     }
     reference::dequantize_row(ty, x, y).expect("type checked by the caller");
 }
+
+/// The activation type ggml's CPU backend quantizes activations to for dot
+/// products with weights of `ty` (its `vec_dot_type`): Q8_0 for Q4_0, Q5_0,
+/// Q8_0 and IQ4_NL; Q8_1 for Q4_1 and Q5_1; Q8_K for the K-quants and
+/// IQ4_XS; the type itself for F32, F16 and BF16. `None` for types without
+/// a dot product here.
+pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
+    reference::vec_dot_type(ty)
+}
+
+/// Quantizes activations `x` to `vec_dot_type` (a value returned by
+/// [`vec_dot_type`]) exactly as ggml's x86-64 CPU backend does (its SIMD
+/// `from_float`, which rounds Q8_0/Q8_1 half to even with scale `127/amax`,
+/// unlike the `_ref` quantizer). `x.len()` must be a multiple of the block
+/// size and `dst` the matching byte size. NaN and infinities are refused.
+pub fn quantize_activations(
+    vec_dot_type: GgmlType,
+    x: &[f32],
+    dst: &mut [u8],
+) -> Result<(), KernelError> {
+    use GgmlType as T;
+    if !matches!(
+        vec_dot_type,
+        T::Q8_0 | T::Q8_1 | T::Q8K | T::F16 | T::BF16 | T::F32
+    ) {
+        return Err(KernelError::Unsupported(format!(
+            "{vec_dot_type} is not an activation type"
+        )));
+    }
+    let want = row_size(vec_dot_type, x.len())?;
+    if dst.len() != want {
+        return Err(KernelError::BadLength(format!(
+            "{} values as {vec_dot_type} take {want} bytes, the output has {}",
+            x.len(),
+            dst.len()
+        )));
+    }
+    if let Some(index) = first_non_finite(x) {
+        return Err(KernelError::NonFinite {
+            index,
+            value: x[index],
+        });
+    }
+    reference::quantize_activations_row(vec_dot_type, x, dst)
+}
+
+/// Dot product of `n` values: one row of weights of type `ty` and one row
+/// of activations quantized with [`quantize_activations`] to
+/// `vec_dot_type(ty)`, computed as ggml's CPU backend computes it on
+/// x86-64 with AVX2 (quantized types) and AVX-512 (F32, F16: four 16-lane
+/// accumulators; BF16: AVX512-BF16), so that results equal ggml's bit for
+/// bit on such a CPU. Both rows must hold exactly `n` values.
+pub fn vec_dot(
+    ty: GgmlType,
+    weights: &[u8],
+    activations: &[u8],
+    n: usize,
+) -> Result<f32, KernelError> {
+    let vdt = vec_dot_type(ty)
+        .ok_or_else(|| KernelError::Unsupported(format!("dot products of {ty}")))?;
+    let (wb, ab) = (row_size(ty, n)?, row_size(vdt, n)?);
+    if weights.len() != wb || activations.len() != ab {
+        return Err(KernelError::BadLength(format!(
+            "{n} values take {wb} bytes of {ty} and {ab} bytes of {vdt}; got {} and {}",
+            weights.len(),
+            activations.len()
+        )));
+    }
+    match simd::vec_dot_at(simd::level(), ty, n, weights, activations) {
+        Some(v) => Ok(v),
+        None => reference::vec_dot(ty, n, weights, activations),
+    }
+}

@@ -13,6 +13,7 @@
 
 use std::sync::OnceLock;
 
+use crate::ggml::reference;
 use crate::GgmlType;
 
 mod kquants;
@@ -151,6 +152,86 @@ versions! {
     kquants::quantize_q4_k(x: &[f32], y: &mut [u8]);
     kquants::quantize_q5_k(x: &[f32], y: &mut [u8]);
     kquants::quantize_q6_k(x: &[f32], y: &mut [u8]);
+}
+
+/// Like `versions!` for the dot products, which return their value.
+macro_rules! dot_versions {
+    ($($name:ident;)*) => {$(
+        #[allow(non_snake_case)]
+        pub(crate) mod $name {
+            use super::*;
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+            fn avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                reference::$name(n, w, a)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+            fn avx512(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                reference::$name(n, w, a)
+            }
+
+            #[inline]
+            pub(crate) fn run(level: Level, n: usize, w: &[u8], a: &[u8]) -> f32 {
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `level` never exceeds what `detect` found on
+                    // this CPU, so AVX-512 F/BW/VL/DQ, AVX2, FMA, F16C and
+                    // BMI are present.
+                    Level::Avx512 => unsafe { avx512(n, w, a) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above, AVX2, FMA, F16C and BMI are present.
+                    Level::Avx2 => unsafe { avx2(n, w, a) },
+                    _ => reference::$name(n, w, a),
+                }
+            }
+        }
+    )*};
+}
+
+dot_versions! {
+    vec_dot_f32;
+    vec_dot_f16;
+    vec_dot_bf16;
+    vec_dot_q4_0_q8_0;
+    vec_dot_q4_1_q8_1;
+    vec_dot_q5_0_q8_0;
+    vec_dot_q5_1_q8_1;
+    vec_dot_q8_0_q8_0;
+    vec_dot_q2_k_q8_k;
+    vec_dot_q3_k_q8_k;
+    vec_dot_q4_k_q8_k;
+    vec_dot_q5_k_q8_k;
+    vec_dot_q6_k_q8_k;
+    vec_dot_iq4_nl_q8_0;
+    vec_dot_iq4_xs_q8_k;
+}
+
+/// The dot product of `ggml::reference::vec_dot` for `ty`, compiled for
+/// `level` (the same arithmetic: lane-wise FMAs and integer sums cannot
+/// change under vectorization). `None` for types without one.
+pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Option<f32> {
+    use GgmlType as T;
+    Some(match ty {
+        T::F32 => vec_dot_f32::run(level, n, w, a),
+        T::F16 => vec_dot_f16::run(level, n, w, a),
+        T::BF16 => vec_dot_bf16::run(level, n, w, a),
+        T::Q4_0 => vec_dot_q4_0_q8_0::run(level, n, w, a),
+        T::Q4_1 => vec_dot_q4_1_q8_1::run(level, n, w, a),
+        T::Q5_0 => vec_dot_q5_0_q8_0::run(level, n, w, a),
+        T::Q5_1 => vec_dot_q5_1_q8_1::run(level, n, w, a),
+        T::Q8_0 => vec_dot_q8_0_q8_0::run(level, n, w, a),
+        T::Q2K => vec_dot_q2_k_q8_k::run(level, n, w, a),
+        T::Q3K => vec_dot_q3_k_q8_k::run(level, n, w, a),
+        T::Q4K => vec_dot_q4_k_q8_k::run(level, n, w, a),
+        T::Q5K => vec_dot_q5_k_q8_k::run(level, n, w, a),
+        T::Q6K => vec_dot_q6_k_q8_k::run(level, n, w, a),
+        T::IQ4NL => vec_dot_iq4_nl_q8_0::run(level, n, w, a),
+        T::IQ4XS => vec_dot_iq4_xs_q8_k::run(level, n, w, a),
+        _ => return None,
+    })
 }
 
 /// Dequantizes whole blocks of `ty` at `level`; false when there is no

@@ -141,3 +141,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn dot_products_match_the_reference_at_every_level(w in finite_row(), x in finite_row()) {
+        for &ty in TYPES {
+            let vdt = reference::vec_dot_type(ty).unwrap();
+            let mut wq = vec![0u8; ty.row_size(512).unwrap() as usize];
+            reference::quantize_row(ty, &w, &mut wq, None).unwrap();
+            let mut aq = vec![0u8; vdt.row_size(512).unwrap() as usize];
+            reference::quantize_activations_row(vdt, &x, &mut aq).unwrap();
+            let want = reference::vec_dot(ty, 512, &wq, &aq).unwrap();
+            for level in available_levels() {
+                let got = vec_dot_at(level, ty, 512, &wq, &aq).unwrap();
+                prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{} at {:?}: {} vs {}", ty, level, got, want);
+            }
+        }
+    }
+}

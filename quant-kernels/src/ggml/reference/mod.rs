@@ -17,11 +17,18 @@
 // Kernels index blocks the way the C they transcribe does.
 #![allow(clippy::needless_range_loop)]
 
+mod dot;
 mod helpers;
 mod iq4;
 mod kquants;
 mod legacy;
 
+pub use dot::{
+    quantize_row_q8_0_act, quantize_row_q8_1_act, vec_dot_bf16, vec_dot_f16, vec_dot_f32,
+    vec_dot_iq4_nl_q8_0, vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k,
+    vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
+    vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
+};
 pub use iq4::{
     dequantize_row_iq4_nl, dequantize_row_iq4_xs, quantize_row_iq4_nl_impl,
     quantize_row_iq4_nl_ref, quantize_row_iq4_xs_impl, KVALUES_IQ4NL,
@@ -187,4 +194,61 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> Result<(), Kerne
         _ => return Err(KernelError::Unsupported(format!("dequantizing {ty}"))),
     }
     Ok(())
+}
+
+/// The activation type ggml's CPU backend pairs with weights of `ty` in
+/// dot products (`type_traits_cpu[ty].vec_dot_type`).
+pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
+    use GgmlType as T;
+    Some(match ty {
+        T::F32 => T::F32,
+        T::F16 => T::F16,
+        T::BF16 => T::BF16,
+        T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4NL => T::Q8_0,
+        T::Q4_1 | T::Q5_1 => T::Q8_1,
+        T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::IQ4XS => T::Q8K,
+        _ => return None,
+    })
+}
+
+/// One row of activations quantized to `vdt` as the CPU backend's
+/// `from_float` does (the x86 SIMD rounding for Q8_0/Q8_1, the reference
+/// for Q8_K, F16 and BF16 round to nearest even, F32 copies).
+pub fn quantize_activations_row(vdt: GgmlType, x: &[f32], y: &mut [u8]) -> Result<(), KernelError> {
+    use GgmlType as T;
+    match vdt {
+        T::Q8_0 => quantize_row_q8_0_act(x, y),
+        T::Q8_1 => quantize_row_q8_1_act(x, y),
+        T::Q8K => quantize_row_q8_k_ref(x, y),
+        T::F16 => quantize_row_f16(x, y),
+        T::BF16 => quantize_row_bf16(x, y),
+        T::F32 => quantize_row_f32(x, y),
+        _ => return Err(KernelError::Unsupported(format!("{vdt} activations"))),
+    }
+    Ok(())
+}
+
+/// ggml's CPU `vec_dot` for weights of `ty` against activations of
+/// `vec_dot_type(ty)`, both `n` values long (see `dot` for the arithmetic).
+/// Panics if the rows are shorter than `n` values.
+pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, KernelError> {
+    use GgmlType as T;
+    Ok(match ty {
+        T::F32 => vec_dot_f32(n, w, a),
+        T::F16 => vec_dot_f16(n, w, a),
+        T::BF16 => vec_dot_bf16(n, w, a),
+        T::Q4_0 => vec_dot_q4_0_q8_0(n, w, a),
+        T::Q4_1 => vec_dot_q4_1_q8_1(n, w, a),
+        T::Q5_0 => vec_dot_q5_0_q8_0(n, w, a),
+        T::Q5_1 => vec_dot_q5_1_q8_1(n, w, a),
+        T::Q8_0 => vec_dot_q8_0_q8_0(n, w, a),
+        T::Q2K => vec_dot_q2_k_q8_k(n, w, a),
+        T::Q3K => vec_dot_q3_k_q8_k(n, w, a),
+        T::Q4K => vec_dot_q4_k_q8_k(n, w, a),
+        T::Q5K => vec_dot_q5_k_q8_k(n, w, a),
+        T::Q6K => vec_dot_q6_k_q8_k(n, w, a),
+        T::IQ4NL => vec_dot_iq4_nl_q8_0(n, w, a),
+        T::IQ4XS => vec_dot_iq4_xs_q8_k(n, w, a),
+        _ => return Err(KernelError::Unsupported(format!("dot products of {ty}"))),
+    })
 }
