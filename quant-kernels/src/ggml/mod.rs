@@ -102,15 +102,11 @@ fn rows_per_task(n_per_row: usize) -> usize {
 
 /// Index of the first NaN or infinity in `x`, if any.
 fn first_non_finite(x: &[f32]) -> Option<usize> {
-    // Branch-free accumulation first so the common all-finite case
-    // vectorizes; locate the offender only when there is one.
-    let bad = x.iter().fold(false, |acc, v| {
-        acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
-    });
-    if bad {
-        x.iter().position(|v| !v.is_finite())
-    } else {
+    // A vectorized check first; locate the offender only when there is one.
+    if simd::all_finite(x) {
         None
+    } else {
+        x.iter().position(|v| !v.is_finite())
     }
 }
 

@@ -11,6 +11,70 @@ use crate::ggml::reference::{
 
 const QK_K: usize = 256;
 
+/// The two lane-parallel searches, over 8 sub-blocks at a time: the
+/// portable version below, or explicit AVX2 (`x86`).
+pub(crate) trait Search {
+    /// `make_qkx2_quants` / `make_qkx3_quants` on 8 groups of N values.
+    fn qkx8<const N: usize>(
+        nmax: i32,
+        x: &[[f32; 8]; N],
+        w: &[[f32; 8]; N],
+        lq: &mut [[u8; 8]; N],
+        p: MinSearch,
+        le_degenerate: bool,
+    ) -> ([f32; 8], [f32; 8]);
+    /// `make_qx_quants(.., rmse_type = 1, NULL)` on 8 groups of N values.
+    fn qx8<const N: usize>(nmax: i32, x: &[[f32; 8]; N], lq: &mut [[i8; 8]; N]) -> [f32; 8];
+}
+
+/// The searches as safe lane-wise Rust.
+pub(crate) struct Portable;
+
+impl Search for Portable {
+    #[inline(always)]
+    fn qkx8<const N: usize>(
+        nmax: i32,
+        x: &[[f32; 8]; N],
+        w: &[[f32; 8]; N],
+        lq: &mut [[u8; 8]; N],
+        p: MinSearch,
+        le_degenerate: bool,
+    ) -> ([f32; 8], [f32; 8]) {
+        make_qkx_lanes(nmax, x, w, lq, p, le_degenerate)
+    }
+    #[inline(always)]
+    fn qx8<const N: usize>(nmax: i32, x: &[[f32; 8]; N], lq: &mut [[i8; 8]; N]) -> [f32; 8] {
+        make_qx_lanes(nmax, x, lq, None)
+    }
+}
+
+/// The searches in explicit AVX2; only constructed at `Level::Avx2` and
+/// above (see `simd::quantize_at`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Search for Avx2 {
+    #[inline(always)]
+    fn qkx8<const N: usize>(
+        nmax: i32,
+        x: &[[f32; 8]; N],
+        w: &[[f32; 8]; N],
+        lq: &mut [[u8; 8]; N],
+        p: MinSearch,
+        le_degenerate: bool,
+    ) -> ([f32; 8], [f32; 8]) {
+        // SAFETY: `Avx2` kernels run only when `simd::level()` found AVX2
+        // (`quantize_at` dispatches to them at `Level::Avx2` and above).
+        unsafe { super::x86::make_qkx_8(nmax, x, w, lq, p, le_degenerate) }
+    }
+    #[inline(always)]
+    fn qx8<const N: usize>(nmax: i32, x: &[[f32; 8]; N], lq: &mut [[i8; 8]; N]) -> [f32; 8] {
+        // SAFETY: as above.
+        unsafe { super::x86::make_qx_8(nmax, x, lq) }
+    }
+}
+
 /// `make_qkx2_quants` on L groups of N values at once (value i of group k
 /// at `x[i][k]`); `le_degenerate` selects `make_qkx3_quants`' `max <= min`
 /// test. Returns per group (scale, the_min).
@@ -258,7 +322,13 @@ fn untranspose<T: Copy, const N: usize, const L: usize>(t: &[[T; L]; N], out: &m
 /// Q4_K (`nmax` 15) and Q5_K (31) without an imatrix: the search of
 /// `quantize_row_q4_K_ref` / `quantize_row_q5_K_ref`, then the packing.
 #[inline(always)]
-fn qk_ref_superblock(x: &[f32], nmax: i32, p: MinSearch, head: &mut [u8], l: &mut [u8; QK_K]) {
+fn qk_ref_superblock<S: Search>(
+    x: &[f32],
+    nmax: i32,
+    p: MinSearch,
+    head: &mut [u8],
+    l: &mut [u8; QK_K],
+) {
     let xt: [[f32; 8]; 32] = transpose(x);
     let mut w = [[0f32; 8]; 32];
     let mut sum_x2 = [0f32; 8];
@@ -277,7 +347,7 @@ fn qk_ref_superblock(x: &[f32], nmax: i32, p: MinSearch, head: &mut [u8], l: &mu
         }
     }
     let mut lt = [[0u8; 8]; 32];
-    let (scales, mins) = make_qkx_lanes(nmax, &xt, &w, &mut lt, p, false);
+    let (scales, mins) = S::qkx8(nmax, &xt, &w, &mut lt, p, false);
     untranspose(&lt, l);
     let mut max_scale = 0f32;
     let mut max_min = 0f32;
@@ -320,7 +390,7 @@ fn qk_ref_superblock(x: &[f32], nmax: i32, p: MinSearch, head: &mut [u8], l: &mu
 }
 
 #[inline(always)]
-pub(crate) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
+pub(crate) fn quantize_q4_k<S: Search>(x: &[f32], y: &mut [u8]) {
     let p = MinSearch {
         rmin: -1.0,
         rdelta: 0.1,
@@ -330,7 +400,7 @@ pub(crate) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(144)) {
         let (head, qs) = y.split_at_mut(16);
-        qk_ref_superblock(x, 15, p, head, &mut l);
+        qk_ref_superblock::<S>(x, 15, p, head, &mut l);
         for (n, q) in qs.chunks_exact_mut(32).enumerate() {
             for k in 0..32 {
                 q[k] = l[64 * n + k] | (l[64 * n + k + 32] << 4);
@@ -340,7 +410,7 @@ pub(crate) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
 }
 
 #[inline(always)]
-pub(crate) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
+pub(crate) fn quantize_q5_k<S: Search>(x: &[f32], y: &mut [u8]) {
     let p = MinSearch {
         rmin: -0.5,
         rdelta: 0.1,
@@ -350,7 +420,7 @@ pub(crate) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(176)) {
         let (head, rest) = y.split_at_mut(16);
-        qk_ref_superblock(x, 31, p, head, &mut l);
+        qk_ref_superblock::<S>(x, 31, p, head, &mut l);
         let (qh, ql) = rest.split_at_mut(32);
         qh.fill(0);
         for (n, q) in ql.chunks_exact_mut(32).enumerate() {
@@ -373,13 +443,17 @@ pub(crate) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
 }
 
 #[inline(always)]
-pub(crate) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
+pub(crate) fn quantize_q6_k<S: Search>(x: &[f32], y: &mut [u8]) {
     for (x, y) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(210)) {
-        let xt: [[f32; 16]; 16] = transpose(x);
-        let mut lt = [[0i8; 16]; 16];
-        let scales = make_qx_lanes(32, &xt, &mut lt, None);
+        let mut scales = [0f32; 16];
         let mut l = [0i8; QK_K];
-        untranspose(&lt, &mut l);
+        for half in 0..2 {
+            let xt: [[f32; 8]; 16] = transpose(&x[128 * half..128 * half + 128]);
+            let mut lt = [[0i8; 8]; 16];
+            let s = S::qx8(32, &xt, &mut lt);
+            scales[8 * half..8 * half + 8].copy_from_slice(&s);
+            untranspose(&lt, &mut l[128 * half..128 * half + 128]);
+        }
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
         for &s in &scales {
@@ -427,7 +501,7 @@ pub(crate) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
 }
 
 #[inline(always)]
-pub(crate) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
+pub(crate) fn quantize_q2_k<S: Search>(x: &[f32], y: &mut [u8]) {
     let p = MinSearch {
         rmin: -0.5,
         rdelta: 0.1,
@@ -435,17 +509,23 @@ pub(crate) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
         use_mad: true,
     };
     for (x, y) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(84)) {
-        let xt: [[f32; 16]; 16] = transpose(x);
-        let mut w = [[0f32; 16]; 16];
-        for i in 0..16 {
-            for k in 0..16 {
-                w[i][k] = xt[i][k].abs();
-            }
-        }
-        let mut lt = [[0u8; 16]; 16];
-        let (scales, mins) = make_qkx_lanes(3, &xt, &w, &mut lt, p, false);
+        let mut scales = [0f32; 16];
+        let mut mins = [0f32; 16];
         let mut l = [0u8; QK_K];
-        untranspose(&lt, &mut l);
+        for half in 0..2 {
+            let xt: [[f32; 8]; 16] = transpose(&x[128 * half..128 * half + 128]);
+            let mut w = [[0f32; 8]; 16];
+            for i in 0..16 {
+                for k in 0..8 {
+                    w[i][k] = xt[i][k].abs();
+                }
+            }
+            let mut lt = [[0u8; 8]; 16];
+            let (s, m) = S::qkx8(3, &xt, &w, &mut lt, p, false);
+            scales[8 * half..8 * half + 8].copy_from_slice(&s);
+            mins[8 * half..8 * half + 8].copy_from_slice(&m);
+            untranspose(&lt, &mut l[128 * half..128 * half + 128]);
+        }
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
         for j in 0..16 {

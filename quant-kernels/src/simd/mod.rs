@@ -141,17 +141,8 @@ versions! {
     portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
     portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
     portable::dequantize_f32(x: &[u8], y: &mut [f32]);
-    portable::quantize_q8_0(x: &[f32], y: &mut [u8]);
-    portable::quantize_q4_0(x: &[f32], y: &mut [u8]);
-    portable::quantize_q4_1(x: &[f32], y: &mut [u8]);
-    portable::quantize_q5_0(x: &[f32], y: &mut [u8]);
-    portable::quantize_q5_1(x: &[f32], y: &mut [u8]);
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
     portable::quantize_f32(x: &[f32], y: &mut [u8]);
-    kquants::quantize_q2_k(x: &[f32], y: &mut [u8]);
-    kquants::quantize_q4_k(x: &[f32], y: &mut [u8]);
-    kquants::quantize_q5_k(x: &[f32], y: &mut [u8]);
-    kquants::quantize_q6_k(x: &[f32], y: &mut [u8]);
 }
 
 /// Like `versions!` for the dot products, which return their value.
@@ -244,6 +235,10 @@ pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32])
         T::Q5_0 => dequantize_q5_0::run(level, x, y),
         T::Q5_1 => dequantize_q5_1::run(level, x, y),
         T::Q8_0 => dequantize_q8_0::run(level, x, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and F16C are present at this level (see `detect`);
+        // whole blocks, which the callers pass.
+        T::Q2K if level >= Level::Avx2 => unsafe { x86::dequantize_q2_k(x, y) },
         T::Q2K => dequantize_q2_k::run(level, x, y),
         T::Q3K => dequantize_q3_k::run(level, x, y),
         T::Q4K => dequantize_q4_k::run(level, x, y),
@@ -262,23 +257,88 @@ pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32])
 /// Quantizes rows to `ty` at `level` without importance weights; false
 /// when there is no fast kernel for `ty`.
 pub(crate) fn quantize_at(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
+        use GgmlType as T;
+        // SAFETY: `level` never exceeds what `detect` found, so AVX2, FMA,
+        // F16C and BMI are present; the kernels take whole blocks, which
+        // the callers pass.
+        unsafe {
+            match ty {
+                T::Q8_0 => x86::quantize_q8_0(x, y),
+                T::Q4_0 => x86::quantize_q4_0(x, y),
+                T::Q4_1 => x86::quantize_q4_1(x, y),
+                T::Q5_0 => x86::quantize_q5_0(x, y),
+                T::Q5_1 => x86::quantize_q5_1(x, y),
+                T::Q2K => kq_x86::quantize_q2_k(x, y),
+                T::Q4K => kq_x86::quantize_q4_k(x, y),
+                T::Q5K => kq_x86::quantize_q5_k(x, y),
+                T::Q6K => kq_x86::quantize_q6_k(x, y),
+                T::F16 => x86::f32_to_f16_row(x, y),
+                _ => return quantize_portable(level, ty, x, y),
+            }
+        }
+        return true;
+    }
+    quantize_portable(level, ty, x, y)
+}
+
+/// The portable quantizers (NEON is the aarch64 baseline; on x86-64 the
+/// SSE2 fallback).
+fn quantize_portable(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -> bool {
+    use kquants::Portable;
     use GgmlType as T;
     match ty {
-        T::Q8_0 => quantize_q8_0::run(level, x, y),
-        T::Q4_0 => quantize_q4_0::run(level, x, y),
-        T::Q4_1 => quantize_q4_1::run(level, x, y),
-        T::Q5_0 => quantize_q5_0::run(level, x, y),
-        T::Q5_1 => quantize_q5_1::run(level, x, y),
+        T::Q8_0 => portable::quantize_q8_0(x, y),
+        T::Q4_0 => portable::quantize_q4_0(x, y),
+        T::Q4_1 => portable::quantize_q4_1(x, y),
+        T::Q5_0 => portable::quantize_q5_0(x, y),
+        T::Q5_1 => portable::quantize_q5_1(x, y),
         T::BF16 => quantize_bf16::run(level, x, y),
         T::F32 => quantize_f32::run(level, x, y),
-        T::Q2K => quantize_q2_k::run(level, x, y),
-        T::Q4K => quantize_q4_k::run(level, x, y),
-        T::Q5K => quantize_q5_k::run(level, x, y),
-        T::Q6K => quantize_q6_k::run(level, x, y),
-        T::F16 => return f32_to_f16_row(level, x, y),
+        T::Q2K => kquants::quantize_q2_k::<Portable>(x, y),
+        T::Q4K => kquants::quantize_q4_k::<Portable>(x, y),
+        T::Q5K => kquants::quantize_q5_k::<Portable>(x, y),
+        T::Q6K => kquants::quantize_q6_k::<Portable>(x, y),
         _ => return false,
     }
     true
+}
+
+/// The K-quant quantizers with the AVX2 searches, compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+mod kq_x86 {
+    use super::kquants::{self, Avx2};
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
+        kquants::quantize_q2_k::<Avx2>(x, y)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
+        kquants::quantize_q4_k::<Avx2>(x, y)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
+        kquants::quantize_q5_k::<Avx2>(x, y)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
+        kquants::quantize_q6_k::<Avx2>(x, y)
+    }
+}
+
+/// Whether every value of `x` is finite.
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        // SAFETY: AVX2 is present at this level (see `detect`).
+        return unsafe { x86::all_finite(x) };
+    }
+    x.iter().all(|v| v.is_finite())
 }
 
 /// F16 bytes to f32 with the CPU's conversion instructions.
@@ -287,18 +347,6 @@ fn f16_to_f32_row(level: Level, x: &[u8], y: &mut [f32]) -> bool {
     if level >= Level::Avx2 {
         // SAFETY: F16C and AVX are present at this level (see `detect`).
         unsafe { x86::f16_to_f32_row(x, y) };
-        return true;
-    }
-    let _ = (level, x, y);
-    false
-}
-
-/// f32 to F16 bytes (round to nearest even) with the CPU's instructions.
-fn f32_to_f16_row(level: Level, x: &[f32], y: &mut [u8]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if level >= Level::Avx2 {
-        // SAFETY: F16C and AVX are present at this level (see `detect`).
-        unsafe { x86::f32_to_f16_row(x, y) };
         return true;
     }
     let _ = (level, x, y);

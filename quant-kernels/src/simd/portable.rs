@@ -115,19 +115,30 @@ pub(crate) fn dequantize_q2_k(x: &[u8], y: &mut [f32]) {
     for (xb, yb) in blocks::<84, 256>(x, y) {
         let d = f16_at(xb, 80);
         let min = f16_at(xb, 82);
-        for (n, out) in yb.chunks_exact_mut(128).enumerate() {
+        // The 2-bit levels in value order: value 128n + 32s + k is bits
+        // 2s..2s+1 of qs[32n + k].
+        let mut l = [0u8; 256];
+        for n in 0..2 {
             let q: &[u8; 32] = xb[16 + 32 * n..48 + 32 * n].try_into().unwrap();
-            for (s, out) in out.chunks_exact_mut(32).enumerate() {
-                let shift = 2 * s;
-                for half in 0..2 {
-                    let sc = xb[8 * n + 2 * s + half];
-                    let dl = d * f32::from(sc & 0xF);
-                    let ml = min * f32::from(sc >> 4);
-                    for k in 0..16 {
-                        let v = (q[16 * half + k] >> shift) & 3;
-                        out[16 * half + k] = dl * f32::from(v) - ml;
-                    }
-                }
+            for k in 0..32 {
+                l[128 * n + k] = q[k] & 3;
+                l[128 * n + 32 + k] = (q[k] >> 2) & 3;
+                l[128 * n + 64 + k] = (q[k] >> 4) & 3;
+                l[128 * n + 96 + k] = q[k] >> 6;
+            }
+        }
+        let mut dl = [0f32; 16];
+        let mut ml = [0f32; 16];
+        for j in 0..16 {
+            dl[j] = d * f32::from(xb[j] & 0xF);
+            ml[j] = min * f32::from(xb[j] >> 4);
+        }
+        for j in 0..16 {
+            let (dl, ml) = (dl[j], ml[j]);
+            let lv: &[u8; 16] = l[16 * j..16 * j + 16].try_into().unwrap();
+            let out: &mut [f32; 16] = (&mut yb[16 * j..16 * j + 16]).try_into().unwrap();
+            for k in 0..16 {
+                out[k] = dl * f32::from(lv[k]) - ml;
             }
         }
     }
@@ -277,15 +288,20 @@ pub(crate) fn dequantize_iq4_xs(x: &[u8], y: &mut [f32]) {
     for (xb, yb) in blocks::<136, 256>(x, y) {
         let d = f16_at(xb, 0);
         let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
-        for (ib, out) in yb.chunks_exact_mut(32).enumerate() {
+        let mut dl = [0f32; 8];
+        for (ib, dl) in dl.iter_mut().enumerate() {
             let ls = i32::from((xb[4 + ib / 2] >> (4 * (ib % 2))) & 0xF)
                 | (i32::from((scales_h >> (2 * ib)) & 3) << 4);
-            let dl = d * (ls - 32) as f32;
-            let qs: &[u8; 16] = xb[8 + 16 * ib..24 + 16 * ib].try_into().unwrap();
+            *dl = d * (ls - 32) as f32;
+        }
+        let qs: &[u8; 128] = xb[8..136].try_into().unwrap();
+        for (ib, out) in yb.chunks_exact_mut(32).enumerate() {
             let (lo, hi) = out.split_at_mut(16);
+            let dl = dl[ib];
             for j in 0..16 {
-                lo[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] & 0xF)]);
-                hi[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] >> 4)]);
+                let q = qs[16 * ib + j];
+                lo[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q & 0xF)]);
+                hi[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
             }
         }
     }
@@ -341,14 +357,44 @@ fn min_max<const N: usize>(x: &[f32; N]) -> (f32, f32) {
 }
 
 /// The first element whose magnitude is the block's largest (ggml's
-/// "max with its sign, first on ties"), or 0 for an all-zero block.
+/// "max with its sign, first on ties"), or +0 for an all-zero block.
+/// Branch-free: the value is +amax or -amax, whichever occurs first.
 #[inline(always)]
 fn signed_absmax<const N: usize>(x: &[f32; N]) -> f32 {
     let a = amax(x);
     if a == 0.0 {
         return 0.0;
     }
-    x.iter().copied().find(|v| v.abs() == a).unwrap_or(0.0)
+    let mut first_pos = [N as u32; 8];
+    let mut first_neg = [N as u32; 8];
+    for (c, chunk) in x.chunks_exact(8).enumerate() {
+        for l in 0..8 {
+            let i = (8 * c + l) as u32;
+            let p = if chunk[l] == a { i } else { N as u32 };
+            let q = if chunk[l] == -a { i } else { N as u32 };
+            first_pos[l] = first_pos[l].min(p);
+            first_neg[l] = first_neg[l].min(q);
+        }
+    }
+    let p = first_pos.into_iter().min().unwrap_or(N as u32);
+    let q = first_neg.into_iter().min().unwrap_or(N as u32);
+    if p < q {
+        a
+    } else {
+        -a
+    }
+}
+
+/// `roundf`: half away from zero, exact for every float (the fraction
+/// `x - trunc(x)` is exact), written so it vectorizes.
+#[inline(always)]
+fn round_away(x: f32) -> f32 {
+    let t = x.trunc();
+    if (x - t).abs() >= 0.5 {
+        t + 1.0f32.copysign(x)
+    } else {
+        t
+    }
 }
 
 #[inline(always)]
@@ -360,7 +406,7 @@ pub(crate) fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
         write_f16(&mut yb[0..2], d);
         let q: &mut [u8; 32] = (&mut yb[2..34]).try_into().unwrap();
         for j in 0..32 {
-            q[j] = cvtt((xb[j] * id).round()) as u8;
+            q[j] = cvtt(round_away(xb[j] * id)) as u8;
         }
     }
 }

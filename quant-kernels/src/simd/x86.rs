@@ -49,3 +49,607 @@ pub(super) unsafe fn f32_to_f16_row(x: &[f32], y: &mut [u8]) {
         crate::float::write_f16(&mut y[2 * j..2 * j + 2], x[j]);
     }
 }
+
+// ---------------------------------------------------------------------
+// Quantizers with explicit AVX2. Every lane performs the scalar
+// reference's operations in its order (no FMA: `_mm256_mul_ps` then
+// `_mm256_add_ps` where the C has `a*b + c`).
+
+use crate::ggml::reference::MinSearch;
+
+/// f32 -> f16 bits, round to nearest even (F16C).
+#[inline(always)]
+unsafe fn f16_bits(v: f32) -> u16 {
+    // SAFETY: the callers run with F16C enabled (their target features).
+    unsafe {
+        _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))) as u16
+    }
+}
+
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: AVX is enabled in every caller.
+    unsafe {
+        let m = _mm_max_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        _mm_cvtss_f32(m)
+    }
+}
+
+#[inline(always)]
+unsafe fn hmin(v: __m256) -> f32 {
+    // SAFETY: AVX is enabled in every caller.
+    unsafe {
+        let m = _mm_min_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+        let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_min_ss(m, _mm_movehdup_ps(m));
+        _mm_cvtss_f32(m)
+    }
+}
+
+/// The 32 values of a block.
+#[inline(always)]
+unsafe fn load32(x: &[f32]) -> [__m256; 4] {
+    debug_assert!(x.len() >= 32);
+    // SAFETY: x holds at least 32 values (callers pass whole blocks).
+    unsafe {
+        let p = x.as_ptr();
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    }
+}
+
+/// Low bytes of 32 i32 (C's truncating int -> uint8_t), in value order.
+#[inline(always)]
+unsafe fn low_bytes(i: [__m256i; 4]) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        let m = _mm256_set1_epi32(0xFF);
+        let ab = _mm256_packus_epi32(_mm256_and_si256(i[0], m), _mm256_and_si256(i[1], m));
+        let cd = _mm256_packus_epi32(_mm256_and_si256(i[2], m), _mm256_and_si256(i[3], m));
+        let b = _mm256_packus_epi16(ab, cd);
+        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+}
+
+/// `roundf` (half away from zero), exact: the fraction `x - trunc(x)` is
+/// exact, and |x| >= 2^23 has none.
+#[inline(always)]
+unsafe fn round_away(v: __m256) -> __m256 {
+    // SAFETY: AVX is enabled in every caller.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+        let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
+        _mm256_add_ps(t, _mm256_and_ps(up, one))
+    }
+}
+
+/// `quantize_row_q8_0_ref`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
+        // SAFETY: whole blocks: 32 values in, 34 bytes out.
+        unsafe {
+            let v = load32(xb);
+            let sign = _mm256_set1_ps(-0.0);
+            let a = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let amax = hmax(a);
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+            let m = _mm256_set1_ps(id);
+            let q = v.map(|v| _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v, m))));
+            _mm256_storeu_si256(yb.as_mut_ptr().add(2) as *mut __m256i, low_bytes(q));
+        }
+    }
+}
+
+/// `(int8_t)(v)` then `MIN(limit, ...)` then as `uint8_t`, for 32 values.
+#[inline(always)]
+unsafe fn trunc_i8_min(v: [__m256; 4], limit: i8) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        let b = low_bytes(v.map(|v| _mm256_cvttps_epi32(v)));
+        _mm256_min_epi8(b, _mm256_set1_epi8(limit))
+    }
+}
+
+/// `q[j] | q[j+16] << 4` for 32 level bytes (Q4_0/Q4_1 packing; the low
+/// nibble is not masked, as in ggml).
+#[inline(always)]
+unsafe fn pack_nibbles(q: __m256i, out: &mut [u8]) {
+    // SAFETY: AVX2 is enabled in every caller; out has 16 bytes.
+    unsafe {
+        let lo = _mm256_castsi256_si128(q);
+        let hi = _mm256_extracti128_si256::<1>(q);
+        let hi = _mm_and_si128(_mm_slli_epi16::<4>(hi), _mm_set1_epi8(0xF0u8 as i8));
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, _mm_or_si128(lo, hi));
+    }
+}
+
+/// The first value of largest magnitude, with its sign (+0 if all zero).
+#[inline(always)]
+unsafe fn signed_absmax(v: &[__m256; 4]) -> f32 {
+    // SAFETY: AVX is enabled in every caller.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let a = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let amax = hmax(a);
+        if amax == 0.0 {
+            return 0.0;
+        }
+        let (pa, na) = (_mm256_set1_ps(amax), _mm256_set1_ps(-amax));
+        let mut pos = 0u32;
+        let mut neg = 0u32;
+        for (i, v) in v.iter().enumerate() {
+            pos |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*v, pa)) as u32) << (8 * i);
+            neg |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*v, na)) as u32) << (8 * i);
+        }
+        if pos.trailing_zeros() < neg.trailing_zeros() {
+            amax
+        } else {
+            -amax
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn min_max(v: &[__m256; 4]) -> (f32, f32) {
+    // SAFETY: AVX is enabled in every caller.
+    unsafe {
+        let lo = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
+        let hi = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+        (hmin(lo), hmax(hi))
+    }
+}
+
+/// `quantize_row_q4_0_ref`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(18)) {
+        // SAFETY: whole blocks: 32 values in, 18 bytes out.
+        unsafe {
+            let v = load32(xb);
+            let max = signed_absmax(&v);
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+            let (m, h) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
+            let q = trunc_i8_min(v.map(|v| _mm256_add_ps(_mm256_mul_ps(v, m), h)), 15);
+            pack_nibbles(q, &mut yb[2..18]);
+        }
+    }
+}
+
+/// `quantize_row_q4_1_ref`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q4_1(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(20)) {
+        // SAFETY: whole blocks: 32 values in, 20 bytes out.
+        unsafe {
+            let v = load32(xb);
+            let (min, max) = min_max(&v);
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+            yb[2..4].copy_from_slice(&f16_bits(min).to_le_bytes());
+            let (mn, m, h) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
+            let q = trunc_i8_min(
+                v.map(|v| _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, mn), m), h)),
+                15,
+            );
+            pack_nibbles(q, &mut yb[4..20]);
+        }
+    }
+}
+
+/// Q5 packing: bit 4 of each level into `qh` (bit j for value j), both
+/// nibbles masked into `qs`.
+#[inline(always)]
+unsafe fn pack_q5(q: __m256i, qh: &mut [u8], qs: &mut [u8]) {
+    // SAFETY: AVX2 is enabled in every caller; qh has 4 bytes, qs 16.
+    unsafe {
+        let bits = _mm256_movemask_epi8(_mm256_slli_epi16::<3>(q)) as u32;
+        qh[..4].copy_from_slice(&bits.to_le_bytes());
+        let lo = _mm_and_si128(_mm256_castsi256_si128(q), _mm_set1_epi8(0x0F));
+        let hi = _mm_and_si128(
+            _mm_slli_epi16::<4>(_mm256_extracti128_si256::<1>(q)),
+            _mm_set1_epi8(0xF0u8 as i8),
+        );
+        _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm_or_si128(lo, hi));
+    }
+}
+
+/// `quantize_row_q5_0_ref`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q5_0(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(22)) {
+        // SAFETY: whole blocks: 32 values in, 22 bytes out.
+        unsafe {
+            let v = load32(xb);
+            let max = signed_absmax(&v);
+            let d = max / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+            let (m, h) = (_mm256_set1_ps(id), _mm256_set1_ps(16.5));
+            let q = trunc_i8_min(v.map(|v| _mm256_add_ps(_mm256_mul_ps(v, m), h)), 31);
+            let (qh, qs) = yb[2..].split_at_mut(4);
+            pack_q5(q, qh, qs);
+        }
+    }
+}
+
+/// `quantize_row_q5_1_ref` (no upper clamp on the levels, as in ggml).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q5_1(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(24)) {
+        // SAFETY: whole blocks: 32 values in, 24 bytes out.
+        unsafe {
+            let v = load32(xb);
+            let (min, max) = min_max(&v);
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+            yb[2..4].copy_from_slice(&f16_bits(min).to_le_bytes());
+            let (mn, m, h) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
+            let q = low_bytes(v.map(|v| {
+                _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, mn), m), h))
+            }));
+            let (qh, qs) = yb[4..].split_at_mut(4);
+            pack_q5(q, qh, qs);
+        }
+    }
+}
+
+/// Whether every value is finite: the largest `bits & 0x7fffffff` is
+/// below the infinity pattern.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn all_finite(x: &[f32]) -> bool {
+    let mut chunks = x.chunks_exact(32);
+    let mut m = _mm256_setzero_si256();
+    for c in &mut chunks {
+        // SAFETY: as above.
+        unsafe {
+            let mask = _mm256_set1_epi32(0x7fff_ffff);
+            for v in load32(c) {
+                m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_castps_si256(v), mask));
+            }
+        }
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: lanes has room for 8 i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m) };
+    lanes.iter().all(|&b| b < 0x7f80_0000) && chunks.remainder().iter().all(|v| v.is_finite())
+}
+
+// ---------------------------------------------------------------------
+// K-quant searches across 8 sub-blocks (lane k = sub-block k).
+
+#[inline(always)]
+unsafe fn nearest(v: __m256) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        let t = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
+        _mm256_sub_epi32(
+            _mm256_and_si256(t, _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x0040_0000),
+        )
+    }
+}
+
+#[inline(always)]
+unsafe fn clamp_i(v: __m256i, lo: i32, hi: i32) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        _mm256_max_epi32(
+            _mm256_min_epi32(v, _mm256_set1_epi32(hi)),
+            _mm256_set1_epi32(lo),
+        )
+    }
+}
+
+#[inline(always)]
+unsafe fn ld(r: &[f32; 8]) -> __m256 {
+    // SAFETY: 8 values; AVX is enabled in every caller.
+    unsafe { _mm256_loadu_ps(r.as_ptr()) }
+}
+
+#[inline(always)]
+unsafe fn st(v: __m256) -> [f32; 8] {
+    let mut r = [0f32; 8];
+    // SAFETY: 8 values; AVX is enabled in every caller.
+    unsafe { _mm256_storeu_ps(r.as_mut_ptr(), v) };
+    r
+}
+
+/// `make_qkx2_quants` (or, with `le_degenerate`, `make_qkx3_quants`) on 8
+/// groups of N values, value i of group k at `x[i][k]`; per group
+/// (scale, the_min), levels into `lq`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn make_qkx_8<const N: usize>(
+    nmax: i32,
+    x: &[[f32; 8]; N],
+    w: &[[f32; 8]; N],
+    lq: &mut [[u8; 8]; N],
+    p: MinSearch,
+    le_degenerate: bool,
+) -> ([f32; 8], [f32; 8]) {
+    // SAFETY: AVX2 is enabled; all loads and stores go through `ld`/`st`
+    // on 8-value arrays.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut min = ld(&x[0]);
+        let mut max = min;
+        let mut sum_w = ld(&w[0]);
+        let mut sum_x = _mm256_mul_ps(sum_w, min);
+        for i in 1..N {
+            let (xi, wi) = (ld(&x[i]), ld(&w[i]));
+            min = _mm256_blendv_ps(min, xi, _mm256_cmp_ps::<_CMP_LT_OQ>(xi, min));
+            max = _mm256_blendv_ps(max, xi, _mm256_cmp_ps::<_CMP_GT_OQ>(xi, max));
+            sum_w = _mm256_add_ps(sum_w, wi);
+            sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(wi, xi));
+        }
+        min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min, zero));
+        let degenerate = if le_degenerate {
+            _mm256_cmp_ps::<_CMP_LE_OQ>(max, min)
+        } else {
+            _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min)
+        };
+        let min0 = min;
+        let nmaxf = nmax as f32;
+        let iscale = _mm256_div_ps(_mm256_set1_ps(nmaxf), _mm256_sub_ps(max, min));
+        let mut scale = _mm256_div_ps(_mm256_set1_ps(1.0), iscale);
+        let err_of = |d: __m256| {
+            if p.use_mad {
+                _mm256_andnot_ps(sign, d)
+            } else {
+                _mm256_mul_ps(d, d)
+            }
+        };
+        let mut lbest = [zero; N];
+        let mut best = zero;
+        for i in 0..N {
+            let (xi, wi) = (ld(&x[i]), ld(&w[i]));
+            let l = clamp_i(
+                nearest(_mm256_mul_ps(iscale, _mm256_sub_ps(xi, min))),
+                0,
+                nmax,
+            );
+            let lf = _mm256_cvtepi32_ps(l);
+            lbest[i] = lf;
+            let d = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, lf), min), xi);
+            best = _mm256_add_ps(best, _mm256_mul_ps(wi, err_of(d)));
+        }
+        if p.nstep >= 1 {
+            let mut laux = [zero; N];
+            for is in 0..=p.nstep {
+                // `min` may have moved in an earlier step, as in ggml.
+                let iscale = _mm256_div_ps(
+                    _mm256_set1_ps(p.rmin + p.rdelta * is as f32 + nmaxf),
+                    _mm256_sub_ps(max, min),
+                );
+                let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+                for i in 0..N {
+                    let (xi, wi) = (ld(&x[i]), ld(&w[i]));
+                    let l = clamp_i(
+                        nearest(_mm256_mul_ps(iscale, _mm256_sub_ps(xi, min))),
+                        0,
+                        nmax,
+                    );
+                    let lf = _mm256_cvtepi32_ps(l);
+                    laux[i] = lf;
+                    let wl = _mm256_mul_ps(wi, lf);
+                    sum_l = _mm256_add_ps(sum_l, wl);
+                    sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
+                    sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, xi));
+                }
+                let det = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+                let mut this_scale = _mm256_div_ps(
+                    _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)),
+                    det,
+                );
+                let mut this_min = _mm256_div_ps(
+                    _mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)),
+                    det,
+                );
+                let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min, zero);
+                this_min = _mm256_blendv_ps(this_min, zero, pos);
+                this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), pos);
+                let mut err = zero;
+                for i in 0..N {
+                    let (xi, wi) = (ld(&x[i]), ld(&w[i]));
+                    let d = _mm256_sub_ps(
+                        _mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min),
+                        xi,
+                    );
+                    err = _mm256_add_ps(err, _mm256_mul_ps(wi, err_of(d)));
+                }
+                let take = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(det, zero),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(err, best),
+                );
+                if _mm256_movemask_ps(take) != 0 {
+                    best = _mm256_blendv_ps(best, err, take);
+                    scale = _mm256_blendv_ps(scale, this_scale, take);
+                    min = _mm256_blendv_ps(min, this_min, take);
+                    for i in 0..N {
+                        lbest[i] = _mm256_blendv_ps(lbest[i], laux[i], take);
+                    }
+                }
+            }
+        }
+        scale = _mm256_blendv_ps(scale, zero, degenerate);
+        min = _mm256_blendv_ps(min, min0, degenerate);
+        for i in 0..N {
+            let l = st(_mm256_andnot_ps(degenerate, lbest[i]));
+            for k in 0..8 {
+                lq[i][k] = l[k] as u8;
+            }
+        }
+        (st(scale), st(_mm256_xor_ps(min, sign)))
+    }
+}
+
+/// `make_qx_quants(n, nmax, x, L, rmse_type = 1, NULL)` on 8 groups of N
+/// values (weights x^2); levels offset by `nmax` into `lq`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn make_qx_8<const N: usize>(
+    nmax: i32,
+    x: &[[f32; 8]; N],
+    lq: &mut [[i8; 8]; N],
+) -> [f32; 8] {
+    // SAFETY: AVX2 is enabled; all loads and stores go through `ld`/`st`
+    // on 8-value arrays.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut amax = zero;
+        let mut max = zero;
+        for row in x {
+            let xi = ld(row);
+            let ax = _mm256_andnot_ps(sign, xi);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
+            amax = _mm256_blendv_ps(amax, ax, gt);
+            max = _mm256_blendv_ps(max, xi, gt);
+        }
+        let sums = |iscale: __m256, levels: &mut [__m256i; N]| {
+            let (mut sumlx, mut suml2) = (zero, zero);
+            for i in 0..N {
+                let xi = ld(&x[i]);
+                let l = clamp_i(nearest(_mm256_mul_ps(iscale, xi)), -nmax, nmax - 1);
+                levels[i] = l;
+                let lf = _mm256_cvtepi32_ps(l);
+                let w = _mm256_mul_ps(xi, xi);
+                sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, xi), lf));
+                suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
+            }
+            (sumlx, suml2)
+        };
+        let mut lbest = [_mm256_setzero_si256(); N];
+        let (sumlx, suml2) = sums(
+            _mm256_div_ps(_mm256_set1_ps((-nmax) as f32), max),
+            &mut lbest,
+        );
+        let nz = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
+        let mut scale = _mm256_and_ps(nz, _mm256_div_ps(sumlx, suml2));
+        let mut best = _mm256_mul_ps(scale, sumlx);
+        let mut cand = [_mm256_setzero_si256(); N];
+        for is in -9i32..=9 {
+            if is == 0 {
+                continue;
+            }
+            let iscale = _mm256_div_ps(_mm256_set1_ps(-(nmax as f32 + 0.1 * is as f32)), max);
+            let (sumlx, suml2) = sums(iscale, &mut cand);
+            let take = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(sumlx, sumlx),
+                    _mm256_mul_ps(best, suml2),
+                ),
+            );
+            if _mm256_movemask_ps(take) != 0 {
+                let s = _mm256_div_ps(sumlx, suml2);
+                scale = _mm256_blendv_ps(scale, s, take);
+                best = _mm256_blendv_ps(best, _mm256_mul_ps(s, sumlx), take);
+                let t = _mm256_castps_si256(take);
+                for i in 0..N {
+                    lbest[i] = _mm256_blendv_epi8(lbest[i], cand[i], t);
+                }
+            }
+        }
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(
+            amax,
+            _mm256_set1_ps(crate::ggml::reference::GROUP_MAX_EPS),
+        );
+        scale = _mm256_andnot_ps(small, scale);
+        let off = _mm256_set1_epi32(nmax);
+        for i in 0..N {
+            let l =
+                _mm256_andnot_si256(_mm256_castps_si256(small), _mm256_add_epi32(lbest[i], off));
+            let mut v = [0i32; 8];
+            _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, l);
+            for k in 0..8 {
+                lq[i][k] = v[k] as i8;
+            }
+        }
+        st(scale)
+    }
+}
+
+/// `dequantize_row_q2_K` (the vectorizer makes scatters of the portable
+/// version).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dequantize_q2_k(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in x.chunks_exact(84).zip(y.chunks_exact_mut(256)) {
+        let d = crate::float::read_f16(&xb[80..82]);
+        let min = crate::float::read_f16(&xb[82..84]);
+        for n in 0..2 {
+            for half in 0..2 {
+                // SAFETY: 16 bytes at 16 + 32n + 16half < 80 are in the block.
+                let q = unsafe {
+                    _mm_loadu_si128(xb.as_ptr().add(16 + 32 * n + 16 * half) as *const __m128i)
+                };
+                for s in 0..4 {
+                    let sc = xb[8 * n + 2 * s + half];
+                    let dl = _mm256_set1_ps(d * f32::from(sc & 0xF));
+                    let ml = _mm256_set1_ps(min * f32::from(sc >> 4));
+                    let v = _mm_and_si128(
+                        _mm_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)),
+                        _mm_set1_epi8(3),
+                    );
+                    let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                    let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)));
+                    let at = 128 * n + 32 * s + 16 * half;
+                    // SAFETY: values [at, at + 16) are in the 256 of this block.
+                    unsafe {
+                        let p = yb.as_mut_ptr().add(at);
+                        _mm256_storeu_ps(p, _mm256_sub_ps(_mm256_mul_ps(dl, lo), ml));
+                        _mm256_storeu_ps(p.add(8), _mm256_sub_ps(_mm256_mul_ps(dl, hi), ml));
+                    }
+                }
+            }
+        }
+    }
+}
