@@ -239,7 +239,11 @@ fn check_rows(
 
 /// One row, fastest path available; same bytes as [`reference::quantize_row`].
 fn quantize_row_fast(ty: GgmlType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
-    if imatrix.is_none() && simd::quantize_at(simd::level(), ty, x, y) {
+    let level = simd::level();
+    if imatrix.is_none() && simd::quantize_at(level, ty, x, y) {
+        return;
+    }
+    if simd::quantize_iq4_at(level, ty, x, y, imatrix) {
         return;
     }
     reference::quantize_row(ty, x, y, imatrix).expect("type checked by the caller");

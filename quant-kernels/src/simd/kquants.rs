@@ -6,7 +6,8 @@
 
 use crate::float::{read_f16, write_f16};
 use crate::ggml::reference::{
-    get_scale_min_k4, nearest_int, put_scale_min_k4, MinSearch, GROUP_MAX_EPS,
+    get_scale_min_k4, make_q3_quants, nearest_int, put_scale_min_k4, q3k_put_scale, MinSearch,
+    GROUP_MAX_EPS,
 };
 
 const QK_K: usize = 256;
@@ -25,6 +26,8 @@ pub(crate) trait Search {
     ) -> ([f32; 8], [f32; 8]);
     /// `make_qx_quants(.., rmse_type = 1, NULL)` on 8 groups of N values.
     fn qx8<const N: usize>(nmax: i32, x: &[[f32; 8]; N], lq: &mut [[i8; 8]; N]) -> [f32; 8];
+    /// `make_q3_quants(16, 4, .., do_rmse = true)` on 8 groups of 16.
+    fn q3x8(x: &[[f32; 8]; 16], lq: &mut [[i8; 8]; 16]) -> [f32; 8];
 }
 
 /// The searches as safe lane-wise Rust.
@@ -45,6 +48,21 @@ impl Search for Portable {
     #[inline(always)]
     fn qx8<const N: usize>(nmax: i32, x: &[[f32; 8]; N], lq: &mut [[i8; 8]; N]) -> [f32; 8] {
         make_qx_lanes(nmax, x, lq, None)
+    }
+    #[inline(always)]
+    fn q3x8(x: &[[f32; 8]; 16], lq: &mut [[i8; 8]; 16]) -> [f32; 8] {
+        // The scalar search per group: its refinement passes branch on
+        // every value, which lanes gain little from without AVX2's masks.
+        let mut scales = [0f32; 8];
+        for k in 0..8 {
+            let xs: [f32; 16] = std::array::from_fn(|i| x[i][k]);
+            let mut l = [0i8; 16];
+            scales[k] = make_q3_quants(4, &xs, &mut l, true);
+            for i in 0..16 {
+                lq[i][k] = l[i];
+            }
+        }
+        scales
     }
 }
 
@@ -72,6 +90,11 @@ impl Search for Avx2 {
     fn qx8<const N: usize>(nmax: i32, x: &[[f32; 8]; N], lq: &mut [[i8; 8]; N]) -> [f32; 8] {
         // SAFETY: as above.
         unsafe { super::x86::make_qx_8(nmax, x, lq) }
+    }
+    #[inline(always)]
+    fn q3x8(x: &[[f32; 8]; 16], lq: &mut [[i8; 8]; 16]) -> [f32; 8] {
+        // SAFETY: as above.
+        unsafe { super::x86::make_q3_8(x, lq) }
     }
 }
 
@@ -574,6 +597,84 @@ pub(crate) fn quantize_q2_k<S: Search>(x: &[f32], y: &mut [u8]) {
                 qs[j / 4 + k] =
                     l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
             }
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn quantize_q3_k<S: Search>(x: &[f32], y: &mut [u8]) {
+    for (x, y) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(110)) {
+        let mut scales = [0f32; 16];
+        let mut l = [0i8; QK_K];
+        for half in 0..2 {
+            let xt: [[f32; 8]; 16] = transpose(&x[128 * half..128 * half + 128]);
+            let mut lt = [[0i8; 8]; 16];
+            let s = S::q3x8(&xt, &mut lt);
+            scales[8 * half..8 * half + 8].copy_from_slice(&s);
+            untranspose(&lt, &mut l[128 * half..128 * half + 128]);
+        }
+        let mut max_scale = 0f32;
+        let mut amax = 0f32;
+        for &s in &scales {
+            if s.abs() > amax {
+                amax = s.abs();
+                max_scale = s;
+            }
+        }
+        y[96..108].fill(0);
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for (j, &s) in scales.iter().enumerate() {
+                let l8 = nearest_int(iscale * s) as i8;
+                let code = (i32::from(l8).clamp(-32, 31) + 32) as u8;
+                q3k_put_scale(&mut y[96..108], j, code);
+            }
+            write_f16(&mut y[108..110], 1.0 / iscale);
+        } else {
+            write_f16(&mut y[108..110], 0.0);
+        }
+        q3k_finish_lanes(x, &mut l, y);
+    }
+}
+
+/// `q3k_finish` (requantize against the stored scales, high bits into
+/// `hmask`, low bits packed) written for the vectorizer.
+#[inline(always)]
+fn q3k_finish_lanes(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
+    let d_all = read_f16(&y[108..110]);
+    let s = &y[96..108];
+    for j in 0..16 {
+        let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+        let sc = ((lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8).wrapping_sub(32);
+        let d = d_all * f32::from(sc);
+        if d == 0.0 {
+            continue;
+        }
+        let xs: &[f32; 16] = x[16 * j..16 * j + 16].try_into().unwrap();
+        let ls: &mut [i8; 16] = (&mut l[16 * j..16 * j + 16]).try_into().unwrap();
+        for i in 0..16 {
+            ls[i] = (nearest_int(xs[i] / d).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let (hmask, rest) = y.split_at_mut(32);
+    let hmask: &mut [u8; 32] = hmask.try_into().unwrap();
+    hmask.fill(0);
+    for b in 0..8 {
+        let lb: &mut [i8; 32] = (&mut l[32 * b..32 * b + 32]).try_into().unwrap();
+        for m in 0..32 {
+            let high = u8::from(lb[m] > 3);
+            hmask[m] |= high << b;
+            lb[m] -= 4 * high as i8;
+        }
+    }
+    let qs: &mut [u8; 64] = (&mut rest[..64]).try_into().unwrap();
+    for h in 0..2 {
+        for k in 0..32 {
+            let j = 128 * h;
+            qs[32 * h + k] = (l[j + k] as u8)
+                | ((l[j + k + 32] as u8) << 2)
+                | ((l[j + k + 64] as u8) << 4)
+                | ((l[j + k + 96] as u8) << 6);
         }
     }
 }

@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 use crate::ggml::reference;
 use crate::GgmlType;
 
+#[cfg(target_arch = "x86_64")]
+mod iq4;
 mod kquants;
 pub(crate) mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -271,6 +273,7 @@ pub(crate) fn quantize_at(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -
                 T::Q5_0 => x86::quantize_q5_0(x, y),
                 T::Q5_1 => x86::quantize_q5_1(x, y),
                 T::Q2K => kq_x86::quantize_q2_k(x, y),
+                T::Q3K => kq_x86::quantize_q3_k(x, y),
                 T::Q4K => kq_x86::quantize_q4_k(x, y),
                 T::Q5K => kq_x86::quantize_q5_k(x, y),
                 T::Q6K => kq_x86::quantize_q6_k(x, y),
@@ -297,6 +300,7 @@ fn quantize_portable(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -> boo
         T::BF16 => quantize_bf16::run(level, x, y),
         T::F32 => quantize_f32::run(level, x, y),
         T::Q2K => kquants::quantize_q2_k::<Portable>(x, y),
+        T::Q3K => kquants::quantize_q3_k::<Portable>(x, y),
         T::Q4K => kquants::quantize_q4_k::<Portable>(x, y),
         T::Q5K => kquants::quantize_q5_k::<Portable>(x, y),
         T::Q6K => kquants::quantize_q6_k::<Portable>(x, y),
@@ -316,6 +320,11 @@ mod kq_x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
+        kquants::quantize_q3_k::<Avx2>(x, y)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
     pub(super) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q4_k::<Avx2>(x, y)
     }
@@ -329,6 +338,31 @@ mod kq_x86 {
     pub(super) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q6_k::<Avx2>(x, y)
     }
+}
+
+/// IQ4_NL / IQ4_XS rows (with or without importance weights) at `level`;
+/// false when there is no fast kernel.
+pub(crate) fn quantize_iq4_at(
+    level: Level,
+    ty: GgmlType,
+    x: &[f32],
+    y: &mut [u8],
+    imatrix: Option<&[f32]>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
+        // SAFETY: AVX2, FMA, F16C and BMI are present at this level (see
+        // `detect`); rows of whole blocks with matching imatrix, which
+        // `ggml::quantize` checked.
+        match ty {
+            GgmlType::IQ4NL => unsafe { iq4::quantize_iq4_nl(x, y, imatrix) },
+            GgmlType::IQ4XS => unsafe { iq4::quantize_iq4_xs(x, y, imatrix) },
+            _ => return false,
+        }
+        return true;
+    }
+    let _ = (level, ty, x, y, imatrix);
+    false
 }
 
 /// Whether every value of `x` is finite.

@@ -84,8 +84,19 @@ fn check_quantize(ty: GgmlType, x: &[f32]) {
     reference::quantize_row(ty, x, &mut want, None).unwrap();
     for level in available_levels() {
         let mut got = vec![0u8; n];
-        if quantize_at(level, ty, x, &mut got) {
+        if quantize_at(level, ty, x, &mut got) || quantize_iq4_at(level, ty, x, &mut got, None) {
             assert_eq!(got, want, "{ty} quantize at {level:?}");
+        }
+    }
+    // The importance-weighted paths that have fast kernels.
+    let w: Vec<f32> = (0..x.len())
+        .map(|i| ((i * 7919) % 97) as f32 / 13.0)
+        .collect();
+    reference::quantize_row(ty, x, &mut want, Some(&w)).unwrap();
+    for level in available_levels() {
+        let mut got = vec![0u8; n];
+        if quantize_iq4_at(level, ty, x, &mut got, Some(&w)) {
+            assert_eq!(got, want, "{ty} quantize with imatrix at {level:?}");
         }
     }
 }
@@ -114,6 +125,16 @@ const TYPES: &[GgmlType] = crate::ggml::QUANTIZABLE;
 #[test]
 fn adversarial_rows_match_the_reference() {
     for x in adversarial_rows() {
+        // 18 blocks: the IQ4_NL kernel's groups of 8 plus a remainder.
+        let x576: Vec<f32> = x.iter().chain(&x[..64]).copied().collect();
+        for ty in [
+            GgmlType::IQ4NL,
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q5_1,
+        ] {
+            check_quantize(ty, &x576);
+        }
         for &ty in TYPES {
             check_quantize(ty, &x);
             let mut q = vec![0u8; ty.row_size(512).unwrap() as usize];

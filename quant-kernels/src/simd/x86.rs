@@ -653,3 +653,225 @@ pub(super) unsafe fn dequantize_q2_k(x: &[u8], y: &mut [f32]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------
+// IQ4 searches across 8 groups of 32 (IQ4_XS: the sub-blocks of a
+// super-block; IQ4_NL: 8 consecutive blocks).
+
+const IQ4_VALUES: [f32; 16] = [
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
+    89.0, 113.0,
+];
+
+/// ggml's `best_index_int8` over `kvalues_iq4nl` for 8 values at once:
+/// (index, value). The bisection ends at the largest j with
+/// `values[j] <= x`; then the nearer neighbour, ties to the upper one; x
+/// below the first value gives 0, at or above the last 15, NaN 15.
+#[inline(always)]
+unsafe fn best_index_iq4(x: __m256) -> (__m256i, __m256) {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        let mut count = _mm256_setzero_si256();
+        for v in &IQ4_VALUES[1..] {
+            let le = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_set1_ps(*v), x));
+            count = _mm256_sub_epi32(count, le);
+        }
+        let tlo = _mm256_loadu_ps(IQ4_VALUES.as_ptr());
+        let thi = _mm256_loadu_ps(IQ4_VALUES.as_ptr().add(8));
+        let lookup = |i: __m256i| {
+            let lo = _mm256_permutevar8x32_ps(tlo, i);
+            let hi = _mm256_permutevar8x32_ps(thi, i);
+            let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7)));
+            _mm256_blendv_ps(lo, hi, upper)
+        };
+        let ml = count;
+        let mu = _mm256_min_epi32(
+            _mm256_add_epi32(ml, _mm256_set1_epi32(1)),
+            _mm256_set1_epi32(15),
+        );
+        let (vl, vu) = (lookup(ml), lookup(mu));
+        let take_lo = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(x, vl), _mm256_sub_ps(vu, x));
+        // count == 15 (x at or above the last value) and NaN give 15.
+        let top = _mm256_or_si256(
+            _mm256_cmpeq_epi32(ml, _mm256_set1_epi32(15)),
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x)),
+        );
+        let take_lo = _mm256_andnot_ps(_mm256_castsi256_ps(top), take_lo);
+        let idx = _mm256_blendv_epi8(mu, ml, _mm256_castps_si256(take_lo));
+        let idx = _mm256_blendv_epi8(idx, _mm256_set1_epi32(15), top);
+        (idx, _mm256_blendv_ps(vu, vl, take_lo))
+    }
+}
+
+/// The scale search of `quantize_row_iq4_nl_impl` with ntry > 0 on 8
+/// groups of 32 values (`x[j][k]`, weights `w[j][k]`): the scale d of
+/// each group, 0 for an all-(near-)zero one. (With ntry > 0 ggml
+/// recomputes the levels from the final scales, so only d matters.)
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn iq4_scales_8(x: &[[f32; 8]; 32], w: &[[f32; 8]; 32], ntry: i32) -> [f32; 8] {
+    // SAFETY: AVX2 is enabled; loads and stores through `ld`/`st`.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut amax = zero;
+        let mut max = zero;
+        for row in x {
+            let xi = ld(row);
+            let ax = _mm256_andnot_ps(sign, xi);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
+            amax = _mm256_blendv_ps(amax, ax, gt);
+            max = _mm256_blendv_ps(max, xi, gt);
+        }
+        let sums = |id: __m256| {
+            let (mut sumqx, mut sumq2) = (zero, zero);
+            for j in 0..32 {
+                let (xj, wj) = (ld(&x[j]), ld(&w[j]));
+                let (_, q) = best_index_iq4(_mm256_mul_ps(id, xj));
+                let wq = _mm256_mul_ps(wj, q);
+                sumqx = _mm256_add_ps(sumqx, _mm256_mul_ps(wq, xj));
+                sumq2 = _mm256_add_ps(sumq2, _mm256_mul_ps(wq, q));
+            }
+            (sumqx, sumq2)
+        };
+        let v0 = IQ4_VALUES[0];
+        let d = _mm256_div_ps(_mm256_xor_ps(max, sign), _mm256_set1_ps(v0));
+        let (sumqx, sumq2) = sums(_mm256_div_ps(_mm256_set1_ps(1.0), d));
+        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2, zero);
+        let mut d = _mm256_and_ps(pos, _mm256_div_ps(sumqx, sumq2));
+        let mut best = _mm256_mul_ps(d, sumqx);
+        for itry in -ntry..=ntry {
+            let id = _mm256_div_ps(_mm256_set1_ps((itry + v0 as i32) as f32), max);
+            let (sumqx, sumq2) = sums(id);
+            let take = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2, zero),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(sumqx, sumqx),
+                    _mm256_mul_ps(best, sumq2),
+                ),
+            );
+            let nd = _mm256_div_ps(sumqx, sumq2);
+            d = _mm256_blendv_ps(d, nd, take);
+            best = _mm256_blendv_ps(best, _mm256_mul_ps(nd, sumqx), take);
+        }
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(
+            amax,
+            _mm256_set1_ps(crate::ggml::reference::GROUP_MAX_EPS),
+        );
+        st(_mm256_andnot_ps(small, d))
+    }
+}
+
+/// `best_index_int8(16, kvalues_iq4nl, id * x[j])` for 32 values, the
+/// levels packed as IQ4 stores them (`L[j] | L[j + 16] << 4`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn iq4_levels_32(x: &[f32], id: f32, qs: &mut [u8]) {
+    // SAFETY: AVX2 is enabled; x has 32 values, qs 16 bytes.
+    unsafe {
+        let v = load32(x);
+        let m = _mm256_set1_ps(id);
+        let i = v.map(|v| best_index_iq4(_mm256_mul_ps(m, v)).0);
+        let b = low_bytes(i);
+        let lo = _mm256_castsi256_si128(b);
+        let hi = _mm_slli_epi16::<4>(_mm256_extracti128_si256::<1>(b));
+        _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm_or_si128(lo, hi));
+    }
+}
+
+/// `make_q3_quants(16, 4, x, L, do_rmse = true)` on 8 groups of 16 values
+/// (value i of group k at `x[i][k]`); levels offset by 4 into `lq`. A
+/// group whose refinement pass changed nothing would change nothing in
+/// the next pass either, so running the passes until no group changes
+/// gives each group ggml's result.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn make_q3_8(x: &[[f32; 8]; 16], lq: &mut [[i8; 8]; 16]) -> [f32; 8] {
+    const NMAX: i32 = 4;
+    // SAFETY: AVX2 is enabled; loads and stores through `ld`/`st`.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut amax = zero;
+        let mut max = zero;
+        for row in x {
+            let xi = ld(row);
+            let ax = _mm256_andnot_ps(sign, xi);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
+            amax = _mm256_blendv_ps(amax, ax, gt);
+            max = _mm256_blendv_ps(max, xi, gt);
+        }
+        let iscale = _mm256_div_ps(_mm256_set1_ps(-NMAX as f32), max);
+        let mut l = [zero; 16];
+        let (mut sumlx, mut suml2) = (zero, zero);
+        for i in 0..16 {
+            let xi = ld(&x[i]);
+            let li =
+                _mm256_cvtepi32_ps(clamp_i(nearest(_mm256_mul_ps(iscale, xi)), -NMAX, NMAX - 1));
+            l[i] = li;
+            let w = _mm256_mul_ps(xi, xi);
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, xi), li));
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, li), li));
+        }
+        for _ in 0..5 {
+            let mut changed = _mm256_setzero_ps();
+            for i in 0..16 {
+                let xi = ld(&x[i]);
+                let w = _mm256_mul_ps(xi, xi);
+                let wx = _mm256_mul_ps(w, xi);
+                let slx = _mm256_sub_ps(sumlx, _mm256_mul_ps(wx, l[i]));
+                let sl2 = _mm256_sub_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, l[i]), l[i]));
+                let new_l = _mm256_cvtepi32_ps(clamp_i(
+                    nearest(_mm256_div_ps(_mm256_mul_ps(xi, sl2), slx)),
+                    -NMAX,
+                    NMAX - 1,
+                ));
+                let slx2 = _mm256_add_ps(slx, _mm256_mul_ps(wx, new_l));
+                let sl22 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w, new_l), new_l));
+                let better = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(_mm256_mul_ps(slx2, slx2), suml2),
+                    _mm256_mul_ps(_mm256_mul_ps(sumlx, sumlx), sl22),
+                );
+                let accept = _mm256_and_ps(
+                    _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero),
+                        _mm256_cmp_ps::<_CMP_NEQ_UQ>(new_l, l[i]),
+                    ),
+                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sl22, zero), better),
+                );
+                l[i] = _mm256_blendv_ps(l[i], new_l, accept);
+                sumlx = _mm256_blendv_ps(sumlx, slx2, accept);
+                suml2 = _mm256_blendv_ps(suml2, sl22, accept);
+                changed = _mm256_or_ps(changed, accept);
+            }
+            if _mm256_movemask_ps(changed) == 0 {
+                break;
+            }
+        }
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(
+            amax,
+            _mm256_set1_ps(crate::ggml::reference::GROUP_MAX_EPS),
+        );
+        for i in 0..16 {
+            // Zero groups keep level 0 (not offset), as ggml returns early.
+            let v = st(_mm256_andnot_ps(
+                small,
+                _mm256_add_ps(l[i], _mm256_set1_ps(NMAX as f32)),
+            ));
+            for k in 0..8 {
+                lq[i][k] = v[k] as i8;
+            }
+        }
+        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero);
+        st(_mm256_andnot_ps(
+            small,
+            _mm256_and_ps(pos, _mm256_div_ps(sumlx, suml2)),
+        ))
+    }
+}

@@ -227,7 +227,7 @@ fn q3k_scale(scales: &[u8], j: usize) -> i8 {
 
 /// Stores 6-bit scale codes `ls[j]` (0..=63) into the 12 packed bytes.
 #[inline]
-fn q3k_put_scale(scales: &mut [u8], j: usize, l: u8) {
+pub(crate) fn q3k_put_scale(scales: &mut [u8], j: usize, l: u8) {
     if j < 8 {
         scales[j] = l & 0xF;
     } else {

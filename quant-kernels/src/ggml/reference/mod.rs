@@ -48,8 +48,9 @@ pub use legacy::{
 };
 
 pub(crate) use helpers::{
-    cvtt, get_scale_min_k4, nearest_int, put_scale_min_k4, MinSearch, GROUP_MAX_EPS,
+    cvtt, get_scale_min_k4, make_q3_quants, nearest_int, put_scale_min_k4, MinSearch, GROUP_MAX_EPS,
 };
+pub(crate) use kquants::q3k_put_scale;
 
 use crate::float::{bf16_to_f32, f32_to_bf16, f32_to_f16, read_f16};
 use crate::{GgmlType, KernelError};
