@@ -163,10 +163,21 @@ pub fn quantize(
                 .zip(y.chunks_exact_mut(row_bytes))
                 .enumerate()
             {
-                if let Some(i) = first_non_finite(xr) {
+                let bad = if ty == GgmlType::F32 {
+                    // One pass: the copy checks as it goes.
+                    (!simd::copy_f32_checked(xr, yr))
+                        .then(|| first_non_finite(xr))
+                        .flatten()
+                } else {
+                    let bad = first_non_finite(xr);
+                    if bad.is_none() {
+                        quantize_row_fast(ty, xr, yr, imatrix);
+                    }
+                    bad
+                };
+                if let Some(i) = bad {
                     return Some((task * per_task + r) * n_per_row + i);
                 }
-                quantize_row_fast(ty, xr, yr, imatrix);
             }
             None
         })

@@ -142,9 +142,7 @@ versions! {
     portable::dequantize_iq4_nl(x: &[u8], y: &mut [f32]);
     portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
     portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
-    portable::dequantize_f32(x: &[u8], y: &mut [f32]);
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
-    portable::quantize_f32(x: &[f32], y: &mut [u8]);
 }
 
 /// Like `versions!` for the dot products, which return their value.
@@ -236,11 +234,21 @@ pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32])
         T::Q4_1 => dequantize_q4_1::run(level, x, y),
         T::Q5_0 => dequantize_q5_0::run(level, x, y),
         T::Q5_1 => dequantize_q5_1::run(level, x, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and F16C are present at this level (see `detect`);
+        // whole blocks, which the callers pass.
+        T::Q8_0 if level >= Level::Avx2 => unsafe { x86::dequantize_q8_0(x, y) },
         T::Q8_0 => dequantize_q8_0::run(level, x, y),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and F16C are present at this level (see `detect`);
         // whole blocks, which the callers pass.
         T::Q2K if level >= Level::Avx2 => unsafe { x86::dequantize_q2_k(x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        T::Q4K if level >= Level::Avx2 => unsafe { x86::dequantize_q45_k::<false>(x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        T::Q5K if level >= Level::Avx2 => unsafe { x86::dequantize_q45_k::<true>(x, y) },
         T::Q2K => dequantize_q2_k::run(level, x, y),
         T::Q3K => dequantize_q3_k::run(level, x, y),
         T::Q4K => dequantize_q4_k::run(level, x, y),
@@ -249,7 +257,7 @@ pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32])
         T::IQ4NL => dequantize_iq4_nl::run(level, x, y),
         T::IQ4XS => dequantize_iq4_xs::run(level, x, y),
         T::BF16 => dequantize_bf16::run(level, x, y),
-        T::F32 => dequantize_f32::run(level, x, y),
+        T::F32 => copy_to_f32(x, y),
         T::F16 => return f16_to_f32_row(level, x, y),
         _ => return false,
     }
@@ -298,7 +306,7 @@ fn quantize_portable(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -> boo
         T::Q5_0 => portable::quantize_q5_0(x, y),
         T::Q5_1 => portable::quantize_q5_1(x, y),
         T::BF16 => quantize_bf16::run(level, x, y),
-        T::F32 => quantize_f32::run(level, x, y),
+        T::F32 => copy_from_f32(x, y),
         T::Q2K => kquants::quantize_q2_k::<Portable>(x, y),
         T::Q3K => kquants::quantize_q3_k::<Portable>(x, y),
         T::Q4K => kquants::quantize_q4_k::<Portable>(x, y),
@@ -365,6 +373,18 @@ pub(crate) fn quantize_iq4_at(
     false
 }
 
+/// F32 rows: copies `x` into `y` and returns whether every value was
+/// finite, in one pass where the CPU allows.
+pub(crate) fn copy_f32_checked(x: &[f32], y: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        // SAFETY: AVX2 is present at this level (see `detect`).
+        return unsafe { x86::copy_f32_checked(x, y) };
+    }
+    copy_from_f32(x, y);
+    x.iter().all(|v| v.is_finite())
+}
+
 /// Whether every value of `x` is finite.
 pub(crate) fn all_finite(x: &[f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -373,6 +393,36 @@ pub(crate) fn all_finite(x: &[f32]) -> bool {
         return unsafe { x86::all_finite(x) };
     }
     x.iter().all(|v| v.is_finite())
+}
+
+/// F32 values from their little-endian bytes: a memcpy on little-endian
+/// targets.
+fn copy_to_f32(x: &[u8], y: &mut [f32]) {
+    assert_eq!(x.len(), 4 * y.len());
+    #[cfg(target_endian = "little")]
+    // SAFETY: y is y.len() * 4 = x.len() writable bytes, f32 has no invalid
+    // bit patterns, the buffers are distinct borrows so they cannot
+    // overlap, and on a little-endian target the bytes are the values.
+    unsafe {
+        std::ptr::copy_nonoverlapping(x.as_ptr(), y.as_mut_ptr() as *mut u8, x.len())
+    };
+    #[cfg(not(target_endian = "little"))]
+    portable::dequantize_f32(x, y);
+}
+
+/// F32 values to their little-endian bytes: a memcpy on little-endian
+/// targets.
+fn copy_from_f32(x: &[f32], y: &mut [u8]) {
+    assert_eq!(y.len(), 4 * x.len());
+    #[cfg(target_endian = "little")]
+    // SAFETY: x is x.len() * 4 = y.len() readable bytes, the buffers are
+    // distinct borrows so they cannot overlap, and on a little-endian
+    // target the values' bytes are what F32 stores.
+    unsafe {
+        std::ptr::copy_nonoverlapping(x.as_ptr() as *const u8, y.as_mut_ptr(), y.len())
+    };
+    #[cfg(not(target_endian = "little"))]
+    portable::quantize_f32(x, y);
 }
 
 /// F16 bytes to f32 with the CPU's conversion instructions.

@@ -314,6 +314,7 @@ pub(crate) fn dequantize_bf16(x: &[u8], y: &mut [f32]) {
     }
 }
 
+#[cfg_attr(target_endian = "little", allow(dead_code))]
 #[inline(always)]
 pub(crate) fn dequantize_f32(x: &[u8], y: &mut [f32]) {
     for (b, v) in x.chunks_exact(4).zip(y.iter_mut()) {
@@ -496,6 +497,7 @@ pub(crate) fn quantize_bf16(x: &[f32], y: &mut [u8]) {
     }
 }
 
+#[cfg_attr(target_endian = "little", allow(dead_code))]
 #[inline(always)]
 pub(crate) fn quantize_f32(x: &[f32], y: &mut [u8]) {
     for (v, b) in x.iter().zip(y.chunks_exact_mut(4)) {

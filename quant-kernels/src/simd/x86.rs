@@ -875,3 +875,118 @@ pub(super) unsafe fn make_q3_8(x: &[[f32; 8]; 16], lq: &mut [[i8; 8]; 16]) -> [f
         ))
     }
 }
+
+/// `dequantize_row_q8_0`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dequantize_q8_0(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in x.chunks_exact(34).zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(crate::float::read_f16(&xb[0..2]));
+        for c in 0..4 {
+            // SAFETY: bytes [2 + 8c, 10 + 8c) are in the 34-byte block and
+            // values [8c, 8c + 8) in the 32 of this block.
+            unsafe {
+                let q = _mm_loadl_epi64(xb.as_ptr().add(2 + 8 * c) as *const __m128i);
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(yb.as_mut_ptr().add(8 * c), _mm256_mul_ps(v, d));
+            }
+        }
+    }
+}
+
+/// 32 unsigned levels (bytes) times `d` minus `m`, stored at `out`.
+#[inline(always)]
+unsafe fn scale_32(q: __m256i, d: f32, m: f32, out: &mut [f32]) {
+    debug_assert!(out.len() >= 32);
+    // SAFETY: AVX2 is enabled in every caller; out has 32 values.
+    unsafe {
+        let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+        let lo = _mm256_castsi256_si128(q);
+        let hi = _mm256_extracti128_si256::<1>(q);
+        let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+        for (c, p) in parts.into_iter().enumerate() {
+            let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(p));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(8 * c),
+                _mm256_sub_ps(_mm256_mul_ps(d, v), m),
+            );
+        }
+    }
+}
+
+/// `dequantize_row_q4_K` and `dequantize_row_q5_K` (`HIGH`: the fifth bit
+/// from `qh`).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dequantize_q45_k<const HIGH: bool>(x: &[u8], y: &mut [f32]) {
+    let bb = if HIGH { 176 } else { 144 };
+    for (xb, yb) in x.chunks_exact(bb).zip(y.chunks_exact_mut(256)) {
+        let d = crate::float::read_f16(&xb[0..2]);
+        let min = crate::float::read_f16(&xb[2..4]);
+        let qs_at = if HIGH { 48 } else { 16 };
+        for n in 0..4 {
+            let (sc1, m1) = crate::ggml::reference::get_scale_min_k4(2 * n, &xb[4..16]);
+            let (sc2, m2) = crate::ggml::reference::get_scale_min_k4(2 * n + 1, &xb[4..16]);
+            // SAFETY: the 32 bytes at qs_at + 32n (and the 32 of qh) are in
+            // the block.
+            unsafe {
+                let q = _mm256_loadu_si256(xb.as_ptr().add(qs_at + 32 * n) as *const __m256i);
+                let mask = _mm256_set1_epi8(0x0F);
+                let mut lo = _mm256_and_si256(q, mask);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+                if HIGH {
+                    let qh = _mm256_loadu_si256(xb.as_ptr().add(16) as *const __m256i);
+                    let one = _mm256_set1_epi8(1);
+                    let b1 = _mm256_and_si256(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * n as i32)),
+                        one,
+                    );
+                    let b2 = _mm256_and_si256(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * n as i32 + 1)),
+                        one,
+                    );
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(b1));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(b2));
+                }
+                let out = &mut yb[64 * n..64 * n + 64];
+                scale_32(lo, d * f32::from(sc1), min * f32::from(m1), &mut out[..32]);
+                scale_32(hi, d * f32::from(sc2), min * f32::from(m2), &mut out[32..]);
+            }
+        }
+    }
+}
+
+/// Copies f32 values into their little-endian bytes and reports whether
+/// all were finite, in one pass (F32 "quantization").
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn copy_f32_checked(x: &[f32], y: &mut [u8]) -> bool {
+    assert_eq!(y.len(), 4 * x.len());
+    let mask = _mm256_set1_epi32(0x7fff_ffff);
+    let mut m = _mm256_setzero_si256();
+    let n8 = x.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: values [i, i + 8) of x and bytes [4i, 4i + 32) of y are in
+        // bounds (i + 8 <= n8 <= x.len(), y.len() == 4 * x.len()).
+        unsafe {
+            let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
+            m = _mm256_max_epi32(m, _mm256_and_si256(v, mask));
+            _mm256_storeu_si256(y.as_mut_ptr().add(4 * i) as *mut __m256i, v);
+        }
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: lanes has room for 8 i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m) };
+    let mut finite = lanes.iter().all(|&b| b < 0x7f80_0000);
+    for i in n8..x.len() {
+        y[4 * i..4 * i + 4].copy_from_slice(&x[i].to_le_bytes());
+        finite &= x[i].is_finite();
+    }
+    finite
+}
