@@ -99,13 +99,13 @@ macro_rules! versions {
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-            fn avx2($($a: $t),*) {
+            unsafe fn avx2($($a: $t),*) {
                 $kmod::$name($($a),*)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
-            fn avx512($($a: $t),*) {
+            unsafe fn avx512($($a: $t),*) {
                 $kmod::$name($($a),*)
             }
 
@@ -154,13 +154,13 @@ macro_rules! dot_versions {
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-            fn avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            unsafe fn avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 reference::$name(n, w, a)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
-            fn avx512(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            unsafe fn avx512(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 reference::$name(n, w, a)
             }
 
@@ -322,28 +322,38 @@ fn quantize_portable(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -> boo
 mod kq_x86 {
     use super::kquants::{self, Avx2};
 
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and BMI1/2.
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-    pub(super) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
+    pub(super) unsafe fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q2_k::<Avx2>(x, y)
     }
 
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and BMI1/2.
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-    pub(super) fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
+    pub(super) unsafe fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q3_k::<Avx2>(x, y)
     }
 
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and BMI1/2.
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-    pub(super) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
+    pub(super) unsafe fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q4_k::<Avx2>(x, y)
     }
 
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and BMI1/2.
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-    pub(super) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
+    pub(super) unsafe fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q5_k::<Avx2>(x, y)
     }
 
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and BMI1/2.
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-    pub(super) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
+    pub(super) unsafe fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
         kquants::quantize_q6_k::<Avx2>(x, y)
     }
 }
