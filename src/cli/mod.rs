@@ -10,7 +10,7 @@ mod convert;
 mod inspect;
 mod progress;
 
-pub use progress::Progress;
+pub use progress::{FileBars, Progress};
 
 /// Convert, quantize and verify language models: GGUF, MLX, safetensors.
 #[derive(Debug, Parser)]
