@@ -40,14 +40,17 @@ PRE_NAMES = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "smollm2"
 EXTRA_KEYS = {"gemma3.attention.sliding_window_pattern"}
 
 # Max |logit difference| between llama.cpp on our GGUF and transformers in
-# float32 on the source weights (the fixtures' golden logits), by outtype.
-# Measured on the six fixtures (largest seen in brackets); the KV cache is
-# F32 so that the weights' encoding is what differs. f32 and bf16 hold the
-# bf16 fixtures' weights exactly, so what is left is llama.cpp's own
-# arithmetic; f16 rounds bf16 weights (and F32 weights of the qwen2 fixture)
-# to f16; q8_0 quantizes weights and llama.cpp's matmuls quantize
-# activations to Q8.
-LOGIT_TOLERANCE = {"f32": 2e-3, "f16": 2e-2, "bf16": 2e-3, "q8_0": 1.5e-1}
+# float32 on the source weights (the fixtures' golden logits, |logits| up to
+# 33), by outtype, with the KV cache in F32. Largest measured over the
+# six fixtures, in brackets. What is left is llama.cpp's CPU arithmetic
+# for each weight type, not the conversion (the tensors are the script's
+# bytes): with F32 weights only Gemma's GELU, which ggml takes from an f16
+# table (2.3e-3; the others 1.4e-5); with F16 weights the activations are
+# rounded to f16 for the matmuls (1.4e-2); with BF16 weights to bf16
+# (1.3e-1); with Q8_0 weights to Q8 blocks (5.8e-1).
+LOGIT_TOLERANCE = {"f32": 5e-3, "f16": 3e-2, "bf16": 2.5e-1, "q8_0": 1.0}
+# Share of positions whose top token agrees, by outtype.
+TOP1_AGREEMENT = {"f32": 1.0, "f16": 0.98, "bf16": 0.95, "q8_0": 0.9}
 
 
 def fixture_dir(name):
@@ -167,8 +170,9 @@ def with_tokenizer_keys(ours, ref, out):
             sub = f.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
             w.add_key_value(name, f.contents(), vtype, sub_type=sub)
     for t in src.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=list(reversed([int(x) for x in t.shape])),
-                     raw_dtype=t.tensor_type)
+        # The reader gives quantized data as bytes in numpy order, which is
+        # what add_tensor takes with raw_dtype.
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -205,8 +209,11 @@ def test_llama_cpp_logits_match_transformers(qforge, reference, arch, outtype, t
     got = llama_cpp_logits(model, ids)
     assert got.shape == expect.shape
     diff = float(np.abs(got - expect).max())
-    print(f"{arch} {outtype}: max |logit diff| {diff:.3e}")
+    top1 = float((got.argmax(-1) == expect.argmax(-1)).mean())
+    print(f"{arch} {outtype}: max |logit diff| {diff:.3e}, top-1 agreement {top1:.3f}, "
+          f"max |logit| {float(np.abs(expect).max()):.2f}")
     assert diff <= LOGIT_TOLERANCE[outtype], diff
+    assert top1 >= TOP1_AGREEMENT[outtype], top1
 
 
 # ---------------------------------------------------------------------------
