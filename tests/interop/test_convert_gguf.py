@@ -264,11 +264,14 @@ def test_smollm2_q8_0_round_trips_through_hf(qforge, smollm2_q8_0, tmp_path):
     assert config["dtype"] == "float32"
     back = tmp_path / "back.gguf"
     report = qforge_convert(qforge, hf, back, "--outtype", "q8_0")
+    # The order is the script's (the source file was written in another one).
     _, src_tensors = summary(smollm2_q8_0)
     _, back_tensors = summary(back)
-    assert [t[:3] for t in back_tensors] == [t[:3] for t in src_tensors]
-    for (name, _, _, a), (_, _, _, b) in zip(back_tensors, src_tensors):
-        assert a == b, f"tensor {name} differs after GGUF -> HF -> GGUF"
+    src_by_name = {t[0]: t for t in src_tensors}
+    assert sorted(src_by_name) == sorted(t[0] for t in back_tensors)
+    for name, ty, shape, data in back_tensors:
+        assert (ty, shape) == src_by_name[name][1:3], name
+        assert data == src_by_name[name][3], f"tensor {name} differs after GGUF -> HF -> GGUF"
     src_fields, _ = summary(smollm2_q8_0)
     back_fields, _ = summary(back)
     for key, value in src_fields.items():
@@ -277,12 +280,19 @@ def test_smollm2_q8_0_round_trips_through_hf(qforge, smollm2_q8_0, tmp_path):
 
 
 # Max |logit difference| between transformers (float32) on the HF copy of the
-# Q8_0 model and llama.cpp on the Q8_0 GGUF. The weights are the same values;
-# llama.cpp quantizes activations to Q8 for its Q8_0 matmuls.
-SMOLLM2_HF_LOGIT_TOLERANCE = 0.5
+# Q8_0 model and llama.cpp (|logits| up to 31). On the Q8_0 GGUF itself:
+# measured 1.74 over 30 layers, top token equal at 13 of 16 positions: the
+# weights are the same values (the copy's logits equal those of
+# transformers' own GGUF loader bit for bit), and what differs is llama.cpp
+# quantizing activations to Q8 for its Q8_0 matmuls. On an F32 GGUF of the
+# same values, which isolates the conversion from that arithmetic: F32_TOL.
+SMOLLM2_HF_LOGIT_TOLERANCE = 2.5
+SMOLLM2_HF_TOP1 = 0.75
+SMOLLM2_HF_F32_TOLERANCE = 1e-3
 
 
 def test_smollm2_q8_0_hf_copy_matches_llama_cpp(qforge, smollm2_q8_0, tmp_path):
+    """The HF copy computes in transformers what llama.cpp computes on the GGUF."""
     import llama_cpp
 
     hf = tmp_path / "hf"
@@ -295,15 +305,28 @@ def test_smollm2_q8_0_hf_copy_matches_llama_cpp(qforge, smollm2_q8_0, tmp_path):
     code = f"""
 import numpy as np, torch
 from transformers import AutoModelForCausalLM
-m = AutoModelForCausalLM.from_pretrained({str(hf)!r}, dtype=torch.float32, attn_implementation="eager").eval()
-with torch.no_grad():
-    out = m(torch.tensor([{list(map(int, ids))}])).logits[0].numpy()
-np.save({str(tmp_path / "hf.npy")!r}, out)
+ids = torch.tensor([{list(map(int, ids))}])
+def logits(*args, **kw):
+    m = AutoModelForCausalLM.from_pretrained(*args, dtype=torch.float32, attn_implementation="eager", **kw)
+    with torch.no_grad():
+        return m.eval()(ids).logits[0].numpy()
+np.save({str(tmp_path / "hf.npy")!r}, logits({str(hf)!r}))
+np.save({str(tmp_path / "loader.npy")!r}, logits({str(smollm2_q8_0.parent)!r}, gguf_file={smollm2_q8_0.name!r}))
 """
     run([os.environ["QFORGE_ORACLE_PYTHON"], "-c", code])
     got = np.load(tmp_path / "hf.npy")
+    assert np.array_equal(got, np.load(tmp_path / "loader.npy")), \
+        "transformers' own GGUF loader gives other logits than our HF copy"
     assert got.shape == expect.shape
     diff = float(np.abs(got - expect).max())
-    print(f"smollm2 q8_0: max |logit diff| HF copy vs llama.cpp {diff:.3e}")
+    top1 = float((got.argmax(-1) == expect.argmax(-1)).mean())
+    print(f"smollm2 q8_0: HF copy vs llama.cpp max |logit diff| {diff:.3e}, top-1 agreement {top1:.3f}")
     assert diff <= SMOLLM2_HF_LOGIT_TOLERANCE, diff
-    assert (got.argmax(-1) == expect.argmax(-1)).mean() > 0.95
+    assert top1 >= SMOLLM2_HF_TOP1, top1
+
+    f32 = tmp_path / "f32.gguf"
+    qforge_convert(qforge, hf, f32, "--outtype", "f32")
+    f32 = with_tokenizer_keys(f32, smollm2_q8_0, tmp_path / "f32-tok.gguf")
+    diff = float(np.abs(got - llama_cpp_logits(f32, ids)).max())
+    print(f"smollm2: HF copy vs llama.cpp on its F32 GGUF max |logit diff| {diff:.3e}")
+    assert diff <= SMOLLM2_HF_F32_TOLERANCE, diff
