@@ -330,3 +330,39 @@ np.save({str(tmp_path / "loader.npy")!r}, logits({str(smollm2_q8_0.parent)!r}, g
     diff = float(np.abs(got - llama_cpp_logits(f32, ids)).max())
     print(f"smollm2: HF copy vs llama.cpp on its F32 GGUF max |logit diff| {diff:.3e}")
     assert diff <= SMOLLM2_HF_F32_TOLERANCE, diff
+
+
+# Max |logit difference| between transformers on a fixture and transformers
+# on the HF folder qforge rebuilds from its F32 GGUF (same weights, config
+# rebuilt from GGUF keys). Measured: 0 for all six, Gemma 3's norms coming
+# back exactly as (1 + w) - 1.
+ROUND_TRIP_TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("arch", FIXTURES)
+def test_gguf_to_hf_loads_in_transformers(qforge, arch, tmp_path):
+    src = fixture_dir(arch)
+    gguf_path = tmp_path / "f32.gguf"
+    qforge_convert(qforge, src, gguf_path, "--outtype", "f32", "--tokenizer-pre", PRE_NAMES.get(arch, "x"))
+    hf = tmp_path / "hf"
+    report = qforge_convert(qforge, gguf_path, hf, "--to", "safetensors")
+    assert json.loads((hf / "config.json").read_text())["dtype"] == "float32"
+    golden = st_load_file(str(src / "golden.safetensors"))
+    code = f"""
+import numpy as np, torch
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(hf)!r}, dtype=torch.float32, attn_implementation="eager").eval()
+assert type(m).__name__ == {json.loads((src / "config.json").read_text())["architectures"][0]!r} \\
+    or {arch!r} == "mistral", type(m).__name__
+with torch.no_grad():
+    out = m(torch.tensor([{golden["input_ids"].tolist()}])).logits[0].numpy()
+np.save({str(tmp_path / "hf.npy")!r}, out)
+"""
+    run([os.environ["QFORGE_ORACLE_PYTHON"], "-c", code])
+    got = np.load(tmp_path / "hf.npy")
+    diff = float(np.abs(got - golden["logits"]).max())
+    print(f"{arch}: GGUF -> HF logits vs the source's: max diff {diff:.3e}")
+    assert diff <= ROUND_TRIP_TOLERANCE, diff
+    # Every tensor of a float GGUF converts exactly, except shifted norms.
+    lossy = [t["name"] for t in report["tensors"] if not t["lossless"]]
+    assert all(n.endswith("norm.weight") for n in lossy) and (arch == "gemma3" or not lossy), lossy
