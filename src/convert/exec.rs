@@ -231,44 +231,91 @@ fn materialize_inner(
         return Ok(Materialized { bytes, error: None });
     }
 
-    let mut vals = vec![0f32; n_out];
-    if !plan.permutes() && (n_out as u64) % plan.from.block_size() == 0 {
-        let nbytes = plan
-            .from
-            .bytes_for(n_out as u64)
-            .ok_or_else(|| unsupported_decode(plan.from))? as usize;
-        decode(plan.from, &src[..nbytes], &mut vals)?;
-    } else if row_aligned && row_elems > 0 {
-        let slice = src.len() / rows_src;
-        if !can_decode(plan.from) {
-            return Err(unsupported_decode(plan.from));
-        }
-        vals.par_chunks_mut(row_elems)
-            .enumerate()
-            .try_for_each(|(r, o)| {
-                let s = src_row(r);
-                decode_seq(plan.from, &src[s * slice..(s + 1) * slice], o)
-            })?;
+    let row_out_bytes = plan.to.bytes_for(row_elems as u64);
+    let fused = row_aligned
+        && row_elems > 0
+        && row_elems as u64 % plan.to.block_size() == 0
+        && can_decode(plan.from)
+        && can_encode(plan.to);
+    if !fused {
+        return materialize_whole(
+            plan, src, n_src, rows_out, row_elems, &src_row, out_len, measure,
+        );
+    }
+    // Rows are decoded, shifted and encoded in groups of about CHUNK
+    // values, so no f32 copy of the whole tensor is ever made.
+    let src_slice = src.len() / rows_src;
+    let out_slice = row_out_bytes.ok_or_else(|| unsupported_encode(plan.to))? as usize;
+    let group_rows = (CHUNK / row_elems).max(1);
+    let mut bytes = vec![0u8; out_len];
+    let stats = bytes
+        .par_chunks_mut(group_rows * out_slice)
+        .enumerate()
+        .map(|(g, out)| -> Result<(f64, f64)> {
+            let first = g * group_rows;
+            let n_rows = out.len() / out_slice;
+            let mut vals = vec![0f32; n_rows * row_elems];
+            for (k, v) in vals.chunks_exact_mut(row_elems).enumerate() {
+                let s = src_row(first + k);
+                decode_seq(plan.from, &src[s * src_slice..(s + 1) * src_slice], v)?;
+            }
+            apply_shift(plan, &mut vals);
+            encode_seq(plan.to, &vals, out)?;
+            if measure && !plan.lossless {
+                let mut back = vec![0f32; vals.len()];
+                decode_seq(plan.to, out, &mut back)?;
+                Ok(diff_sums(&vals, &back))
+            } else {
+                Ok((0.0, 0.0))
+            }
+        })
+        .try_reduce(|| (0.0, 0.0), |a, b| Ok((a.0.max(b.0), a.1 + b.1)))?;
+    let error = (measure && !plan.lossless).then(|| ErrorStats {
+        max_abs: stats.0,
+        rms: (stats.1 / n_out.max(1) as f64).sqrt(),
+    });
+    Ok(Materialized { bytes, error })
+}
+
+/// Adds the plan's shift; an F16 source stays F16 through the add, as
+/// torch's f16 arithmetic rounds it.
+fn apply_shift(plan: &TensorPlan, vals: &mut [f32]) {
+    if plan.shift == 0.0 {
+        return;
+    }
+    let shift = plan.shift;
+    if plan.from == Encoding::Float(FloatType::F16) {
+        vals.iter_mut()
+            .for_each(|v| *v = f16::from_f32(*v + shift).to_f32());
     } else {
-        let mut all = vec![0f32; n_src];
-        decode(plan.from, src, &mut all)?;
-        for r in 0..rows_out {
-            let s = src_row(r);
-            vals[r * row_elems..(r + 1) * row_elems]
-                .copy_from_slice(&all[s * row_elems..(s + 1) * row_elems]);
-        }
+        vals.iter_mut().for_each(|v| *v += shift);
     }
+}
 
-    if plan.shift != 0.0 {
-        let shift = plan.shift;
-        if plan.from == Encoding::Float(FloatType::F16) {
-            vals.par_iter_mut()
-                .for_each(|v| *v = f16::from_f32(*v + shift).to_f32());
-        } else {
-            vals.par_iter_mut().for_each(|v| *v += shift);
-        }
+/// The slow path for tensors whose rows do not hold whole blocks: decode
+/// everything, reorder, encode.
+#[allow(clippy::too_many_arguments)]
+fn materialize_whole(
+    plan: &TensorPlan,
+    src: &[u8],
+    n_src: usize,
+    rows_out: usize,
+    row_elems: usize,
+    src_row: &(dyn Fn(usize) -> usize + Sync),
+    out_len: usize,
+    measure: bool,
+) -> Result<Materialized> {
+    let n_out = plan.n_elements() as usize;
+    let mut all = vec![0f32; n_src];
+    decode(plan.from, src, &mut all)?;
+    let mut vals = vec![0f32; n_out];
+    for r in 0..rows_out {
+        let s = src_row(r);
+        vals[r * row_elems..(r + 1) * row_elems]
+            .copy_from_slice(&all[s * row_elems..(s + 1) * row_elems]);
     }
-
+    drop(all);
+    apply_shift(plan, &mut vals);
     let mut bytes = vec![0u8; out_len];
     encode(plan.to, &vals, &mut bytes)?;
     let error = if measure && !plan.lossless {
@@ -279,6 +326,16 @@ fn materialize_inner(
         None
     };
     Ok(Materialized { bytes, error })
+}
+
+fn diff_sums(exact: &[f32], got: &[f32]) -> (f64, f64) {
+    exact
+        .iter()
+        .zip(got)
+        .fold((0.0f64, 0.0f64), |(m, s), (a, b)| {
+            let d = (f64::from(*a) - f64::from(*b)).abs();
+            (m.max(d), s + d * d)
+        })
 }
 
 /// Max and RMS difference of two equally long value lists.

@@ -197,6 +197,7 @@ pub fn write_gguf(
     for t in &plan.tensors {
         progress.tensor(&t.name);
         let m = materialize(view, t, opts.measure)?;
+        view.release_source(t);
         w.write_tensor(&t.name, &m.bytes)
             .map_err(|e| e.in_file(path))?;
         progress.advance(m.bytes.len() as u64);

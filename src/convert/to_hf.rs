@@ -141,7 +141,9 @@ pub fn write_safetensors(
                 );
             }
             progress.tensor(&spec.name);
-            match materialize(view, &plan.tensors[i], opts.measure) {
+            let result = materialize(view, &plan.tensors[i], opts.measure);
+            view.release_source(&plan.tensors[i]);
+            match result {
                 Ok(m) => {
                     progress.advance(m.bytes.len() as u64);
                     tensors.push(TensorReport {

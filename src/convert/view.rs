@@ -14,6 +14,7 @@ use super::error::{ConvertError, Result};
 use crate::arch::{self, Architecture, GgufModelInfo, HParams, JsonMap, Layout};
 use crate::formats::gguf::{GgufModel, Metadata};
 use crate::formats::hf::HfModel;
+use crate::formats::mmap::ReleasePages;
 use crate::formats::safetensors::Dtype;
 
 /// A plain float element type.
@@ -261,6 +262,8 @@ pub struct ModelView<'a> {
     pub files: Vec<PathBuf>,
     /// Where it came from.
     pub source: Source<'a>,
+    /// The mapped model, to drop tensors' pages once they are written.
+    pub pages: Option<&'a dyn ReleasePages>,
 }
 
 /// Tensors the script never converts (buffers some checkpoints carry).
@@ -369,6 +372,7 @@ impl<'a> ModelView<'a> {
                 raw_config: model.config(),
                 model_card: model.model_card(),
             },
+            pages: Some(model),
         })
     }
 
@@ -440,12 +444,30 @@ impl<'a> ModelView<'a> {
                 .map(|f| f.path().to_path_buf())
                 .collect(),
             source: Source::Gguf { metadata: md },
+            pages: Some(model),
         })
     }
 
     /// The view's tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&ViewTensor<'a>> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Drops the mapped pages of the source of `plan` (advice only; a
+    /// later read maps them back).
+    pub fn release_source(&self, plan: &super::plan::TensorPlan) {
+        if let (Some(pages), super::plan::PlanSource::Tensor(i)) = (self.pages, &plan.source) {
+            match self.tensors[*i].bytes {
+                TensorBytes::Plain(b) => pages.release(b),
+                TensorBytes::MlxAffine {
+                    weight,
+                    scales,
+                    biases,
+                } => [weight, scales, biases]
+                    .iter()
+                    .for_each(|b| pages.release(b)),
+            }
+        }
     }
 
     /// The GGUF metadata, for views of GGUF models.

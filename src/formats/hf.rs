@@ -93,6 +93,12 @@ impl HfModel {
     }
 }
 
+impl super::mmap::ReleasePages for HfModel {
+    fn release(&self, data: &[u8]) {
+        self.weights.release(data);
+    }
+}
+
 /// Reads a JSON file that must hold an object.
 pub fn read_json_object(path: &Path) -> Result<Map<String, Json>> {
     let text = fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
