@@ -366,3 +366,73 @@ np.save({str(tmp_path / "hf.npy")!r}, out)
     # Every tensor of a float GGUF converts exactly, except shifted norms.
     lossy = [t["name"] for t in report["tensors"] if not t["lossless"]]
     assert all(n.endswith("norm.weight") for n in lossy) and (arch == "gemma3" or not lossy), lossy
+
+
+# Rope variants the fixtures do not cover, made from a fixture by editing
+# its config.json: llama 3's frequency scaling (a generated rope_freqs
+# tensor) and Phi-3's long rope (two factor tensors and an attention factor
+# key written before the other metadata).
+ROPE_VARIANTS = {
+    "llama3-rope": ("llama", {
+        "rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "max_position_embeddings": 131072,
+    }),
+    "phi3-longrope": ("phi3", {
+        "rope_parameters": {
+            "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+            "long_factor": [1.0, 1.5, 2.25, 3.5, 5.0, 8.0, 12.5, 20.0],
+            "short_factor": [1.0, 1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0],
+        },
+        "max_position_embeddings": 16384,
+        "original_max_position_embeddings": 4096,
+    }),
+}
+
+
+def rope_variant(name, tmp_path):
+    base, changes = ROPE_VARIANTS[name]
+    src = fixture_dir(base)
+    out = tmp_path / name
+    out.mkdir()
+    for f in src.iterdir():
+        if f.name != "golden.safetensors":
+            (out / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    config.update(changes)
+    (out / "config.json").unlink()
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return base, out
+
+
+def transformers_logits(model_dir, ids, out):
+    code = f"""
+import numpy as np, torch
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.float32, attn_implementation="eager").eval()
+with torch.no_grad():
+    np.save({str(out)!r}, m(torch.tensor([{list(map(int, ids))}])).logits[0].numpy())
+"""
+    run([os.environ["QFORGE_ORACLE_PYTHON"], "-c", code])
+    return np.load(out)
+
+
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+def test_rope_variants_match_the_script_and_come_back(qforge, variant, tmp_path):
+    base, src = rope_variant(variant, tmp_path)
+    pre = PRE_NAMES.get(base, "unused")
+    ours = tmp_path / "ours.gguf"
+    qforge_convert(qforge, src, ours, "--outtype", "f32", "--tokenizer-pre", pre)
+    assert_matches_script(ours, script_convert(src, "f32", tmp_path / "ref.gguf", pre))
+
+    hf = tmp_path / "hf"
+    qforge_convert(qforge, ours, hf, "--to", "safetensors")
+    ids = st_load_file(str(fixture_dir(base) / "golden.safetensors"))["input_ids"]
+    expect = transformers_logits(src, ids, tmp_path / "src.npy")
+    got = transformers_logits(hf, ids, tmp_path / "hf.npy")
+    diff = float(np.abs(got - expect).max())
+    print(f"{variant}: GGUF -> HF logits vs the source's: max diff {diff:.3e}")
+    assert diff <= ROUND_TRIP_TOLERANCE, diff
