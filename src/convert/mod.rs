@@ -42,7 +42,9 @@ use serde_json::{json, Value as Json};
 
 pub use error::{ConvertError, Result};
 pub use exec::{materialize, ErrorStats, Materialized};
-pub use plan::{plan_gguf, plan_safetensors, GgufOutType, Plan, PlanSource, TensorPlan};
+pub use plan::{
+    gguf_tensor_plan, plan_gguf, plan_safetensors, GgufOutType, Plan, PlanSource, TensorPlan,
+};
 pub use to_gguf::{gguf_metadata, write_gguf, GgufMetadataOptions, MetadataNotes};
 pub use to_hf::{hf_side_files, write_safetensors, DEFAULT_MAX_SHARD_BYTES};
 pub use view::{Encoding, FloatType, ModelView, Source, TensorBytes, ViewTensor};

@@ -270,58 +270,65 @@ pub fn plan_gguf(view: &ModelView<'_>, outtype: GgufOutType) -> Result<Plan> {
             notes: vec!["computed from config.json".into()],
         });
     }
-    let hf_dir: Option<&Path> = match &view.source {
-        Source::Hf { dir, .. } => Some(dir),
-        _ => None,
-    };
-    for (i, t) in view.tensors.iter().enumerate() {
-        let name = arch.gguf_name(&t.name).ok_or_else(|| {
-            ConvertError::Arch(ArchError::UnknownTensor {
-                name: t.name.clone(),
-                target: "GGUF",
-                arch: arch.name(),
-            })
-        })?;
-        let layout = arch
-            .gguf_layout(&t.name, &t.shape, hp)
-            .map_err(|e| ConvertError::from(e).for_tensor(&t.name))?;
-        let mut shape = t.shape.clone();
-        let mut notes = Vec::new();
-        if let Some(dir) = hf_dir {
-            if let Some(limit) = arch.gguf_row_limit(&t.name, hp, dir)? {
-                if let Some(rows) = shape.first_mut() {
-                    if limit < *rows {
-                        notes.push(format!("rows past {limit} dropped (tokenizer vocabulary)"));
-                        *rows = limit;
-                    }
-                }
-            }
-        }
-        let (ty, why) = script_tensor_type(&name, &shape, matrices);
-        notes.extend(why);
-        let to = Encoding::from_ggml(ty);
-        let shift = layout.shift - t.layout.shift;
-        let mut lossless = is_lossless(t.encoding, to, shift);
-        if notes.iter().any(|n| n.contains("dropped")) {
-            lossless = false;
-        }
-        tensors.push(TensorPlan {
-            name,
-            shape,
-            source: PlanSource::Tensor(i),
-            from: t.encoding,
-            to,
-            rows_from: t.layout.rows,
-            rows_to: layout.rows,
-            shift,
-            lossless,
-            notes,
-        });
+    for i in 0..view.tensors.len() {
+        tensors.push(gguf_tensor_plan(view, i, matrices)?);
     }
     Ok(Plan {
         tensors,
         gguf_type: Some(matrices),
         hf_dtype: None,
+    })
+}
+
+/// The GGUF plan step for view tensor `i` when matrices are stored as
+/// `matrices`: GGUF name, llama.cpp's row order and value shift, the
+/// script's type for this tensor, dropped rows. Planners that choose a type
+/// per tensor (an MLX source going to Q4_1 losslessly) call this per
+/// tensor.
+pub fn gguf_tensor_plan(view: &ModelView<'_>, i: usize, matrices: GgmlType) -> Result<TensorPlan> {
+    let arch = view.arch;
+    let hp = &view.hparams;
+    let t = &view.tensors[i];
+    let name = arch.gguf_name(&t.name).ok_or_else(|| {
+        ConvertError::Arch(ArchError::UnknownTensor {
+            name: t.name.clone(),
+            target: "GGUF",
+            arch: arch.name(),
+        })
+    })?;
+    let layout = arch
+        .gguf_layout(&t.name, &t.shape, hp)
+        .map_err(|e| ConvertError::from(e).for_tensor(&t.name))?;
+    let mut shape = t.shape.clone();
+    let mut notes = Vec::new();
+    let mut dropped = false;
+    if let Source::Hf { dir, .. } = &view.source {
+        let dir: &Path = dir;
+        if let Some(limit) = arch.gguf_row_limit(&t.name, hp, dir)? {
+            if let Some(rows) = shape.first_mut() {
+                if limit < *rows {
+                    notes.push(format!("rows past {limit} dropped (tokenizer vocabulary)"));
+                    *rows = limit;
+                    dropped = true;
+                }
+            }
+        }
+    }
+    let (ty, why) = script_tensor_type(&name, &shape, matrices);
+    notes.extend(why);
+    let to = Encoding::from_ggml(ty);
+    let shift = layout.shift - t.layout.shift;
+    Ok(TensorPlan {
+        name,
+        shape,
+        source: PlanSource::Tensor(i),
+        from: t.encoding,
+        to,
+        rows_from: t.layout.rows,
+        rows_to: layout.rows,
+        shift,
+        lossless: !dropped && is_lossless(t.encoding, to, shift),
+        notes,
     })
 }
 
