@@ -242,3 +242,60 @@ fn cli_refuses_what_it_cannot_do() {
         "mine"
     );
 }
+
+/// A small llama GGUF written by hand, for the error paths.
+fn tiny_gguf(dir: &Path, keys: &[(&str, u32)], tensors: &[(&str, Vec<u64>)]) -> PathBuf {
+    use qforge::formats::gguf::{GgufWriter, Metadata, TensorSpec, Value};
+    let mut md = Metadata::new();
+    md.set("general.architecture", Value::String("llama".into()));
+    for (k, v) in keys {
+        md.set(*k, Value::U32(*v));
+    }
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(n, dims)| TensorSpec {
+            name: n.to_string(),
+            dims: dims.clone(),
+            ggml_type: GgmlType::F32,
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    let mut w = GgufWriter::new(&mut bytes, 3, &md, &specs).unwrap();
+    for s in &specs {
+        let n: u64 = s.dims.iter().product();
+        w.write_tensor(&s.name, &vec![0u8; n as usize * 4]).unwrap();
+    }
+    w.finish().unwrap();
+    let path = dir.join(format!("t{}.gguf", keys.len() * 100 + tensors.len()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn bad_gguf_models_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = [
+        ("llama.block_count", 1),
+        ("llama.embedding_length", 8),
+        ("llama.feed_forward_length", 16),
+        ("llama.attention.head_count", 3),
+        ("llama.vocab_size", 4),
+    ];
+    let err = |path: &Path| {
+        let m = GgufModel::open(path).unwrap();
+        ModelView::from_gguf(&m).unwrap_err().to_string()
+    };
+    // A key the config needs is missing.
+    let p = tiny_gguf(tmp.path(), &full[..1], &[("token_embd.weight", vec![8, 4])]);
+    assert!(err(&p).contains("llama.embedding_length"), "{}", err(&p));
+    // q rows that do not split into heads of two rotary halves.
+    let p = tiny_gguf(tmp.path(), &full, &[("blk.0.attn_q.weight", vec![8, 8])]);
+    assert!(err(&p).contains("rotary halves"), "{}", err(&p));
+    // A tensor llama does not have.
+    let p = tiny_gguf(
+        tmp.path(),
+        &full,
+        &[("blk.0.ssm_conv1d.weight", vec![4, 4])],
+    );
+    assert!(err(&p).contains("no Hugging Face name"), "{}", err(&p));
+}

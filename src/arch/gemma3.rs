@@ -230,6 +230,16 @@ impl Architecture for Gemma3 {
         c.remove("hidden_act");
         c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
         let layers = k.require_u64("block_count")?;
+        if layers > info.tensor_names.len() as u64 {
+            return Err(ArchError::BadShape {
+                name: "gemma3.block_count".into(),
+                shape: vec![layers],
+                why: format!(
+                    "{layers} blocks but only {} tensors",
+                    info.tensor_names.len()
+                ),
+            });
+        }
         let hidden = k.require_u64("embedding_length")?;
         let heads = k.require_u64("attention.head_count")?.max(1);
         let head_dim = k.u64("attention.key_length").unwrap_or(256);

@@ -171,6 +171,9 @@ impl Llama3Rope {
     }
 }
 
+/// Most rotary dimensions qforge computes factors for.
+const MAX_ROPE_DIM: u64 = 1 << 16;
+
 /// `rope_freqs.weight` for a `rope_type: llama3` config, else nothing.
 pub(super) fn llama3_rope_freqs(hp: &HParams) -> Result<Vec<GeneratedTensor>> {
     let rope = hp.full_attention_rope();
@@ -193,6 +196,13 @@ pub(super) fn llama3_rope_freqs(hp: &HParams) -> Result<Vec<GeneratedTensor>> {
             hidden / heads
         }
     };
+    if dim == 0 || dim > MAX_ROPE_DIM {
+        return Err(ArchError::BadHparam {
+            key: "head_dim".into(),
+            value: dim.to_string(),
+            why: "rotary dimensions must be from 1 to 65536",
+        });
+    }
     let params = Llama3Rope {
         base: num("rope_theta", 10000.0),
         dim,
@@ -212,6 +222,9 @@ pub(super) fn llama3_rope_freqs(hp: &HParams) -> Result<Vec<GeneratedTensor>> {
 /// low/high frequency factors and context (1, 4, 8192) with the largest
 /// factor, and accepts them only when they reproduce every value.
 pub fn llama3_rope_from_factors(keys: &GgufKeys<'_>, factors: &[f32], dim: u64) -> Option<JsonMap> {
+    if dim != 2 * factors.len() as u64 || dim > MAX_ROPE_DIM {
+        return None;
+    }
     let base = f64::from(keys.f32("rope.freq_base")?);
     let factor = f64::from(factors.iter().copied().fold(f32::MIN, f32::max));
     let guess = Llama3Rope {
