@@ -167,7 +167,9 @@ pub fn encode(enc: Encoding, vals: &[f32], out: &mut [u8]) -> Result<()> {
 }
 
 fn check_len(enc: Encoding, bytes: usize, elems: usize) -> Result<()> {
-    if elems as u64 % enc.block_size() != 0 || enc.bytes_for(elems as u64) != Some(bytes as u64) {
+    if !(elems as u64).is_multiple_of(enc.block_size())
+        || enc.bytes_for(elems as u64) != Some(bytes as u64)
+    {
         return Err(ConvertError::Unsupported(format!(
             "{bytes} bytes of {enc} do not hold {elems} values in whole blocks"
         )));
@@ -208,7 +210,7 @@ fn materialize_inner(
     let rows_out = plan.rows() as usize;
     let n_src: usize = src_shape.iter().product::<u64>() as usize;
     let row_elems = n_src.checked_div(rows_src).unwrap_or(0);
-    let row_aligned = row_elems as u64 % plan.from.block_size() == 0;
+    let row_aligned = (row_elems as u64).is_multiple_of(plan.from.block_size());
     let src_row = |r: usize| -> usize {
         let c = plan.rows_to.canonical_row(r as u64, rows_out as u64);
         plan.rows_from.stored_row(c, rows_src as u64) as usize
@@ -234,7 +236,7 @@ fn materialize_inner(
     let row_out_bytes = plan.to.bytes_for(row_elems as u64);
     let fused = row_aligned
         && row_elems > 0
-        && row_elems as u64 % plan.to.block_size() == 0
+        && (row_elems as u64).is_multiple_of(plan.to.block_size())
         && can_decode(plan.from)
         && can_encode(plan.to);
     if !fused {
