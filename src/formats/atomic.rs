@@ -127,8 +127,16 @@ impl AtomicDir {
         &self.temp_path
     }
 
-    /// Writes one small file into the folder.
+    /// Writes one small file into the folder; `name` may name a subfolder
+    /// (`additional_chat_templates/x.jinja`), which is created.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if let Some(parent) = Path::new(name)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            fs::create_dir_all(self.temp_path.join(parent))
+                .map_err(|e| FormatError::io(&self.final_path.join(parent), e))?;
+        }
         let mut f = AtomicFile::create(self.temp_path.join(name))?;
         f.write_all(bytes)
             .map_err(|e| FormatError::io(&self.final_path.join(name), e))?;
