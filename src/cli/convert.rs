@@ -11,9 +11,9 @@ use serde_json::json;
 
 use super::{parse_size, print_json, FileBars, Progress};
 use crate::convert::{
-    self, gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, tokenizer_bridge, write_gguf,
-    write_safetensors, ErrorStats, FloatType, GgufMetadataOptions, GgufOutType, ModelView,
-    Provenance, WriteOptions, DEFAULT_MAX_SHARD_BYTES,
+    self, gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, write_gguf, write_safetensors,
+    ErrorStats, FloatType, GgufMetadataOptions, GgufOutType, ModelView, Provenance, WriteOptions,
+    DEFAULT_MAX_SHARD_BYTES,
 };
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{self, GgufModel, GgufWriter, SplitBy, TensorSpec};
@@ -69,9 +69,21 @@ pub(crate) struct ConvertArgs {
     )]
     gguf_type: Option<OutType>,
     /// Float type of a safetensors output (default: the source's float
-    /// type; f32 for quantized sources, which holds their values exactly).
+    /// type; f32 for quantized sources, which holds their values exactly);
+    /// of an MLX output's unquantized tensors and scales (default: as
+    /// mlx_lm.convert, config.json's torch_dtype, else each tensor's own;
+    /// f16 scales for GGUF blocks).
     #[arg(long, value_enum, ignore_case = true)]
     dtype: Option<Dtype>,
+    /// MLX output: quantize every matrix to this many bits (2, 3, 4, 5, 6,
+    /// 8; default 4 when only --group-size is given). Without --bits and
+    /// --group-size, float tensors stay floats and GGUF Q4_0/Q4_1/Q8_0
+    /// blocks become MLX groups of 32 without requantizing.
+    #[arg(long, value_name = "B")]
+    bits: Option<u32>,
+    /// MLX output: elements per scale and bias (32, 64, 128; default 64).
+    #[arg(long, value_name = "G")]
+    group_size: Option<u32>,
     /// Largest safetensors shard (default 5GB, as save_pretrained).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_shard_size: Option<u64>,
@@ -109,10 +121,16 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
     };
     let from = detect(&args.input)?;
     if to != TargetFormat::Gguf && args.gguf_type.is_some() {
-        bail!("--type applies to GGUF outputs; for safetensors use --dtype");
+        bail!("--type applies to GGUF outputs; for safetensors and MLX use --dtype");
     }
-    if to != TargetFormat::Safetensors && (args.dtype.is_some() || args.max_shard_size.is_some()) {
-        bail!("--dtype and --max-shard-size apply to safetensors outputs; for GGUF use --type");
+    if to == TargetFormat::Gguf && args.dtype.is_some() {
+        bail!("--dtype applies to safetensors and MLX outputs; for GGUF use --type");
+    }
+    if to != TargetFormat::Safetensors && args.max_shard_size.is_some() {
+        bail!("--max-shard-size applies to safetensors outputs (MLX folders are cut at 5 GiB, as mlx-lm cuts them)");
+    }
+    if to != TargetFormat::Mlx && (args.bits.is_some() || args.group_size.is_some()) {
+        bail!("--bits and --group-size apply to MLX outputs");
     }
     let split = args.split_max_tensors.is_some() || args.split_max_size.is_some();
     match (from, to) {
@@ -122,10 +140,11 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
             }
             gguf_to_gguf(&args)
         }
-        (
-            ModelFormat::Safetensors | ModelFormat::Gguf,
-            TargetFormat::Gguf | TargetFormat::Safetensors,
-        ) => {
+        (ModelFormat::Mlx, TargetFormat::Mlx) => bail!(
+            "{} is already an MLX folder: requantize it with `qforge quantize`",
+            args.input.display()
+        ),
+        (from, to) => {
             if split {
                 bail!(
                     "--split-max-tensors/--split-max-size rewrite a GGUF file; convert first, \
@@ -134,12 +153,6 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
             }
             convert_view(&args, from, to)
         }
-        (from, to) => bail!(
-            "converting {} to {:?} is not available in this build of qforge \
-             (it converts between Hugging Face folders and GGUF)",
-            from.name(),
-            to
-        ),
     }
 }
 
@@ -231,13 +244,6 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             write_gguf(&view, &plan, &md, &args.output, &opts)?
         }
         _ => {
-            if view.gguf_metadata().is_some() && !tokenizer_bridge::TOKENIZER_WIRED {
-                warnings.push(
-                    "tokenizer.json is not written: this build has no tokenizer module yet \
-                     (the chat template is kept as chat_template.jinja)"
-                        .into(),
-                );
-            }
             let side = hf_side_files(&view, &plan)?;
             write_safetensors(
                 &view,
