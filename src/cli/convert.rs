@@ -11,13 +11,15 @@ use serde_json::json;
 
 use super::{parse_size, print_json, FileBars, Progress};
 use crate::convert::{
-    self, gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, write_gguf, write_safetensors,
-    ErrorStats, FloatType, GgufMetadataOptions, GgufOutType, ModelView, Provenance, WriteOptions,
-    DEFAULT_MAX_SHARD_BYTES,
+    self, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf, plan_mlx,
+    plan_safetensors, write_gguf, write_mlx, write_safetensors, ErrorStats, FloatType,
+    GgufMetadataOptions, GgufOutType, MlxTarget, ModelView, Provenance, WriteOptions, DEFAULT_BITS,
+    DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
 };
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{self, GgufModel, GgufWriter, SplitBy, TensorSpec};
 use crate::formats::hf::HfModel;
+use crate::formats::mlx::{MlxModel, QuantParams};
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::{sha256_file, HashingWriter};
 
@@ -166,16 +168,33 @@ fn hash_sources(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
         .collect()
 }
 
-/// Hugging Face folder <-> GGUF (and folder -> folder) through the
-/// canonical view.
+/// What `--bits`, `--group-size` and `--dtype` ask of an MLX output.
+fn mlx_target(args: &ConvertArgs) -> MlxTarget {
+    let quantize = (args.bits.is_some() || args.group_size.is_some()).then(|| QuantParams {
+        bits: args.bits.unwrap_or(DEFAULT_BITS),
+        group_size: args.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+    });
+    MlxTarget {
+        quantize,
+        dtype: args.dtype.map(float_type),
+    }
+}
+
+/// Any direction between Hugging Face folders, GGUF and MLX folders
+/// through the canonical view.
 fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Result<ExitCode> {
     let start = Instant::now();
     let hf;
     let gguf_model;
+    let mlx_model;
     let view = match from {
         ModelFormat::Gguf => {
             gguf_model = GgufModel::open(&args.input)?;
             ModelView::from_gguf(&gguf_model)?
+        }
+        ModelFormat::Mlx => {
+            mlx_model = MlxModel::open(&args.input)?;
+            ModelView::from_mlx(&mlx_model)?
         }
         _ => {
             if !args.input.is_dir() {
@@ -188,9 +207,21 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             ModelView::from_hf(&hf)?
         }
     };
-    let plan = match to {
-        TargetFormat::Gguf => plan_gguf(&view, out_type(args.gguf_type))?,
-        _ => plan_safetensors(&view, args.dtype.map(float_type))?,
+    let mlx_plan = match to {
+        TargetFormat::Mlx => Some(plan_mlx(&view, &mlx_target(args))?),
+        _ => None,
+    };
+    let other_plan;
+    let plan = match (&mlx_plan, to) {
+        (Some(m), _) => &m.plan,
+        (None, TargetFormat::Gguf) => {
+            other_plan = plan_gguf(&view, out_type(args.gguf_type))?;
+            &other_plan
+        }
+        (None, _) => {
+            other_plan = plan_safetensors(&view, args.dtype.map(float_type))?;
+            &other_plan
+        }
     };
 
     if args.dry_run {
@@ -233,7 +264,7 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             };
             let (md, notes) = gguf_metadata(
                 &view,
-                &plan,
+                plan,
                 &GgufMetadataOptions {
                     model_name: args.model_name.as_deref(),
                     tokenizer_pre: args.tokenizer_pre.as_deref(),
@@ -241,13 +272,19 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
                 },
             )?;
             warnings.extend(notes.warnings);
-            write_gguf(&view, &plan, &md, &args.output, &opts)?
+            write_gguf(&view, plan, &md, &args.output, &opts)?
         }
-        _ => {
-            let side = hf_side_files(&view, &plan)?;
+        TargetFormat::Mlx => {
+            let m = mlx_plan.as_ref().expect("planned above");
+            let config = mlx_config(&view, m.quantization.as_ref());
+            let side = mlx_side_files(&view)?;
+            write_mlx(&view, m, &config, &side, &args.output, &opts)?
+        }
+        TargetFormat::Safetensors => {
+            let side = hf_side_files(&view, plan)?;
             write_safetensors(
                 &view,
-                &plan,
+                plan,
                 &side,
                 &args.output,
                 args.max_shard_size.unwrap_or(DEFAULT_MAX_SHARD_BYTES),
