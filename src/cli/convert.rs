@@ -322,6 +322,14 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             "seconds": start.elapsed().as_secs_f64(),
         }))?;
     } else {
+        let lossy = plan.tensors.iter().filter(|t| !t.lossless).count();
+        if lossy > 0 && !args.report {
+            warnings.push(format!(
+                "{lossy} of {} tensors are not converted losslessly; \
+                 pass --report for the max and RMS error of each",
+                plan.tensors.len()
+            ));
+        }
         for w in &warnings {
             eprintln!("warning: {w}");
         }

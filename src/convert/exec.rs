@@ -16,6 +16,7 @@ use super::error::{ConvertError, Result};
 use super::mlx_exec::{self, MlxParts, MlxRows};
 use super::plan::{PlanSource, TensorPlan};
 use super::view::{Encoding, FloatType, ModelView, TensorBytes, ViewTensor};
+use crate::formats::mmap::ReleasePages;
 
 /// How far an output's values are from the values it was made from.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -293,6 +294,12 @@ fn materialize_inner(
                 let s = src_row(first + k);
                 decode_seq(plan.from, &src[s * src_slice..(s + 1) * src_slice], v)?;
             }
+            // Rows in stored order were read once: hand their pages back
+            // now, so a large tensor's source and output are not resident
+            // in full at the same time.
+            if let (false, Some(pages)) = (plan.permutes(), view.pages) {
+                pages.release(&src[first * src_slice..(first + n_rows) * src_slice]);
+            }
             apply_shift(plan, &mut vals);
             encode_seq(plan.to, &vals, out)?;
             if measure && !plan.lossless {
@@ -455,6 +462,20 @@ impl<'a> SourceRows<'a> {
                 .copied()
                 .collect(),
             SourceRows::Mlx(_) => Vec::new(),
+        }
+    }
+
+    /// Hands the mapped pages of stored rows `rows` back (plain sources;
+    /// MLX sources are released whole by the writer).
+    fn release_rows(&self, rows: std::ops::Range<usize>, pages: Option<&dyn ReleasePages>) {
+        if let (
+            SourceRows::Plain {
+                bytes, row_bytes, ..
+            },
+            Some(p),
+        ) = (self, pages)
+        {
+            p.release(&bytes[rows.start * row_bytes..rows.end * row_bytes]);
         }
     }
 
@@ -650,6 +671,9 @@ fn materialize_mlx_inner(
             }
             _ => {
                 src.decode(&idx, &mut vals)?;
+                if let (false, Some(&a), Some(&b)) = (plan.permutes(), idx.first(), idx.last()) {
+                    src.release_rows(a..b + 1, view.pages);
+                }
                 apply_shift(plan, &mut vals);
                 let q = mlx_exec::quantize_rows(&vals, cols, &params, dtype)?;
                 if !(measure && lossy) {
