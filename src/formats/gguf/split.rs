@@ -10,7 +10,7 @@ use super::reader::GgufFile;
 use super::value::{Metadata, Value};
 use super::writer::{GgufWriter, TensorSpec};
 use super::{align_up, keys, TensorInfo, DEFAULT_ALIGNMENT, VERSION};
-use crate::formats::atomic::AtomicFile;
+use crate::formats::atomic::{commit_all, AtomicFile};
 use crate::formats::error::{FormatError, Result};
 
 /// The path of split `index` (from 0) of `count` for a set named `prefix`
@@ -267,7 +267,10 @@ pub fn split_file_with_metadata(
     let plan = plan_splits(&infos, by)?;
     let count = plan.len();
 
+    // Every part is written before any is renamed into place: a failure
+    // leaves no part of the set under its final name.
     let mut paths = Vec::with_capacity(count);
+    let mut outs = Vec::with_capacity(count);
     for (i, members) in plan.iter().enumerate() {
         let mut meta = if i == 0 {
             metadata.clone()
@@ -296,9 +299,10 @@ pub fn split_file_with_metadata(
                 .map_err(|e| e.in_file(&path))?;
         }
         w.finish().map_err(|e| e.in_file(&path))?;
-        out.commit()?;
+        outs.push(out.finish()?);
         paths.push(path);
     }
+    commit_all(outs)?;
     Ok(paths)
 }
 
