@@ -21,7 +21,7 @@ pub use safetensors::Dtype;
 use super::atomic::AtomicFile;
 use super::error::{FormatError, FormatErrorKind, Result};
 use super::mmap::MappedFile;
-use super::paths::safe_child;
+use super::paths::{read_side_file, safe_child, MAX_JSON_SIDE_FILE};
 
 /// Largest header the reference reader accepts.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -335,10 +335,8 @@ impl SafetensorsModel {
         let path = path.as_ref();
         let (root, file_names, index) = if path.is_dir() {
             let index_path = path.join(INDEX_FILE);
-            if index_path.is_file() {
-                let text =
-                    fs::read_to_string(&index_path).map_err(|e| FormatError::io(&index_path, e))?;
-                let index: ShardIndex = serde_json::from_str(&text).map_err(|e| {
+            if let Some(text) = read_side_file(path, INDEX_FILE, MAX_JSON_SIDE_FILE)? {
+                let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| {
                     FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&index_path)
                 })?;
                 let mut names: Vec<String> = Vec::new();
@@ -382,8 +380,13 @@ impl SafetensorsModel {
         let index_path = root.join(INDEX_FILE);
         let mut files = Vec::with_capacity(file_names.len());
         for name in &file_names {
+            // A name from the index, or a file found in a folder: either way
+            // it must stay inside the folder. The path of a single file was
+            // given by the user and is taken as it is.
             let p = if index.is_some() {
                 safe_child(&root, name).map_err(|e| e.in_file(&index_path))?
+            } else if path.is_dir() {
+                safe_child(&root, name).map_err(|e| e.in_file(&root.join(name)))?
             } else {
                 root.join(name)
             };

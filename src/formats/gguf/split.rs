@@ -12,6 +12,7 @@ use super::writer::{GgufWriter, TensorSpec};
 use super::{align_up, keys, TensorInfo, DEFAULT_ALIGNMENT, VERSION};
 use crate::formats::atomic::{commit_all, AtomicFile};
 use crate::formats::error::{FormatError, Result};
+use crate::formats::paths::safe_child;
 
 /// The path of split `index` (from 0) of `count` for a set named `prefix`
 /// (`prefix-00001-of-00003.gguf`, llama.cpp's `llama_split_path`).
@@ -104,7 +105,7 @@ impl GgufModel {
                 let f = if i == name.index {
                     GgufFile::open(path)?
                 } else {
-                    GgufFile::open(split_path(&name.prefix, i, count))?
+                    GgufFile::open(sibling(&name.prefix, i, count)?)?
                 };
                 let no = f.metadata().get_u64(keys::SPLIT_NO);
                 if no != Some(i as u64) {
@@ -196,6 +197,23 @@ impl GgufModel {
     pub fn file_bytes(&self) -> u64 {
         self.files.iter().map(GgufFile::file_len).sum()
     }
+}
+
+/// Split `index` of the set next to the file the user named: its name is
+/// built here, but it may be a symlink, which must stay in the folder (as
+/// shards named by a safetensors index must).
+fn sibling(prefix: &Path, index: usize, count: usize) -> Result<PathBuf> {
+    let path = split_path(prefix, index, count);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("split_path ends in a UTF-8 name");
+    safe_child(dir, name).map_err(|e| e.in_file(&path))?;
+    Ok(path)
 }
 
 fn split_count(f: &GgufFile) -> Result<usize> {
