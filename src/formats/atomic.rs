@@ -360,10 +360,19 @@ impl AtomicDir {
         &self.temp_path
     }
 
-    /// Writes one small file into the folder; `name` must be a plain file
-    /// name (it may come from a model's metadata).
+    /// Writes one small file into the folder. `name` may come from a
+    /// model's metadata: it is a plain file name, or plain names joined by
+    /// `/` (`additional_chat_templates/tool_use.jinja`), whose folders are
+    /// created; `..`, absolute paths and control characters are refused.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let path = safe_child(&self.temp_path, name).map_err(|e| e.in_file(&self.final_path))?;
+        let mut path = self.temp_path.clone();
+        let parts: Vec<&str> = name.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            path = safe_child(&path, part).map_err(|e| e.in_file(&self.final_path.join(name)))?;
+            if i + 1 < parts.len() {
+                fs::create_dir_all(&path).map_err(|e| FormatError::io(&path, e))?;
+            }
+        }
         let mut f = AtomicFile::create(path)?;
         f.write_all(bytes)
             .map_err(|e| FormatError::io(&self.final_path.join(name), e))?;
@@ -498,12 +507,27 @@ mod tests {
     fn folder_files_must_be_plain_names() {
         let dir = tempfile::tempdir().unwrap();
         let out = AtomicDir::create(dir.path().join("m")).unwrap();
-        for bad in ["../escape.json", "/tmp/x", "a/b", "..", "a\nb"] {
+        for bad in [
+            "../escape.json",
+            "/tmp/x",
+            "a/../../x",
+            "a//b",
+            "..",
+            "a\nb",
+            "a\\b",
+            "",
+        ] {
             assert!(out.write_file(bad, b"x").is_err(), "{bad:?} accepted");
         }
         assert!(!dir.path().join("escape.json").exists());
         out.write_file("config.json", b"{}").unwrap();
+        out.write_file("additional_chat_templates/tool_use.jinja", b"t")
+            .unwrap();
         out.commit().unwrap();
         assert_eq!(fs::read(dir.path().join("m/config.json")).unwrap(), b"{}");
+        assert!(dir
+            .path()
+            .join("m/additional_chat_templates/tool_use.jinja")
+            .is_file());
     }
 }
