@@ -25,6 +25,7 @@ use super::pre::{hf_pre_tokenizer, known_pre_tokenizers, pre_tokenizer_info};
 use super::{keys, TokenType};
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{Array, Metadata, Value as GgufValue};
+use crate::formats::paths::safe_child;
 
 /// Hugging Face tokenizer files rebuilt from GGUF metadata.
 #[derive(Debug, Clone)]
@@ -92,7 +93,9 @@ impl HfTokenizerOutput {
             let extra = dir.join("additional_chat_templates");
             std::fs::create_dir_all(&extra).map_err(|e| TokenizerError::io(&extra, e))?;
             for (name, t) in &self.named_chat_templates {
-                write_file(&extra.join(format!("{name}.jinja")), t.as_bytes())?;
+                // The name comes from a GGUF key (tokenizer.chat_template.NAME).
+                let path = safe_child(&extra, &format!("{name}.jinja"))?;
+                write_file(&path, t.as_bytes())?;
             }
         }
         Ok(())
@@ -101,11 +104,10 @@ impl HfTokenizerOutput {
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let to_err = |e: crate::formats::FormatError| TokenizerError::json(e.to_string()).in_file(path);
-    let mut f = AtomicFile::create(path).map_err(to_err)?;
+    let mut f = AtomicFile::create(path)?;
     f.write_all(bytes)
         .map_err(|e| TokenizerError::io(path, e))?;
-    f.commit().map_err(to_err)
+    Ok(f.commit()?)
 }
 
 /// The tokenizer keys of a GGUF file, read and checked.
@@ -656,6 +658,18 @@ pub fn gguf_to_hf(md: &Metadata) -> Result<HfTokenizerOutput> {
         if let (Some(name), GgufValue::String(t)) =
             (key.strip_prefix("tokenizer.chat_template."), value)
         {
+            // The name becomes a file name (additional_chat_templates/NAME.jinja).
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.contains(['/', '\\'])
+                || name.chars().any(char::is_control)
+            {
+                return Err(TokenizerError::metadata(format!(
+                    "{key}: the template name {name:?} cannot be a file name \
+                     (empty, a path, or control characters)"
+                )));
+            }
             named.push((name.to_string(), t.clone()));
         }
     }

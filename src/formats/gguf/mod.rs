@@ -39,6 +39,13 @@ pub const MAX_STRING_LEN: u64 = 1 << 30;
 pub const MAX_ARRAY_LEN: u64 = 1 << 30;
 /// Deepest nesting of arrays in arrays that the reader accepts.
 pub const MAX_ARRAY_DEPTH: usize = 8;
+/// Most tensors in one file. Real models have at most a few thousand; each
+/// tensor info costs about 100 bytes of memory for its 24-byte minimum on
+/// disk, so a file of nothing but tensor infos would otherwise cost four
+/// times its size.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Most metadata pairs in one file. Real files have about fifty.
+pub const MAX_METADATA_PAIRS: u64 = 1 << 20;
 
 /// Well-known metadata keys.
 pub mod keys {
