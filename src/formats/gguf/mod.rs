@@ -29,6 +29,10 @@ pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const VERSION: u32 = 3;
 /// Alignment when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// Largest `general.alignment` accepted: real files use 32, a few a page
+/// (4 KiB to 64 KiB). A rewrite pads to the alignment, so a hostile value
+/// (2^31) would make qforge write gigabytes of padding for a tiny file.
+pub const MAX_ALIGNMENT: u64 = 1 << 16;
 /// Most dimensions a tensor may have (GGML_MAX_DIMS).
 pub const MAX_DIMS: usize = 4;
 /// Longest tensor name in bytes: ggml keeps 64 bytes including the NUL.

@@ -12,8 +12,8 @@ use quant_kernels::GgmlType;
 
 use super::value::{Array, Metadata, Value, ValueType};
 use super::{
-    TensorInfo, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS,
-    MAX_METADATA_PAIRS, MAX_STRING_LEN, MAX_TENSORS, MAX_TENSOR_NAME_LEN,
+    TensorInfo, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, MAX_ALIGNMENT, MAX_ARRAY_DEPTH,
+    MAX_ARRAY_LEN, MAX_DIMS, MAX_METADATA_PAIRS, MAX_STRING_LEN, MAX_TENSORS, MAX_TENSOR_NAME_LEN,
 };
 use crate::formats::error::{FormatError, FormatErrorKind, Result};
 use crate::formats::mmap::MappedFile;
@@ -109,6 +109,13 @@ impl GgufHeader {
 
         let alignment = match metadata.get(KEY_ALIGNMENT) {
             None => DEFAULT_ALIGNMENT,
+            Some(Value::U32(a)) if u64::from(*a) > MAX_ALIGNMENT => {
+                return Err(FormatError::new(FormatErrorKind::LimitExceeded {
+                    what: KEY_ALIGNMENT,
+                    count: u64::from(*a),
+                    limit: MAX_ALIGNMENT,
+                }))
+            }
             Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
             Some(Value::U32(a)) => {
                 return Err(FormatError::new(FormatErrorKind::BadMetadata(format!(
