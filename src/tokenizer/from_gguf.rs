@@ -438,9 +438,21 @@ pub(crate) fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(Stri
         local.sort_by_key(|m| (m.0, m.1));
         merges.extend(local);
     }
+    // A total order on scores that agrees with `<` on every real one (so
+    // -0.0 == 0.0, as in Python): NaN, which no real vocabulary holds, sorts
+    // last instead of making the order inconsistent.
+    let key = |s: f32| {
+        if s.is_nan() {
+            f32::NEG_INFINITY
+        } else if s == 0.0 {
+            0.0
+        } else {
+            s
+        }
+    };
     merges.sort_by(|a, b| {
-        b.3.partial_cmp(&a.3)
-            .unwrap_or(std::cmp::Ordering::Equal)
+        key(b.3)
+            .total_cmp(&key(a.3))
             .then(b.4.cmp(&a.4))
             .then(b.5.cmp(&a.5))
     });
