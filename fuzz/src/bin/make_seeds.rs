@@ -229,7 +229,7 @@ fn small_tensors() -> Vec<(TensorSpec, Vec<u8>)> {
     [
         ("token_embd.weight", vec![32, 2], GgmlType::Q8_0),
         ("blk.0.attn_q.weight", vec![32, 1], GgmlType::Q4_0),
-        ("blk.0.ffn_up.weight", vec![256], GgmlType::Q4_K),
+        ("blk.0.ffn_up.weight", vec![256], GgmlType::Q4K),
         ("output_norm.weight", vec![8], GgmlType::F32),
         ("blk.0.attn_norm.weight", vec![4, 2], GgmlType::F16),
     ]
