@@ -30,6 +30,7 @@ use super::{FileReport, TensorReport, WriteOptions, WriteReport};
 use crate::arch::RowOrder;
 use crate::formats::error::FormatError;
 use crate::formats::mlx::{self as mlx_format, MlxFolder, QuantConfig, QuantParams, MODEL_CARD};
+use crate::formats::paths::{read_side_file, MAX_TOKENIZER_FILE};
 use crate::formats::safetensors::{Dtype, StTensorSpec};
 use crate::hashing::sha256_file;
 
@@ -383,9 +384,7 @@ pub fn mlx_side_files(view: &ModelView<'_>) -> Result<Vec<(String, Vec<u8>)>> {
             py.sort();
             names.extend(py);
             for name in names {
-                let p = dir.join(&name);
-                if p.is_file() {
-                    let bytes = std::fs::read(&p).map_err(|e| FormatError::io(&p, e))?;
+                if let Some(bytes) = read_side_file(dir, &name, MAX_TOKENIZER_FILE)? {
                     files.push((name, bytes));
                 }
             }
