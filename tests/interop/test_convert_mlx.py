@@ -317,3 +317,23 @@ def test_smollm2_mlx_4bit_to_gguf_q4_1_and_back_is_lossless(qforge, smollm2_hf, 
     back = tmp_path / "back"
     qforge_convert(qforge, gguf_path, back, "--to", "mlx")
     assert_mlx_values_equal(mlx, back)
+
+
+def test_mlx_to_hf_dequantizes_as_mlx_does(qforge, tmp_path):
+    """MLX -> safetensors: F32 weights equal to mlx's own dequantization,
+    in a folder transformers loads."""
+    src = fixture_dir("qwen2")
+    mlx = mlx_lm_reference(src, tmp_path / "mlx", 4, 32)
+    hf = tmp_path / "hf"
+    report = qforge_convert(qforge, mlx, hf, "--to", "safetensors")
+    assert report["lossless"]
+    want = mlx_values(mlx, json.loads((mlx / "config.json").read_text()))
+    got = {}
+    for f in sorted(hf.glob("*.safetensors")):
+        got.update({k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(f)).items()})
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert same_bits(got[name], want[name]), f"{name} changed"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(hf))
