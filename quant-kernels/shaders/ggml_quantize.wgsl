@@ -67,14 +67,14 @@ fn quantize_q8_0(
                 amax = sf_abs(v);
             }
         }
-        let d = sf_div(amax, F_127);
+        let d = sf_div_fast(amax, F_127);
         var id = 0u;
         if (!sf_eq(d, 0u)) {
-            id = sf_div(F_ONE, d);
+            id = sf_div_fast(F_ONE, d);
         }
         bw_push_u16(&w, sf_to_f16(d));
         for (var j = 0u; j < 32u; j = j + 1u) {
-            let q = sf_cvtt(sf_round_away(sf_mul(src[base + j], id)));
+            let q = sf_cvtt(sf_round_away(sf_mul_fast(src[base + j], id)));
             bw_push(&w, u32(q));
         }
     }
@@ -98,15 +98,15 @@ fn quantize_q4_0(
     for (var b = 0u; b < count; b = b + 1u) {
         let base = (first + b) * 32u;
         let vmax = signed_absmax(base, 32u);
-        let d = sf_div(vmax, F_NEG_8);
+        let d = sf_div_fast(vmax, F_NEG_8);
         var id = 0u;
         if (!sf_eq(d, 0u)) {
-            id = sf_div(F_ONE, d);
+            id = sf_div_fast(F_ONE, d);
         }
         bw_push_u16(&w, sf_to_f16(d));
         for (var j = 0u; j < 16u; j = j + 1u) {
-            let x0 = sf_mul(src[base + j], id);
-            let x1 = sf_mul(src[base + 16u + j], id);
+            let x0 = sf_mul_fast(src[base + j], id);
+            let x1 = sf_mul_fast(src[base + 16u + j], id);
             let xi0 = nibble_from(sf_add(x0, F_8_5));
             let xi1 = nibble_from(sf_add(x1, F_8_5));
             bw_push(&w, xi0 | (xi1 << 4u));
@@ -140,17 +140,17 @@ fn quantize_q4_1(
             vmax = v;
         }
     }
-    let d = sf_div(sf_sub(vmax, vmin), F_15);
+    let d = sf_div_fast(sf_sub(vmax, vmin), F_15);
     var id = 0u;
     if (!sf_eq(d, 0u)) {
-        id = sf_div(F_ONE, d);
+        id = sf_div_fast(F_ONE, d);
     }
     var w = ByteWriter(blk * 5u, 0u, 0u);
     bw_push_u16(&w, sf_to_f16(d));
     bw_push_u16(&w, sf_to_f16(vmin));
     for (var j = 0u; j < 16u; j = j + 1u) {
-        let x0 = sf_mul(sf_sub(src[base + j], vmin), id);
-        let x1 = sf_mul(sf_sub(src[base + 16u + j], vmin), id);
+        let x0 = sf_mul_fast(sf_sub(src[base + j], vmin), id);
+        let x1 = sf_mul_fast(sf_sub(src[base + 16u + j], vmin), id);
         let xi0 = nibble_from(sf_add(x0, F_HALF));
         let xi1 = nibble_from(sf_add(x1, F_HALF));
         bw_push(&w, xi0 | (xi1 << 4u));
@@ -176,7 +176,7 @@ struct Qkx2 {
 }
 
 fn qkx2_level(iscale: u32, lmin: u32, x: u32) -> i32 {
-    return clamp(sf_nearest_int(sf_mul(iscale, sf_sub(x, lmin))), 0, 15);
+    return clamp(sf_nearest_int(sf_mul_fast(iscale, sf_sub(x, lmin))), 0, 15);
 }
 
 // make_qkx2_quants(15, x, weights, L, Laux, rmin=-1, rdelta=0.1, nstep=20,
@@ -185,7 +185,7 @@ fn make_qkx2_q4k() -> Qkx2 {
     var vmin = kx[0];
     var vmax = kx[0];
     var sum_w = kw[0];
-    var sum_x = sf_mul(sum_w, kx[0]);
+    var sum_x = sf_mul_fast(sum_w, kx[0]);
     for (var i = 1u; i < 32u; i = i + 1u) {
         if (sf_lt(kx[i], vmin)) {
             vmin = kx[i];
@@ -195,7 +195,7 @@ fn make_qkx2_q4k() -> Qkx2 {
         }
         let w = kw[i];
         sum_w = sf_add(sum_w, w);
-        sum_x = sf_add(sum_x, sf_mul(w, kx[i]));
+        sum_x = sf_add(sum_x, sf_mul_fast(w, kx[i]));
     }
     if (sf_gt(vmin, 0u)) {
         vmin = 0u;
@@ -203,20 +203,20 @@ fn make_qkx2_q4k() -> Qkx2 {
     if (sf_eq(vmax, vmin)) {
         return Qkx2(0u, sf_neg(vmin), 0u, 0u, true);
     }
-    var iscale = sf_div(F_15, sf_sub(vmax, vmin));
-    var scale = sf_div(F_ONE, iscale);
+    var iscale = sf_div_fast(F_15, sf_sub(vmax, vmin));
+    var scale = sf_div_fast(F_ONE, iscale);
     var best_error = 0u;
     for (var i = 0u; i < 32u; i = i + 1u) {
         let l = qkx2_level(iscale, vmin, kx[i]);
-        var diff = sf_sub(sf_add(sf_mul(scale, sf_from_i32(l)), vmin), kx[i]);
-        diff = sf_mul(diff, diff);
-        best_error = sf_add(best_error, sf_mul(kw[i], diff));
+        var diff = sf_sub(sf_add(sf_mul_fast(scale, sf_from_i32(l)), vmin), kx[i]);
+        diff = sf_mul_fast(diff, diff);
+        best_error = sf_add(best_error, sf_mul_fast(kw[i], diff));
     }
     var l_iscale = iscale;
     var l_min = vmin;
     for (var istep = 0; istep <= 20; istep = istep + 1) {
-        iscale = sf_div(
-            sf_add(sf_add(0xbf800000u, sf_mul(F_0_1, sf_from_i32(istep))), F_15),
+        iscale = sf_div_fast(
+            sf_add(sf_add(0xbf800000u, sf_mul_fast(F_0_1, sf_from_i32(istep))), F_15),
             sf_sub(vmax, vmin),
         );
         var sum_l = 0u;
@@ -224,25 +224,25 @@ fn make_qkx2_q4k() -> Qkx2 {
         var sum_xl = 0u;
         for (var i = 0u; i < 32u; i = i + 1u) {
             let lf = sf_from_i32(qkx2_level(iscale, vmin, kx[i]));
-            let wl = sf_mul(kw[i], lf);
+            let wl = sf_mul_fast(kw[i], lf);
             sum_l = sf_add(sum_l, wl);
-            sum_l2 = sf_add(sum_l2, sf_mul(wl, lf));
-            sum_xl = sf_add(sum_xl, sf_mul(wl, kx[i]));
+            sum_l2 = sf_add(sum_l2, sf_mul_fast(wl, lf));
+            sum_xl = sf_add(sum_xl, sf_mul_fast(wl, kx[i]));
         }
-        let d = sf_sub(sf_mul(sum_w, sum_l2), sf_mul(sum_l, sum_l));
+        let d = sf_sub(sf_mul_fast(sum_w, sum_l2), sf_mul_fast(sum_l, sum_l));
         if (sf_gt(d, 0u)) {
-            var this_scale = sf_div(sf_sub(sf_mul(sum_w, sum_xl), sf_mul(sum_x, sum_l)), d);
-            var this_min = sf_div(sf_sub(sf_mul(sum_l2, sum_x), sf_mul(sum_l, sum_xl)), d);
+            var this_scale = sf_div_fast(sf_sub(sf_mul_fast(sum_w, sum_xl), sf_mul_fast(sum_x, sum_l)), d);
+            var this_min = sf_div_fast(sf_sub(sf_mul_fast(sum_l2, sum_x), sf_mul_fast(sum_l, sum_xl)), d);
             if (sf_gt(this_min, 0u)) {
                 this_min = 0u;
-                this_scale = sf_div(sum_xl, sum_l2);
+                this_scale = sf_div_fast(sum_xl, sum_l2);
             }
             var cur_error = 0u;
             for (var i = 0u; i < 32u; i = i + 1u) {
                 let lf = sf_from_i32(qkx2_level(iscale, vmin, kx[i]));
-                var diff = sf_sub(sf_add(sf_mul(this_scale, lf), this_min), kx[i]);
-                diff = sf_mul(diff, diff);
-                cur_error = sf_add(cur_error, sf_mul(kw[i], diff));
+                var diff = sf_sub(sf_add(sf_mul_fast(this_scale, lf), this_min), kx[i]);
+                diff = sf_mul_fast(diff, diff);
+                cur_error = sf_add(cur_error, sf_mul_fast(kw[i], diff));
             }
             if (sf_lt(cur_error, best_error)) {
                 l_iscale = iscale;
@@ -266,7 +266,7 @@ var<private> k_zero: array<bool, 8>;
 
 fn q4k_level(j: u32, x: u32) -> u32 {
     if (!sf_eq(k_d[j], 0u)) {
-        return u32(clamp(sf_nearest_int(sf_div(sf_add(x, k_dm[j]), k_d[j])), 0, 15));
+        return u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, k_dm[j]), k_d[j])), 0, 15));
     }
     if (k_zero[j]) {
         return 0u;
@@ -297,9 +297,9 @@ fn quantize_q4_k(
         for (var k = 0u; k < 32u; k = k + 1u) {
             let v = src[base + 32u * j + k];
             kx[k] = v;
-            sum_x2 = sf_add(sum_x2, sf_mul(v, v));
+            sum_x2 = sf_add(sum_x2, sf_mul_fast(v, v));
         }
-        let av_x = sf_sqrt(sf_div(sum_x2, F_32));
+        let av_x = sf_sqrt(sf_div_fast(sum_x2, F_32));
         for (var k = 0u; k < 32u; k = k + 1u) {
             kw[k] = sf_add(av_x, sf_abs(kx[k]));
         }
@@ -318,17 +318,17 @@ fn quantize_q4_k(
     }
     var inv_scale = 0u;
     if (sf_gt(max_scale, 0u)) {
-        inv_scale = sf_div(F_63, max_scale);
+        inv_scale = sf_div_fast(F_63, max_scale);
     }
     var inv_min = 0u;
     if (sf_gt(max_min, 0u)) {
-        inv_min = sf_div(F_63, max_min);
+        inv_min = sf_div_fast(F_63, max_min);
     }
     // The 12 packed 6-bit scale/min bytes (put_scale_min_k4).
     var sc: array<u32, 12>;
     for (var j = 0u; j < 8u; j = j + 1u) {
-        let ls = min(u32(sf_nearest_int(sf_mul(inv_scale, scales[j]))) & 0xffu, 63u);
-        let lm = min(u32(sf_nearest_int(sf_mul(inv_min, mins[j]))) & 0xffu, 63u);
+        let ls = min(u32(sf_nearest_int(sf_mul_fast(inv_scale, scales[j]))) & 0xffu, 63u);
+        let lm = min(u32(sf_nearest_int(sf_mul_fast(inv_min, mins[j]))) & 0xffu, 63u);
         if (j < 4u) {
             sc[j] = ls;
             sc[j + 4u] = lm;
@@ -338,8 +338,8 @@ fn quantize_q4_k(
             sc[j] = sc[j] | ((lm >> 4u) << 6u);
         }
     }
-    let dh = sf_to_f16(sf_div(max_scale, F_63));
-    let mh = sf_to_f16(sf_div(max_min, F_63));
+    let dh = sf_to_f16(sf_div_fast(max_scale, F_63));
+    let mh = sf_to_f16(sf_div_fast(max_min, F_63));
     // qk_requantize against the stored values.
     let d_all = sf_from_f16(dh);
     let dmin = sf_from_f16(mh);
@@ -353,8 +353,8 @@ fn quantize_q4_k(
             s = (sc[j + 4u] & 0xfu) | ((sc[j - 4u] >> 6u) << 4u);
             m = (sc[j + 4u] >> 4u) | ((sc[j] >> 6u) << 4u);
         }
-        k_d[j] = sf_mul(d_all, sf_from_i32(i32(s)));
-        k_dm[j] = sf_mul(dmin, sf_from_i32(i32(m)));
+        k_d[j] = sf_mul_fast(d_all, sf_from_i32(i32(s)));
+        k_dm[j] = sf_mul_fast(dmin, sf_from_i32(i32(m)));
     }
     var w = ByteWriter(blk * 36u, 0u, 0u);
     bw_push_u16(&w, dh);
@@ -382,7 +382,7 @@ var<private> q6_zero: array<bool, 16>;
 var<private> q6_d: array<u32, 16>;
 
 fn qx_level(iscale: u32, x: u32) -> i32 {
-    return clamp(sf_nearest_int(sf_mul(iscale, x)), -32, 31);
+    return clamp(sf_nearest_int(sf_mul_fast(iscale, x)), -32, 31);
 }
 
 // make_qx_quants(32, x, L, rmse_type=1, qw=NULL) over src[base..base+16].
@@ -402,40 +402,40 @@ fn make_qx_q6k(base: u32, ib: u32) {
         return;
     }
     q6_zero[ib] = false;
-    var iscale = sf_div(0xc2000000u, vmax);
+    var iscale = sf_div_fast(0xc2000000u, vmax);
     var sumlx = 0u;
     var suml2 = 0u;
     for (var i = 0u; i < 16u; i = i + 1u) {
         let x = src[base + i];
         let lf = sf_from_i32(qx_level(iscale, x));
-        let w = sf_mul(x, x);
-        sumlx = sf_add(sumlx, sf_mul(sf_mul(w, x), lf));
-        suml2 = sf_add(suml2, sf_mul(sf_mul(w, lf), lf));
+        let w = sf_mul_fast(x, x);
+        sumlx = sf_add(sumlx, sf_mul_fast(sf_mul_fast(w, x), lf));
+        suml2 = sf_add(suml2, sf_mul_fast(sf_mul_fast(w, lf), lf));
     }
     var scale = 0u;
     if (!sf_eq(suml2, 0u)) {
-        scale = sf_div(sumlx, suml2);
+        scale = sf_div_fast(sumlx, suml2);
     }
-    var best = sf_mul(scale, sumlx);
+    var best = sf_mul_fast(scale, sumlx);
     var l_iscale = iscale;
     for (var istep = -9; istep <= 9; istep = istep + 1) {
         if (istep == 0) {
             continue;
         }
-        iscale = sf_div(sf_neg(sf_add(F_32, sf_mul(F_0_1, sf_from_i32(istep)))), vmax);
+        iscale = sf_div_fast(sf_neg(sf_add(F_32, sf_mul_fast(F_0_1, sf_from_i32(istep)))), vmax);
         sumlx = 0u;
         suml2 = 0u;
         for (var i = 0u; i < 16u; i = i + 1u) {
             let x = src[base + i];
             let lf = sf_from_i32(qx_level(iscale, x));
-            let w = sf_mul(x, x);
-            sumlx = sf_add(sumlx, sf_mul(sf_mul(w, x), lf));
-            suml2 = sf_add(suml2, sf_mul(sf_mul(w, lf), lf));
+            let w = sf_mul_fast(x, x);
+            sumlx = sf_add(sumlx, sf_mul_fast(sf_mul_fast(w, x), lf));
+            suml2 = sf_add(suml2, sf_mul_fast(sf_mul_fast(w, lf), lf));
         }
-        if (sf_gt(suml2, 0u) && sf_gt(sf_mul(sumlx, sumlx), sf_mul(best, suml2))) {
+        if (sf_gt(suml2, 0u) && sf_gt(sf_mul_fast(sumlx, sumlx), sf_mul_fast(best, suml2))) {
             l_iscale = iscale;
-            scale = sf_div(sumlx, suml2);
-            best = sf_mul(scale, sumlx);
+            scale = sf_div_fast(sumlx, suml2);
+            best = sf_mul_fast(scale, sumlx);
         }
     }
     q6_scale[ib] = scale;
@@ -447,7 +447,7 @@ fn q6k_level(base: u32, e: u32) -> u32 {
     let j = e / 16u;
     let x = src[base + e];
     if (!sf_eq(q6_d[j], 0u)) {
-        return u32(clamp(sf_nearest_int(sf_div(x, q6_d[j])), -32, 31) + 32);
+        return u32(clamp(sf_nearest_int(sf_div_fast(x, q6_d[j])), -32, 31) + 32);
     }
     if (q6_zero[j]) {
         return 0u;
@@ -488,16 +488,16 @@ fn quantize_q6_k(
             }
             continue;
         }
-        let iscale = sf_div(F_NEG_128, max_scale);
-        let dh = sf_to_f16(sf_div(F_ONE, iscale));
+        let iscale = sf_div_fast(F_NEG_128, max_scale);
+        let dh = sf_to_f16(sf_div_fast(F_ONE, iscale));
         var scb: array<u32, 16>;
         for (var ib = 0u; ib < 16u; ib = ib + 1u) {
-            scb[ib] = u32(min(sf_nearest_int(sf_mul(iscale, q6_scale[ib])), 127)) & 0xffu;
+            scb[ib] = u32(min(sf_nearest_int(sf_mul_fast(iscale, q6_scale[ib])), 127)) & 0xffu;
         }
         let d_all = sf_from_f16(dh);
         for (var j = 0u; j < 16u; j = j + 1u) {
             let s = (i32(scb[j]) << 24u) >> 24u;
-            q6_d[j] = sf_mul(d_all, sf_from_i32(s));
+            q6_d[j] = sf_mul_fast(d_all, sf_from_i32(s));
         }
         // ql[128]: per half, low nibbles of l1/l2 and l3/l4.
         for (var half = 0u; half < 2u; half = half + 1u) {

@@ -59,7 +59,7 @@ fn affine_params(first: u32, gs: u32, nb: u32) -> GroupParams {
         }
     }
     let mask = sf_gt(sf_abs(w_min), sf_abs(w_max));
-    var scale = sf_div(sf_sub(w_max, w_min), nb);
+    var scale = sf_div_fast(sf_sub(w_max, w_min), nb);
     if (sf_lt(scale, MLX_EPS)) {
         scale = MLX_EPS;
     }
@@ -67,9 +67,9 @@ fn affine_params(first: u32, gs: u32, nb: u32) -> GroupParams {
         scale = sf_neg(scale);
     }
     let edge = select(w_max, w_min, mask);
-    let q0 = sf_rint(sf_div(edge, scale));
+    let q0 = sf_rint(sf_div_fast(edge, scale));
     if (!sf_eq(q0, 0u)) {
-        return GroupParams(sf_div(edge, q0), edge);
+        return GroupParams(sf_div_fast(edge, q0), edge);
     }
     return GroupParams(scale, 0u);
 }
@@ -98,7 +98,7 @@ fn mlx_quantize(
         var nbits = 0u;
         var word = group * wpg;
         for (var i = 0u; i < gs; i = i + 1u) {
-            let y = sf_div(sf_sub(mlx_in(e0 + i), p.bias), p.scale);
+            let y = sf_div_fast(sf_sub(mlx_in(e0 + i), p.bias), p.scale);
             var r = sf_rint(y);
             if (sf_lt(r, 0u)) {
                 r = 0u;
@@ -203,7 +203,7 @@ fn mlx_dequantize(
         if (fast) {
             v = bitcast<u32>(f32(q) * bitcast<f32>(s) + bitcast<f32>(b));
         } else {
-            v = sf_add(sf_mul(sf_from_i32(i32(q)), s), b);
+            v = sf_add(sf_mul_fast(sf_from_i32(i32(q)), s), b);
         }
         dst[e0 + i] = v;
     }

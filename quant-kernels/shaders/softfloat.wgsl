@@ -294,6 +294,22 @@ fn sf_mul(a: u32, b: u32) -> u32 {
     return sf_round_pack(sign, exp_z, sig_z);
 }
 
+// a * b through the float unit where that is provably the same: both
+// operands normal and the product neither subnormal nor overflowing.
+// WGSL, Vulkan, Metal and D3D all require a correctly rounded f32
+// multiply (they may flush subnormals, which this range excludes), and
+// the product is only ever read back as bits, so no compiler can fuse it
+// into a later addition. Everything else goes through sf_mul.
+fn sf_mul_fast(a: u32, b: u32) -> u32 {
+    let ea = (a >> 23u) & 0xffu;
+    let eb = (b >> 23u) & 0xffu;
+    let e = ea + eb;
+    if (ea != 0u && eb != 0u && ea != 0xffu && eb != 0xffu && e >= 129u && e <= 379u) {
+        return bitcast<u32>(bitcast<f32>(a) * bitcast<f32>(b));
+    }
+    return sf_mul(a, b);
+}
+
 // a / b. The 31-bit quotient of the significands comes from exact integer
 // long division, eight bits at a time (remainders stay below 2^24, so each
 // step fits a u32).
@@ -363,6 +379,61 @@ fn sf_div(a: u32, b: u32) -> u32 {
         bits = bits - step;
     }
     return sf_round_pack(sign, exp_z, q | select(0u, 1u, r != 0u));
+}
+
+// a / b: a quotient estimated with float multiplies and adds (a
+// Newton-Raphson reciprocal of the significands, which lie in [1, 2), so
+// no subnormal or special value can reach the float unit), then proven
+// correctly rounded, or corrected, with exact integer arithmetic: for the
+// candidate significand q of the quotient of significands A/B scaled by
+// 2^k, D = 2*A*2^k - 2*q*B is computed modulo 2^32 (exact, since the
+// estimate is within a few ulps and so |D| < 2^31), and q is right when
+// |D| < B, or |D| == B with q even (ties to even). The float unit's
+// accuracy only decides how fast this converges, never the result;
+// operands or results near the subnormal or overflow range, and any
+// estimate that does not converge in four steps, go to sf_div.
+fn sf_div_fast(a: u32, b: u32) -> u32 {
+    let ea = i32((a >> 23u) & 0xffu);
+    let eb = i32((b >> 23u) & 0xffu);
+    let de = ea - eb;
+    if (ea == 0 || eb == 0 || ea == 0xff || eb == 0xff || de < -120 || de > 120) {
+        return sf_div(a, b);
+    }
+    let sig_a = (a & 0x7fffffu) | 0x00800000u;
+    let sig_b = (b & 0x7fffffu) | 0x00800000u;
+    // Estimate A'/B' with A', B' in [1, 2).
+    let fa = bitcast<f32>((a & 0x7fffffu) | 0x3f800000u);
+    let fb = bitcast<f32>((b & 0x7fffffu) | 0x3f800000u);
+    var r = bitcast<f32>(0x7ef311c3u - bitcast<u32>(fb));
+    r = r * (2.0 - fb * r);
+    r = r * (2.0 - fb * r);
+    r = r * (2.0 - fb * r);
+    let qf = bitcast<u32>(fa * r);
+    let f = i32((qf >> 23u) & 0xffu);
+    if (f != 126 && f != 127) {
+        return sf_div(a, b);
+    }
+    var sig_q = (qf & 0x7fffffu) | 0x00800000u;
+    let k = 150 - f;
+    var d = bitcast<i32>((sig_a << u32(k + 1)) - 2u * sig_q * sig_b);
+    let bi = i32(sig_b);
+    for (var it = 0; it < 4; it = it + 1) {
+        let odd = (sig_q & 1u) == 1u;
+        if (d > bi || (d == bi && odd)) {
+            sig_q = sig_q + 1u;
+            d = d - 2 * bi;
+        } else if (d < -bi || (d == -bi && odd)) {
+            sig_q = sig_q - 1u;
+            d = d + 2 * bi;
+        } else {
+            if (sig_q < 0x00800000u || sig_q >= 0x01000000u) {
+                return sf_div(a, b);
+            }
+            let e = de + f;
+            return ((a ^ b) & SF_SIGN) | (u32(e) << 23u) | (sig_q & 0x7fffffu);
+        }
+    }
+    return sf_div(a, b);
 }
 
 // sqrt(a), digit by digit on the integer significand (two radicand bits

@@ -29,6 +29,8 @@ fn softfloat_test(
         case 11u: { r = select(0u, 1u, sf_lt(a, b)); }
         case 12u: { r = sf_from_i32(bitcast<i32>(a)); }
         case 13u: { r = sf_to_bf16(a); }
+        case 14u: { r = sf_mul_fast(a, b); }
+        case 15u: { r = sf_div_fast(a, b); }
         default: { r = 0u; }
     }
     dst[i] = r;

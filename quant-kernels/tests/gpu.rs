@@ -236,6 +236,8 @@ fn softfloat_arithmetic_is_ieee_exact() {
     check_op(SoftOp::Add, |a, b| (f(a) + f(b)).to_bits(), n);
     check_op(SoftOp::Sub, |a, b| (f(a) - f(b)).to_bits(), n);
     check_op(SoftOp::Mul, |a, b| (f(a) * f(b)).to_bits(), n);
+    check_op(SoftOp::MulFast, |a, b| (f(a) * f(b)).to_bits(), n);
+    check_op(SoftOp::DivFast, |a, b| (f(a) / f(b)).to_bits(), n);
     check_op(SoftOp::Div, |a, b| (f(a) / f(b)).to_bits(), n);
     check_op(SoftOp::Sqrt, |a, _| f(a).sqrt().to_bits(), n);
     check_op(SoftOp::Lt, |a, b| u32::from(f(a) < f(b)), n);

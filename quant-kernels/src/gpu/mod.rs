@@ -658,6 +658,8 @@ pub mod testing {
         Lt = 11,
         FromI32 = 12,
         ToBf16 = 13,
+        MulFast = 14,
+        DivFast = 15,
     }
 
     /// Applies `op` to pairs (a[i], b[i]) of f32 bit patterns on the GPU;
