@@ -52,6 +52,10 @@ pub enum GpuError {
     /// No Vulkan/Metal/DX12 adapter (or none of the kind asked for).
     #[error("no GPU adapter found: {0}")]
     NoAdapter(String),
+    /// Only software (CPU) adapters exist and [`GpuOptions::allow_software`]
+    /// was not set.
+    #[error("the only GPU adapter is the software implementation {0}, slower than the CPU path")]
+    SoftwareOnly(String),
     /// The adapter was found but the device could not be opened.
     #[error("could not open the GPU device of adapter {adapter}: {reason}")]
     Device {
@@ -236,20 +240,11 @@ impl Gpu {
             return Err(GpuError::NoAdapter(no_adapter_hint().to_string()));
         }
         adapters.sort_by_key(|a| rank(a.get_info().device_type));
-        let software_only = adapters
-            .iter()
-            .all(|a| a.get_info().device_type == wgpu::DeviceType::Cpu);
+        let first_name = adapters[0].get_info().name;
         let adapter = adapters
             .into_iter()
             .find(|a| options.allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu)
-            .ok_or_else(|| {
-                debug_assert!(software_only);
-                GpuError::NoAdapter(
-                    "only a software (CPU) adapter is available, and it is slower than \
-                     qforge's own CPU path"
-                        .to_string(),
-                )
-            })?;
+            .ok_or(GpuError::SoftwareOnly(first_name))?;
         Gpu::open(adapter, options)
     }
 
