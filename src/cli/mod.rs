@@ -11,7 +11,7 @@ mod fetch;
 mod inspect;
 mod progress;
 
-pub use progress::Progress;
+pub use progress::{FileBars, Progress};
 
 /// Convert, quantize and verify language models: GGUF, MLX, safetensors.
 #[derive(Debug, Parser)]
