@@ -41,11 +41,11 @@ use std::path::PathBuf;
 use serde_json::{json, Value as Json};
 
 pub use error::{ConvertError, Result};
-pub use exec::{materialize, ErrorStats, Materialized};
+pub use exec::{device_work, materialize, materialize_on, ErrorStats, Materialized};
 pub use plan::{
     gguf_tensor_plan, plan_gguf, plan_safetensors, GgufOutType, Plan, PlanSource, TensorPlan,
 };
-pub use to_gguf::{gguf_metadata, write_gguf, GgufMetadataOptions, MetadataNotes};
+pub use to_gguf::{gguf_metadata, write_gguf, write_gguf_on, GgufMetadataOptions, MetadataNotes};
 pub use to_hf::{hf_side_files, write_safetensors, DEFAULT_MAX_SHARD_BYTES};
 pub use view::{Encoding, FloatType, ModelView, Source, TensorBytes, ViewTensor};
 
