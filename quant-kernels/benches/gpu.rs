@@ -5,7 +5,7 @@
 //! mat-vec time per token for SmolLM2-135M's shapes.
 //!
 //! `cargo bench -p quant-kernels --features gpu --bench gpu -- [--small]
-//! [--software]`; GPU-BENCH.md has the numbers and how they were taken.
+//! [--software]`; BENCH-gpu.md has the numbers and how they were taken.
 
 use std::time::Instant;
 
