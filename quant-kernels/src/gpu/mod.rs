@@ -182,8 +182,10 @@ pub struct Gpu {
     summary: AdapterSummary,
     max_binding: u64,
     max_workgroups: u32,
-    modules: Mutex<HashMap<Module, Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<(Module, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// Compiled once per device, shared by [`Gpu::with_max_chunk_bytes`]
+    /// handles.
+    modules: Arc<Mutex<HashMap<Module, Arc<wgpu::ShaderModule>>>>,
+    pipelines: Arc<Mutex<Pipelines>>,
     /// Errors raised outside any error scope (wgpu would panic on them).
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Buffers of the mat-vec path.
@@ -198,6 +200,8 @@ impl std::fmt::Debug for Gpu {
             .finish_non_exhaustive()
     }
 }
+
+type Pipelines = HashMap<(Module, &'static str), Arc<wgpu::ComputePipeline>>;
 
 /// What a missing adapter usually means, per platform.
 fn no_adapter_hint() -> &'static str {
@@ -290,11 +294,29 @@ impl Gpu {
             summary,
             max_binding,
             max_workgroups: limits.max_compute_workgroups_per_dimension,
-            modules: Mutex::new(HashMap::new()),
-            pipelines: Mutex::new(HashMap::new()),
+            modules: Arc::new(Mutex::new(HashMap::new())),
+            pipelines: Arc::new(Mutex::new(HashMap::new())),
             uncaptured,
             scratch: Mutex::new(matvec::Scratch::default()),
         })
+    }
+
+    /// Another handle on the same device and compiled kernels whose
+    /// storage bindings are capped at `bytes` (at least 1 KiB), so that
+    /// work is cut into more chunks: for tests of the chunking, without
+    /// compiling every kernel again.
+    pub fn with_max_chunk_bytes(&self, bytes: u64) -> Gpu {
+        Gpu {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            summary: self.summary.clone(),
+            max_binding: self.max_binding.min(bytes.max(1024)),
+            max_workgroups: self.max_workgroups,
+            modules: self.modules.clone(),
+            pipelines: self.pipelines.clone(),
+            uncaptured: self.uncaptured.clone(),
+            scratch: Mutex::new(matvec::Scratch::default()),
+        }
     }
 
     /// The adapter in use.
@@ -312,7 +334,10 @@ impl Gpu {
         module: Module,
         entry: &'static str,
     ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
-        if let Some(p) = self.pipelines.lock().unwrap().get(&(module, entry)) {
+        // Held while compiling, so that two threads asking for the same
+        // kernel compile it once (llvmpipe takes seconds per kernel).
+        let mut pipelines = self.pipelines.lock().unwrap();
+        if let Some(p) = pipelines.get(&(module, entry)) {
             return Ok(p.clone());
         }
         let scope = ErrorScope::push(&self.device);
@@ -344,10 +369,7 @@ impl Gpu {
             });
         scope.check(&format!("compiling kernel {}::{entry}", module.name()))?;
         let pipeline = Arc::new(pipeline);
-        self.pipelines
-            .lock()
-            .unwrap()
-            .insert((module, entry), pipeline.clone());
+        pipelines.insert((module, entry), pipeline.clone());
         Ok(pipeline)
     }
 
