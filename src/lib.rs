@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod cli;
 pub mod convert;
+pub mod device;
 pub mod fetch;
 pub mod formats;
 pub mod hashing;

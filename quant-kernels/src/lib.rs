@@ -9,6 +9,8 @@
 mod error;
 pub mod float;
 pub mod ggml;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod mlx;
 mod simd;
 mod types;

@@ -11,11 +11,12 @@ use serde_json::json;
 
 use super::{parse_size, print_json, FileBars, Progress};
 use crate::convert::{
-    self, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf, plan_mlx,
-    plan_safetensors, write_gguf, write_mlx, write_safetensors, ErrorStats, FloatType,
+    self, device_work, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf,
+    plan_mlx, plan_safetensors, write_gguf_on, write_mlx, write_safetensors, ErrorStats, FloatType,
     GgufMetadataOptions, GgufOutType, MlxTarget, ModelView, Provenance, WriteOptions, DEFAULT_BITS,
     DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
 };
+use crate::device::{Device, DeviceArg, Selection};
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{self, GgufModel, GgufWriter, SplitBy, TensorSpec};
 use crate::formats::hf::HfModel;
@@ -110,6 +111,20 @@ pub(crate) struct ConvertArgs {
     /// Print a JSON report on stdout and no progress.
     #[arg(long)]
     json: bool,
+    /// Where quantizing runs: `auto` takes a GPU only where it beats the
+    /// CPU (transfers included), `gpu` forces it, `cpu` never uses one.
+    /// The bytes are the same on every device.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+/// Resolves `--device` for `work` and prints its one line, if any.
+fn select_device(arg: DeviceArg, work: &[crate::device::Work]) -> Result<Device> {
+    let Selection { device, note } = Device::select(arg, work)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    Ok(device)
 }
 
 pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
@@ -250,6 +265,11 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
         return Ok(ExitCode::SUCCESS);
     }
 
+    let work: Vec<_> = match to {
+        TargetFormat::Gguf => plan.tensors.iter().filter_map(device_work).collect(),
+        _ => Vec::new(),
+    };
+    let device = select_device(args.device, &work)?;
     let bars = FileBars::new(args.json);
     let opts = WriteOptions {
         measure: args.report,
@@ -272,7 +292,7 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
                 },
             )?;
             warnings.extend(notes.warnings);
-            write_gguf(&view, plan, &md, &args.output, &opts)?
+            write_gguf_on(&view, plan, &md, &args.output, &opts, &device)?
         }
         TargetFormat::Mlx => {
             let m = mlx_plan.as_ref().expect("planned above");
@@ -319,6 +339,7 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             "lossless": plan.lossless(),
             "tensors": tensors,
             "warnings": warnings,
+            "device": device.name(),
             "seconds": start.elapsed().as_secs_f64(),
         }))?;
     } else {
@@ -391,6 +412,9 @@ fn float_type(d: Dtype) -> FloatType {
 
 fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
     let start = Instant::now();
+    // Tensors are copied whole: nothing runs on a device, but `--device
+    // gpu` still fails where no GPU exists.
+    select_device(args.device, &[])?;
     let model = GgufModel::open(&args.input)?;
     let sources: Vec<(PathBuf, String)> = model
         .files()

@@ -16,6 +16,9 @@ pub enum ConvertError {
     /// A block kernel refused the data.
     #[error("{0}")]
     Kernel(#[from] quant_kernels::KernelError),
+    /// The device chosen with `--device` failed or refused the work.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// A conversion qforge does not do (yet), said in a sentence.
     #[error("{0}")]
     Unsupported(String),

@@ -9,13 +9,14 @@
 
 use half::f16;
 use quant_kernels::float::{f32_to_bf16, f32_to_f16};
-use quant_kernels::ggml;
+use quant_kernels::{ggml, GgmlType};
 use rayon::prelude::*;
 
 use super::error::{ConvertError, Result};
 use super::mlx_exec::{self, MlxParts, MlxRows};
 use super::plan::{PlanSource, TensorPlan};
 use super::view::{Encoding, FloatType, ModelView, TensorBytes, ViewTensor};
+use crate::device::{Device, Target, Work};
 use crate::formats::mmap::ReleasePages;
 
 /// How far an output's values are from the values it was made from.
@@ -56,6 +57,9 @@ pub struct MlxMaterialized {
 
 /// Elements per parallel work item (rounded to whole blocks).
 const CHUNK: usize = 1 << 16;
+
+/// Elements per GPU submission: the f32 slab decoded for it is 64 MiB.
+const GPU_SLAB: usize = 1 << 24;
 
 fn unsupported_decode(enc: Encoding) -> ConvertError {
     match enc {
@@ -205,13 +209,39 @@ fn check_len(enc: Encoding, bytes: usize, elems: usize) -> Result<()> {
 /// Produces the bytes of one planned tensor; with `measure`, also the error
 /// of a lossy step against the exact values.
 pub fn materialize(view: &ModelView<'_>, plan: &TensorPlan, measure: bool) -> Result<Materialized> {
-    materialize_inner(view, plan, measure).map_err(|e| e.for_tensor(&plan.name))
+    materialize_on(view, plan, measure, &Device::cpu())
+}
+
+/// [`materialize`] with the quantizing step on `device` where the device's
+/// rule sends it (the bytes are the same either way).
+pub fn materialize_on(
+    view: &ModelView<'_>,
+    plan: &TensorPlan,
+    measure: bool,
+    device: &Device,
+) -> Result<Materialized> {
+    materialize_inner(view, plan, measure, device).map_err(|e| e.for_tensor(&plan.name))
+}
+
+/// The device work of a plan step: quantizing to a GGML block type from
+/// another encoding. Commands list it for [`Device::select`].
+pub fn device_work(plan: &TensorPlan) -> Option<Work> {
+    match plan.to {
+        Encoding::Ggml(ty) if plan.from != plan.to || plan.shift != 0.0 => {
+            Some(Work::QuantizeGgml {
+                ty,
+                values: plan.n_elements(),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn materialize_inner(
     view: &ModelView<'_>,
     plan: &TensorPlan,
     measure: bool,
+    device: &Device,
 ) -> Result<Materialized> {
     let n_out = plan.n_elements() as usize;
     let out_len = plan
@@ -267,6 +297,24 @@ fn materialize_inner(
     }
 
     let row_out_bytes = plan.to.bytes_for(row_elems as u64);
+    if let (Some(work), Encoding::Ggml(ty)) = (device_work(plan), plan.to) {
+        let target = device.target(work);
+        if target.is_gpu()
+            && row_aligned
+            && row_elems > 0
+            && (row_elems as u64).is_multiple_of(plan.to.block_size())
+            && can_decode(plan.from)
+        {
+            let rows = RowSource {
+                plan,
+                src,
+                src_slice: src.len() / rows_src,
+                row_elems,
+                src_row: &src_row,
+            };
+            return quantize_rows_on(target, ty, &rows, rows_out, out_len, measure);
+        }
+    }
     let fused = row_aligned
         && row_elems > 0
         && (row_elems as u64).is_multiple_of(plan.to.block_size())
@@ -314,6 +362,69 @@ fn materialize_inner(
     let error = (measure && !plan.lossless).then(|| ErrorStats {
         max_abs: stats.0,
         rms: (stats.1 / n_out.max(1) as f64).sqrt(),
+    });
+    Ok(Materialized {
+        bytes,
+        error,
+        inexact: 0,
+    })
+}
+
+/// The rows of one planned tensor, as the executor reads them.
+struct RowSource<'a> {
+    plan: &'a TensorPlan,
+    src: &'a [u8],
+    /// Source bytes per row.
+    src_slice: usize,
+    row_elems: usize,
+    /// Output row -> source row.
+    src_row: &'a (dyn Fn(usize) -> usize + Sync),
+}
+
+/// Quantizes a tensor to `ty` on `target` (the GPU), in slabs of whole
+/// rows: each slab is decoded and shifted on the CPU, as the fused path
+/// does, then quantized in one submission.
+fn quantize_rows_on(
+    target: Target<'_>,
+    ty: GgmlType,
+    rows: &RowSource<'_>,
+    rows_out: usize,
+    out_len: usize,
+    measure: bool,
+) -> Result<Materialized> {
+    let RowSource {
+        plan,
+        src,
+        src_slice,
+        row_elems,
+        src_row,
+    } = *rows;
+    let out_slice = out_len / rows_out.max(1);
+    let slab_rows = (GPU_SLAB / row_elems).max(1);
+    let mut bytes = vec![0u8; out_len];
+    let (mut max_abs, mut sum_sq) = (0f64, 0f64);
+    for (g, out) in bytes.chunks_mut(slab_rows * out_slice).enumerate() {
+        let first = g * slab_rows;
+        let mut vals = vec![0f32; out.len() / out_slice * row_elems];
+        vals.par_chunks_mut(row_elems)
+            .enumerate()
+            .try_for_each(|(k, v)| {
+                let s = src_row(first + k);
+                decode_seq(plan.from, &src[s * src_slice..(s + 1) * src_slice], v)
+            })?;
+        apply_shift(plan, &mut vals);
+        target.quantize_ggml(ty, &vals, row_elems, out)?;
+        if measure && !plan.lossless {
+            let mut back = vec![0f32; vals.len()];
+            quant_kernels::ggml::dequantize(ty, out, &mut back)?;
+            let e = error_stats(&vals, &back);
+            max_abs = max_abs.max(e.max_abs);
+            sum_sq += e.rms * e.rms * vals.len() as f64;
+        }
+    }
+    let error = (measure && !plan.lossless).then(|| ErrorStats {
+        max_abs,
+        rms: (sum_sq / plan.n_elements().max(1) as f64).sqrt(),
     });
     Ok(Materialized {
         bytes,

@@ -42,12 +42,15 @@ use std::path::PathBuf;
 use serde_json::{json, Value as Json};
 
 pub use error::{ConvertError, Result};
-pub use exec::{materialize, materialize_mlx, ErrorStats, Materialized, MlxMaterialized};
+pub use exec::{
+    device_work, materialize, materialize_mlx, materialize_on, ErrorStats, Materialized,
+    MlxMaterialized,
+};
 pub use mlx_exec::MlxParts;
 pub use plan::{
     gguf_tensor_plan, plan_gguf, plan_safetensors, GgufOutType, Plan, PlanSource, TensorPlan,
 };
-pub use to_gguf::{gguf_metadata, write_gguf, GgufMetadataOptions, MetadataNotes};
+pub use to_gguf::{gguf_metadata, write_gguf, write_gguf_on, GgufMetadataOptions, MetadataNotes};
 pub use to_hf::{hf_side_files, write_safetensors, DEFAULT_MAX_SHARD_BYTES};
 pub use to_mlx::{
     mlx_config, mlx_lm_default_dtype, mlx_side_files, plan_mlx, write_mlx, MlxPlan, MlxTarget,

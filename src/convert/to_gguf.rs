@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{ConvertError, Result};
-use super::exec::materialize;
+use super::exec::materialize_on;
 use super::general::{general_info, write_general, GeneralSources};
 use super::plan::Plan;
 use super::tokenizer_bridge;
 use super::view::{ModelView, Source};
 use super::{FileReport, Provenance, TensorReport, WriteOptions, WriteReport};
 use crate::arch::KeyWriter;
+use crate::device::Device;
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{self, GgufWriter, Metadata, TensorSpec, Value};
 use crate::hashing::HashingWriter;
@@ -163,6 +164,19 @@ pub fn write_gguf(
     path: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
+    write_gguf_on(view, plan, metadata, path, opts, &Device::cpu())
+}
+
+/// [`write_gguf`] with the quantizing steps on `device` where its rule
+/// sends them (the bytes are the same either way).
+pub fn write_gguf_on(
+    view: &ModelView<'_>,
+    plan: &Plan,
+    metadata: &Metadata,
+    path: &Path,
+    opts: &WriteOptions,
+    device: &Device,
+) -> Result<WriteReport> {
     let specs: Vec<TensorSpec> = plan
         .tensors
         .iter()
@@ -187,7 +201,7 @@ pub fn write_gguf(
     let mut tensors = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         progress.tensor(&t.name);
-        let m = materialize(view, t, opts.measure)?;
+        let m = materialize_on(view, t, opts.measure, device)?;
         view.release_source(t);
         w.write_tensor(&t.name, &m.bytes)
             .map_err(|e| e.in_file(path))?;

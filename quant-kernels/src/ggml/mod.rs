@@ -218,7 +218,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Kerne
 }
 
 /// Checks row geometry; returns the bytes per row.
-fn check_rows(
+pub(crate) fn check_rows(
     ty: GgmlType,
     n_values: usize,
     n_per_row: usize,

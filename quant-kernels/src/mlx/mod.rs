@@ -66,6 +66,8 @@ use half::{bf16, f16};
 
 use crate::KernelError;
 
+#[cfg(feature = "gpu")]
+pub(crate) use rows::{check_cols, check_quantized};
 pub use rows::{dequantize, dequantize_into, dequantize_ref, quantize, quantize_ref};
 
 /// A floating dtype of MLX arrays (inputs, affine scales and biases,

@@ -186,7 +186,11 @@ fn check_row_length(cols: usize, params: &MlxParams) -> Result<(), KernelError> 
     Ok(())
 }
 
-fn check_cols(len: usize, cols: usize, params: &MlxParams) -> Result<usize, KernelError> {
+pub(crate) fn check_cols(
+    len: usize,
+    cols: usize,
+    params: &MlxParams,
+) -> Result<usize, KernelError> {
     check_row_length(cols, params)?;
     if !len.is_multiple_of(cols) {
         return Err(KernelError::BadLength(format!(
@@ -434,7 +438,7 @@ fn dequantize_with(
 }
 
 /// Validates quantized tensors against the settings; returns the rows.
-fn check_quantized(
+pub(crate) fn check_quantized(
     weight: &[u32],
     scales: &Scales<'_>,
     biases: Option<&Scales<'_>>,

@@ -1,0 +1,361 @@
+//! GPU benchmark: each kernel's bandwidth on resident buffers next to the
+//! device's copy bandwidth (both counting bytes read plus bytes written),
+//! the CPU path's bandwidth on the same data in the same run, the GPU's
+//! end-to-end rate with transfers (what `--device auto` weighs), and
+//! mat-vec time per token for SmolLM2-135M's shapes.
+//!
+//! `cargo bench -p quant-kernels --features gpu --bench gpu -- [--small]
+//! [--software]`; BENCH-gpu.md has the numbers and how they were taken.
+
+use std::time::Instant;
+
+use quant_kernels::gpu::{Activations, Gpu, GpuOptions};
+use quant_kernels::mlx::{self, MlxInput, MlxParams};
+use quant_kernels::{ggml, GgmlType};
+use rayon::prelude::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn normal(&mut self) -> f32 {
+        let mut s = 0f32;
+        for _ in 0..4 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            s += (v >> 40) as f32 / (1u64 << 24) as f32;
+        }
+        (s - 2.0) * 0.05
+    }
+}
+
+fn values(n: usize) -> Vec<f32> {
+    // Filled in parallel from per-chunk seeds (deterministic).
+    let mut v = vec![0f32; n];
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, c)| {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+        for x in c {
+            *x = r.normal();
+        }
+    });
+    v
+}
+
+fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn gbs(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let small = args.iter().any(|a| a == "--small");
+    let software = args.iter().any(|a| a == "--software");
+    let gpu = Gpu::new(&GpuOptions {
+        allow_software: software,
+        ..GpuOptions::default()
+    })
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    });
+    println!("adapter: {}", gpu.adapter());
+    println!("CPU threads: {}", rayon::current_num_threads());
+    // Values per kernel run: 32M (128 MB of f32), or 1M for a quick check.
+    let n = if small { 1 << 20 } else { 1 << 25 };
+    let (iters, reps) = if small { (2, 3) } else { (10, 5) };
+
+    let copy_bytes = 4 * n as u64;
+    let copy = gpu.time_copy(copy_bytes, iters, reps).expect("copy");
+    let copy_gbs = gbs(2 * copy_bytes, copy);
+    println!(
+        "\ndevice copy: {copy_bytes} B in {:.3} ms = {copy_gbs:.0} GB/s (read + write)",
+        copy * 1e3
+    );
+
+    println!(
+        "\n| kernel | values | GPU kernel GB/s | % of copy | CPU GB/s | GPU/CPU | GPU end-to-end GB/s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let x = values(n);
+    let row = |name: String, n: usize, bytes: u64, gpu_s: f64, cpu_s: f64, e2e_s: f64| {
+        let g = gbs(bytes, gpu_s);
+        let c = gbs(bytes, cpu_s);
+        println!(
+            "| {name} | {n} | {g:.0} | {:.0}% | {c:.1} | {:.1}x | {:.1} |",
+            100.0 * g / copy_gbs,
+            g / c,
+            gbs(bytes, e2e_s)
+        );
+    };
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        let kquant = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
+        // The K-quant searches are compute-bound: fewer values, fewer runs.
+        let nk = if kquant && !small { n / 4 } else { n };
+        let x = &x[..nk];
+        let qbytes = ggml::row_size(ty, nk).unwrap();
+        let bytes = (nk * 4 + qbytes) as u64;
+        let mut q = vec![0u8; qbytes];
+        let cpu_q = median_secs(3, || ggml::quantize(ty, x, 4096, None, &mut q).unwrap());
+        let k = gpu.bench_ggml(ty, true, bytemuck_f32(x)).expect("kernel");
+        let gpu_q = gpu
+            .time_resident(&k, if kquant { 2 } else { iters }, reps)
+            .expect("run");
+        drop(k);
+        let mut q2 = vec![0u8; qbytes];
+        let e2e_q = median_secs(3, || gpu.quantize(ty, x, 4096, &mut q2).unwrap());
+        assert_eq!(q, q2, "{ty}: GPU bytes differ from the CPU's");
+        row(format!("quantize {ty}"), nk, bytes, gpu_q, cpu_q, e2e_q);
+
+        let mut y = vec![0f32; nk];
+        let cpu_d = median_secs(5, || ggml::dequantize(ty, &q, &mut y).unwrap());
+        let k = gpu.bench_ggml(ty, false, &q).expect("kernel");
+        let gpu_d = gpu.time_resident(&k, iters, reps).expect("run");
+        drop(k);
+        let mut y2 = vec![0f32; nk];
+        let e2e_d = median_secs(3, || gpu.dequantize(ty, &q, &mut y2).unwrap());
+        assert!(
+            y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{ty}"
+        );
+        row(format!("dequantize {ty}"), nk, bytes, gpu_d, cpu_d, e2e_d);
+    }
+    for bits in [4u32, 8] {
+        let group = 64usize;
+        let params = MlxParams::affine(bits, group);
+        let cols = 4096;
+        let xh: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let packed = n * bits as usize / 8;
+        let groups = n / group;
+        let qbytes = (packed + groups * 4) as u64;
+        let mut cpu_out = None;
+        let cpu_q = median_secs(3, || {
+            cpu_out = Some(mlx::quantize(MlxInput::F32(&x), cols, &params).unwrap())
+        });
+        let k = gpu
+            .bench_mlx(bits, group as u32, true, bytemuck_f32(&x), n as u64)
+            .expect("kernel");
+        let gpu_q = gpu.time_resident(&k, iters, reps).expect("run");
+        drop(k);
+        let e2e_q = median_secs(3, || {
+            let got = gpu.mlx_quantize(MlxInput::F32(&x), cols, &params).unwrap();
+            assert_eq!(
+                Some(got.weight.len()),
+                cpu_out.as_ref().map(|q| q.weight.len())
+            );
+        });
+        row(
+            format!("MLX quantize {bits}-bit g{group} (f32 in)"),
+            n,
+            n as u64 * 4 + packed as u64 + groups as u64 * 8,
+            gpu_q,
+            cpu_q,
+            e2e_q,
+        );
+        // Dequantize f16-scaled tensors (the common MLX checkpoint).
+        let q = mlx::quantize(MlxInput::F16(&xh), cols, &params).unwrap();
+        let (s, b) = (
+            q.scales.to_le_bytes(),
+            q.biases.as_ref().unwrap().to_le_bytes(),
+        );
+        let mut input: Vec<u8> = q.weight.iter().flat_map(|w| w.to_le_bytes()).collect();
+        input.extend_from_slice(&s);
+        input.resize(input.len().next_multiple_of(4), 0);
+        input.extend_from_slice(&b);
+        let bias = q.biases.as_ref().unwrap().as_scales();
+        let mut out = vec![0f32; n];
+        let cpu_d = median_secs(5, || {
+            mlx::dequantize_into(
+                &q.weight,
+                q.scales.as_scales(),
+                Some(bias),
+                cols,
+                &params,
+                mlx::DequantPrecision::F32,
+                &mut out,
+            )
+            .unwrap()
+        });
+        let k = gpu
+            .bench_mlx(bits, group as u32, false, &input, n as u64)
+            .expect("kernel");
+        let gpu_d = gpu.time_resident(&k, iters, reps).expect("run");
+        drop(k);
+        let e2e_d = median_secs(3, || {
+            let got = gpu
+                .mlx_dequantize(&q.weight, q.scales.as_scales(), Some(bias), cols, &params)
+                .unwrap();
+            assert!(got
+                .iter()
+                .zip(&out)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        });
+        row(
+            format!("MLX dequantize {bits}-bit g{group} (f16 scales)"),
+            n,
+            qbytes + n as u64 * 4,
+            gpu_d,
+            cpu_d,
+            e2e_d,
+        );
+    }
+    crossover(&gpu, &x, small);
+    generation(&gpu, small);
+}
+
+fn bytemuck_f32(x: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(x)
+}
+
+/// End-to-end (upload, kernel, download) against the CPU path by size:
+/// where the GPU starts to pay for its transfers.
+fn crossover(gpu: &Gpu, x: &[f32], small: bool) {
+    println!("\nend to end, GPU vs CPU (ms), by input size:");
+    println!("| op | 64 KiB | 1 MiB | 16 MiB | 128 MiB |");
+    println!("| --- | --- | --- | --- | --- |");
+    let sizes: Vec<usize> = [1 << 14, 1 << 18, 1 << 22, 1 << 25]
+        .into_iter()
+        .filter(|&s| s <= x.len() && (!small || s <= 1 << 20))
+        .collect();
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let mut cells = Vec::new();
+        for &s in &sizes {
+            let xs = &x[..s];
+            let mut q = vec![0u8; ggml::row_size(ty, s).unwrap()];
+            let c = median_secs(3, || {
+                ggml::quantize(ty, xs, 4096.min(s), None, &mut q).unwrap()
+            });
+            let g = median_secs(3, || gpu.quantize(ty, xs, 4096.min(s), &mut q).unwrap());
+            cells.push(format!("{:.2} / {:.2}", g * 1e3, c * 1e3));
+        }
+        println!("| quantize {ty} (GPU / CPU) | {} |", cells.join(" | "));
+    }
+}
+
+/// Mat-vec per token over SmolLM2-135M's matrices (30 layers of q, k, v,
+/// o, gate, up, down and the 49152-row tied output), GPU vs CPU. The GPU
+/// groups q/k/v and gate/up into one submission each.
+fn generation(gpu: &Gpu, small: bool) {
+    let layers = if small { 2 } else { 30 };
+    let (d, kv, ff, vocab) = (576usize, 192usize, 1536usize, 49152usize);
+    println!("\nmat-vec per token, SmolLM2-135M shapes ({layers} layers + output):");
+    println!("| weights | activations | GPU ms/token | CPU ms/token | GPU/CPU |");
+    println!("| --- | --- | --- | --- | --- |");
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        let mk = |rows: usize, cols: usize, seed: usize| {
+            let w = values(rows * cols);
+            let w: Vec<f32> = w.iter().map(|v| v * (1.0 + seed as f32 * 1e-3)).collect();
+            let mut q = vec![0u8; ggml::row_size(ty, w.len()).unwrap()];
+            ggml::quantize(ty, &w, cols, None, &mut q).unwrap();
+            (q, rows, cols)
+        };
+        let mut cpu_mats = Vec::new();
+        for l in 0..layers {
+            for (r, c) in [(d, d), (kv, d), (kv, d), (d, d), (ff, d), (ff, d), (d, ff)] {
+                cpu_mats.push(mk(r, c, l));
+            }
+        }
+        cpu_mats.push(mk(vocab, d, 99));
+        let gpu_mats: Vec<_> = cpu_mats
+            .iter()
+            .map(|(q, r, c)| gpu.upload_ggml(ty, q, *r, *c).unwrap())
+            .collect();
+        let x576: Vec<f32> = values(d);
+        let x1536: Vec<f32> = values(ff);
+        for act in [Activations::Ggml, Activations::F32] {
+            let gpu_s = median_secs(5, || {
+                for l in 0..layers {
+                    let m = &gpu_mats[7 * l..7 * l + 7];
+                    let (mut q, mut k, mut v) = (vec![0f32; d], vec![0f32; kv], vec![0f32; kv]);
+                    gpu.matvec_shared(
+                        &[&m[0], &m[1], &m[2]],
+                        &x576,
+                        act,
+                        &mut [&mut q, &mut k, &mut v],
+                    )
+                    .unwrap();
+                    let mut o = vec![0f32; d];
+                    gpu.matvec(&m[3], &x576, act, &mut o).unwrap();
+                    let (mut g, mut u) = (vec![0f32; ff], vec![0f32; ff]);
+                    gpu.matvec_shared(&[&m[4], &m[5]], &x576, act, &mut [&mut g, &mut u])
+                        .unwrap();
+                    let mut dn = vec![0f32; d];
+                    gpu.matvec(&m[6], &x1536, act, &mut dn).unwrap();
+                }
+                let mut logits = vec![0f32; vocab];
+                gpu.matvec(&gpu_mats[7 * layers], &x576, act, &mut logits)
+                    .unwrap();
+            });
+            let cpu_s = median_secs(5, || {
+                for (q, rows, cols) in &cpu_mats {
+                    let x = if *cols == d { &x576 } else { &x1536 };
+                    cpu_matvec(ty, q, *rows, *cols, x, act);
+                }
+            });
+            println!(
+                "| {ty} | {act:?} | {:.3} | {:.3} | {:.2}x |",
+                gpu_s * 1e3,
+                cpu_s * 1e3,
+                cpu_s / gpu_s
+            );
+        }
+    }
+}
+
+/// The CPU path the engine takes: rows in parallel, ggml's vec_dot on
+/// quantized activations, or f32 dot products of dequantized rows.
+fn cpu_matvec(
+    ty: GgmlType,
+    q: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    act: Activations,
+) -> Vec<f32> {
+    let rb = ggml::row_size(ty, cols).unwrap();
+    let mut y = vec![0f32; rows];
+    match act {
+        Activations::Ggml => {
+            let vdt = ggml::vec_dot_type(ty).unwrap();
+            let mut a = vec![0u8; ggml::row_size(vdt, cols).unwrap()];
+            ggml::quantize_activations(vdt, x, &mut a).unwrap();
+            y.par_chunks_mut(64).enumerate().for_each(|(c, out)| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let r = c * 64 + i;
+                    *o = ggml::vec_dot(ty, &q[r * rb..(r + 1) * rb], &a, cols).unwrap();
+                }
+            });
+        }
+        Activations::F32 => {
+            y.par_chunks_mut(64).enumerate().for_each_init(
+                || vec![0f32; cols],
+                |w, (c, out)| {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let r = c * 64 + i;
+                        ggml::dequantize(ty, &q[r * rb..(r + 1) * rb], w).unwrap();
+                        *o = w.iter().zip(x).map(|(a, b)| a * b).sum();
+                    }
+                },
+            );
+        }
+    }
+    y
+}

@@ -1,0 +1,88 @@
+// Bindings and helpers shared by the quantize and dequantize modules.
+//
+// Every module built on this file sees the same four bindings: the input
+// as raw words (f32 bit patterns or block bytes), the output words, the
+// dispatch parameters and a status word. Inputs are read as u32, never as
+// f32, so no GPU canonicalizes or flushes a value on load.
+
+struct Params {
+    // Units (blocks, groups or words) in this chunk.
+    n_units: u32,
+    // Kernel-specific settings (MLX: bits, group size, dtypes).
+    a: u32,
+    b: u32,
+    c: u32,
+}
+
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(2) var<uniform> params: Params;
+// status[0]: index of the first NaN or infinity in the chunk (or ~0u).
+@group(0) @binding(3) var<storage, read_write> status: array<atomic<u32>>;
+
+const WG: u32 = 64u;
+
+// Dispatches are two-dimensional (at most 65535 workgroups per dimension).
+fn invocation_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+fn note_if_not_finite(index: u32, bits: u32) {
+    if ((bits & 0x7f800000u) == 0x7f800000u) {
+        atomicMin(&status[0], index);
+    }
+}
+
+// Byte `i` of the input.
+fn src_byte(i: u32) -> u32 {
+    return (src[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
+}
+
+// Little-endian u16 at byte `i` of the input (any alignment).
+fn src_u16(i: u32) -> u32 {
+    return src_byte(i) | (src_byte(i + 1u) << 8u);
+}
+
+// Little-endian u32 at byte `i` of the input (any alignment).
+fn src_u32(i: u32) -> u32 {
+    let s = (i & 3u) * 8u;
+    let w = i >> 2u;
+    if (s == 0u) {
+        return src[w];
+    }
+    return (src[w] >> s) | (src[w + 1u] << (32u - s));
+}
+
+// Writes bytes in order into whole output words, so that no two
+// invocations ever share a word: each invocation owns a word-aligned run.
+struct ByteWriter {
+    word: u32,
+    acc: u32,
+    n: u32,
+}
+
+fn bw_push(w: ptr<function, ByteWriter>, b: u32) {
+    (*w).acc = (*w).acc | ((b & 0xffu) << (8u * (*w).n));
+    (*w).n = (*w).n + 1u;
+    if ((*w).n == 4u) {
+        dst[(*w).word] = (*w).acc;
+        (*w).word = (*w).word + 1u;
+        (*w).acc = 0u;
+        (*w).n = 0u;
+    }
+}
+
+fn bw_push_u16(w: ptr<function, ByteWriter>, v: u32) {
+    bw_push(w, v & 0xffu);
+    bw_push(w, v >> 8u);
+}
+
+// Writes the last partial word (its missing bytes are zero).
+fn bw_flush(w: ptr<function, ByteWriter>) {
+    if ((*w).n != 0u) {
+        dst[(*w).word] = (*w).acc;
+        (*w).word = (*w).word + 1u;
+        (*w).acc = 0u;
+        (*w).n = 0u;
+    }
+}

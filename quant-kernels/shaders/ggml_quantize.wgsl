@@ -1,0 +1,533 @@
+// GGML quantizers, byte for byte the scalar references in
+// src/ggml/reference (ggml's `quantize_row_*_ref`): every float operation
+// goes through softfloat.wgsl in the order the C code evaluates it.
+//
+// Input: f32 bit patterns, `params.n_units` blocks. Output: the blocks'
+// bytes. Q8_0 (34 B), Q4_0 (18 B) and Q6_K (210 B) blocks do not fill whole
+// words, so those kernels quantize a pair of blocks per invocation (68, 36,
+// 420 bytes: whole words); Q4_1 (20 B) and Q4_K (144 B) take one block.
+
+const F_ONE: u32 = 0x3f800000u;
+const F_HALF: u32 = 0x3f000000u;
+const F_127: u32 = 0x42fe0000u;
+const F_NEG_8: u32 = 0xc1000000u;
+const F_8_5: u32 = 0x41080000u;
+const F_15: u32 = 0x41700000u;
+const F_32: u32 = 0x42000000u;
+const F_63: u32 = 0x427c0000u;
+const F_NEG_128: u32 = 0xc3000000u;
+const F_MAX: u32 = 0x7f7fffffu;
+const F_0_1: u32 = 0x3dcccccdu;
+const GROUP_MAX_EPS: u32 = 0x26901d7du;
+
+// `(cvtt(v) as i8).min(15) as u8`, as the legacy quantizers store a nibble.
+fn nibble_from(v: u32) -> u32 {
+    let i = (sf_cvtt(v) << 24u) >> 24u;
+    return u32(min(i, 15)) & 0xffu;
+}
+
+// Largest-magnitude element with its sign (first on ties; the running
+// maximum starts at 0).
+fn signed_absmax(base: u32, n: u32) -> u32 {
+    var amax = 0u;
+    var vmax = 0u;
+    for (var j = 0u; j < n; j = j + 1u) {
+        let v = src[base + j];
+        note_if_not_finite(base + j, v);
+        if (sf_lt(amax, sf_abs(v))) {
+            amax = sf_abs(v);
+            vmax = v;
+        }
+    }
+    return vmax;
+}
+
+// ------------------------------------------------------------------ Q8_0
+
+@compute @workgroup_size(64)
+fn quantize_q8_0(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let first = invocation_index(wid, nwg, lid) * 2u;
+    if (first >= params.n_units) {
+        return;
+    }
+    let count = min(2u, params.n_units - first);
+    var w = ByteWriter(first / 2u * 17u, 0u, 0u);
+    for (var b = 0u; b < count; b = b + 1u) {
+        let base = (first + b) * 32u;
+        var amax = 0u;
+        for (var j = 0u; j < 32u; j = j + 1u) {
+            let v = src[base + j];
+            note_if_not_finite(base + j, v);
+            // MAX(a, b) is `a > b ? a : b`.
+            if (!sf_gt(amax, sf_abs(v))) {
+                amax = sf_abs(v);
+            }
+        }
+        let d = sf_div_fast(amax, F_127);
+        var id = 0u;
+        if (!sf_eq(d, 0u)) {
+            id = sf_div_fast(F_ONE, d);
+        }
+        bw_push_u16(&w, sf_to_f16(d));
+        for (var j = 0u; j < 32u; j = j + 1u) {
+            let q = sf_cvtt(sf_round_away(sf_mul_fast(src[base + j], id)));
+            bw_push(&w, u32(q));
+        }
+    }
+    bw_flush(&w);
+}
+
+// ------------------------------------------------------------------ Q4_0
+
+@compute @workgroup_size(64)
+fn quantize_q4_0(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let first = invocation_index(wid, nwg, lid) * 2u;
+    if (first >= params.n_units) {
+        return;
+    }
+    let count = min(2u, params.n_units - first);
+    var w = ByteWriter(first / 2u * 9u, 0u, 0u);
+    for (var b = 0u; b < count; b = b + 1u) {
+        let base = (first + b) * 32u;
+        let vmax = signed_absmax(base, 32u);
+        let d = sf_div_fast(vmax, F_NEG_8);
+        var id = 0u;
+        if (!sf_eq(d, 0u)) {
+            id = sf_div_fast(F_ONE, d);
+        }
+        bw_push_u16(&w, sf_to_f16(d));
+        for (var j = 0u; j < 16u; j = j + 1u) {
+            let x0 = sf_mul_fast(src[base + j], id);
+            let x1 = sf_mul_fast(src[base + 16u + j], id);
+            let xi0 = nibble_from(sf_add(x0, F_8_5));
+            let xi1 = nibble_from(sf_add(x1, F_8_5));
+            bw_push(&w, xi0 | (xi1 << 4u));
+        }
+    }
+    bw_flush(&w);
+}
+
+// ------------------------------------------------------------------ Q4_1
+
+@compute @workgroup_size(64)
+fn quantize_q4_1(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let blk = invocation_index(wid, nwg, lid);
+    if (blk >= params.n_units) {
+        return;
+    }
+    let base = blk * 32u;
+    var vmin = F_MAX;
+    var vmax = F_MAX | 0x80000000u;
+    for (var j = 0u; j < 32u; j = j + 1u) {
+        let v = src[base + j];
+        note_if_not_finite(base + j, v);
+        if (sf_lt(v, vmin)) {
+            vmin = v;
+        }
+        if (sf_gt(v, vmax)) {
+            vmax = v;
+        }
+    }
+    let d = sf_div_fast(sf_sub(vmax, vmin), F_15);
+    var id = 0u;
+    if (!sf_eq(d, 0u)) {
+        id = sf_div_fast(F_ONE, d);
+    }
+    var w = ByteWriter(blk * 5u, 0u, 0u);
+    bw_push_u16(&w, sf_to_f16(d));
+    bw_push_u16(&w, sf_to_f16(vmin));
+    for (var j = 0u; j < 16u; j = j + 1u) {
+        let x0 = sf_mul_fast(sf_sub(src[base + j], vmin), id);
+        let x1 = sf_mul_fast(sf_sub(src[base + 16u + j], vmin), id);
+        let xi0 = nibble_from(sf_add(x0, F_HALF));
+        let xi1 = nibble_from(sf_add(x1, F_HALF));
+        bw_push(&w, xi0 | (xi1 << 4u));
+    }
+    bw_flush(&w);
+}
+
+// ------------------------------------------------------------------ Q4_K
+
+// One sub-block of 32 values and its search weights.
+var<private> kx: array<u32, 32>;
+var<private> kw: array<u32, 32>;
+
+// What make_qkx2_quants leaves behind: the scale, the negated min, and how
+// its levels were computed (`clamp(nearest_int(iscale * (x - lmin)), 0,
+// 15)`, or all zero), so that they can be recomputed instead of stored.
+struct Qkx2 {
+    scale: u32,
+    neg_min: u32,
+    l_iscale: u32,
+    l_min: u32,
+    zero: bool,
+}
+
+fn qkx2_level(iscale: u32, lmin: u32, x: u32) -> i32 {
+    return clamp(sf_nearest_int(sf_mul_fast(iscale, sf_sub(x, lmin))), 0, 15);
+}
+
+// make_qkx2_quants(15, x, weights, L, Laux, rmin=-1, rdelta=0.1, nstep=20,
+// use_mad=false) over `kx`, `kw`.
+fn make_qkx2_q4k() -> Qkx2 {
+    var vmin = kx[0];
+    var vmax = kx[0];
+    var sum_w = kw[0];
+    var sum_x = sf_mul_fast(sum_w, kx[0]);
+    for (var i = 1u; i < 32u; i = i + 1u) {
+        if (sf_lt(kx[i], vmin)) {
+            vmin = kx[i];
+        }
+        if (sf_gt(kx[i], vmax)) {
+            vmax = kx[i];
+        }
+        let w = kw[i];
+        sum_w = sf_add(sum_w, w);
+        sum_x = sf_add(sum_x, sf_mul_fast(w, kx[i]));
+    }
+    if (sf_gt(vmin, 0u)) {
+        vmin = 0u;
+    }
+    if (sf_eq(vmax, vmin)) {
+        return Qkx2(0u, sf_neg(vmin), 0u, 0u, true);
+    }
+    var iscale = sf_div_fast(F_15, sf_sub(vmax, vmin));
+    var scale = sf_div_fast(F_ONE, iscale);
+    var best_error = 0u;
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        let l = qkx2_level(iscale, vmin, kx[i]);
+        var diff = sf_sub(sf_add(sf_mul_fast(scale, sf_from_i32(l)), vmin), kx[i]);
+        diff = sf_mul_fast(diff, diff);
+        best_error = sf_add(best_error, sf_mul_fast(kw[i], diff));
+    }
+    var l_iscale = iscale;
+    var l_min = vmin;
+    for (var istep = 0; istep <= 20; istep = istep + 1) {
+        iscale = sf_div_fast(
+            sf_add(sf_add(0xbf800000u, sf_mul_fast(F_0_1, sf_from_i32(istep))), F_15),
+            sf_sub(vmax, vmin),
+        );
+        var sum_l = 0u;
+        var sum_l2 = 0u;
+        var sum_xl = 0u;
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            let lf = sf_from_i32(qkx2_level(iscale, vmin, kx[i]));
+            let wl = sf_mul_fast(kw[i], lf);
+            sum_l = sf_add(sum_l, wl);
+            sum_l2 = sf_add(sum_l2, sf_mul_fast(wl, lf));
+            sum_xl = sf_add(sum_xl, sf_mul_fast(wl, kx[i]));
+        }
+        let d = sf_sub(sf_mul_fast(sum_w, sum_l2), sf_mul_fast(sum_l, sum_l));
+        if (sf_gt(d, 0u)) {
+            var this_scale = sf_div_fast(sf_sub(sf_mul_fast(sum_w, sum_xl), sf_mul_fast(sum_x, sum_l)), d);
+            var this_min = sf_div_fast(sf_sub(sf_mul_fast(sum_l2, sum_x), sf_mul_fast(sum_l, sum_xl)), d);
+            if (sf_gt(this_min, 0u)) {
+                this_min = 0u;
+                this_scale = sf_div_fast(sum_xl, sum_l2);
+            }
+            var cur_error = 0u;
+            for (var i = 0u; i < 32u; i = i + 1u) {
+                let lf = sf_from_i32(qkx2_level(iscale, vmin, kx[i]));
+                var diff = sf_sub(sf_add(sf_mul_fast(this_scale, lf), this_min), kx[i]);
+                diff = sf_mul_fast(diff, diff);
+                cur_error = sf_add(cur_error, sf_mul_fast(kw[i], diff));
+            }
+            if (sf_lt(cur_error, best_error)) {
+                l_iscale = iscale;
+                l_min = vmin;
+                best_error = cur_error;
+                scale = this_scale;
+                vmin = this_min;
+            }
+        }
+    }
+    return Qkx2(scale, sf_neg(vmin), l_iscale, l_min, false);
+}
+
+// Per sub-block: the final d and d*min of the requantization, or (when d
+// is 0) how make_qkx2_quants computed its levels.
+var<private> k_d: array<u32, 8>;
+var<private> k_dm: array<u32, 8>;
+var<private> k_liscale: array<u32, 8>;
+var<private> k_lmin: array<u32, 8>;
+var<private> k_zero: array<bool, 8>;
+
+fn q4k_level(j: u32, x: u32) -> u32 {
+    if (!sf_eq(k_d[j], 0u)) {
+        return u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, k_dm[j]), k_d[j])), 0, 15));
+    }
+    if (k_zero[j]) {
+        return 0u;
+    }
+    return u32(qkx2_level(k_liscale[j], k_lmin[j], x));
+}
+
+@compute @workgroup_size(64)
+fn quantize_q4_k(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let blk = invocation_index(wid, nwg, lid);
+    if (blk >= params.n_units) {
+        return;
+    }
+    let base = blk * 256u;
+    for (var i = 0u; i < 256u; i = i + 1u) {
+        note_if_not_finite(base + i, src[base + i]);
+    }
+    var scales: array<u32, 8>;
+    var mins: array<u32, 8>;
+    var max_scale = 0u;
+    var max_min = 0u;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        var sum_x2 = 0u;
+        for (var k = 0u; k < 32u; k = k + 1u) {
+            let v = src[base + 32u * j + k];
+            kx[k] = v;
+            sum_x2 = sf_add(sum_x2, sf_mul_fast(v, v));
+        }
+        let av_x = sf_sqrt(sf_div_fast(sum_x2, F_32));
+        for (var k = 0u; k < 32u; k = k + 1u) {
+            kw[k] = sf_add(av_x, sf_abs(kx[k]));
+        }
+        let r = make_qkx2_q4k();
+        scales[j] = r.scale;
+        mins[j] = r.neg_min;
+        k_liscale[j] = r.l_iscale;
+        k_lmin[j] = r.l_min;
+        k_zero[j] = r.zero;
+        if (sf_gt(r.scale, max_scale)) {
+            max_scale = r.scale;
+        }
+        if (sf_gt(r.neg_min, max_min)) {
+            max_min = r.neg_min;
+        }
+    }
+    var inv_scale = 0u;
+    if (sf_gt(max_scale, 0u)) {
+        inv_scale = sf_div_fast(F_63, max_scale);
+    }
+    var inv_min = 0u;
+    if (sf_gt(max_min, 0u)) {
+        inv_min = sf_div_fast(F_63, max_min);
+    }
+    // The 12 packed 6-bit scale/min bytes (put_scale_min_k4).
+    var sc: array<u32, 12>;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        let ls = min(u32(sf_nearest_int(sf_mul_fast(inv_scale, scales[j]))) & 0xffu, 63u);
+        let lm = min(u32(sf_nearest_int(sf_mul_fast(inv_min, mins[j]))) & 0xffu, 63u);
+        if (j < 4u) {
+            sc[j] = ls;
+            sc[j + 4u] = lm;
+        } else {
+            sc[j + 4u] = (ls & 0xfu) | ((lm & 0xfu) << 4u);
+            sc[j - 4u] = sc[j - 4u] | ((ls >> 4u) << 6u);
+            sc[j] = sc[j] | ((lm >> 4u) << 6u);
+        }
+    }
+    let dh = sf_to_f16(sf_div_fast(max_scale, F_63));
+    let mh = sf_to_f16(sf_div_fast(max_min, F_63));
+    // qk_requantize against the stored values.
+    let d_all = sf_from_f16(dh);
+    let dmin = sf_from_f16(mh);
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        var s: u32;
+        var m: u32;
+        if (j < 4u) {
+            s = sc[j] & 63u;
+            m = sc[j + 4u] & 63u;
+        } else {
+            s = (sc[j + 4u] & 0xfu) | ((sc[j - 4u] >> 6u) << 4u);
+            m = (sc[j + 4u] >> 4u) | ((sc[j] >> 6u) << 4u);
+        }
+        k_d[j] = sf_mul_fast(d_all, sf_from_i32(i32(s)));
+        k_dm[j] = sf_mul_fast(dmin, sf_from_i32(i32(m)));
+    }
+    var w = ByteWriter(blk * 36u, 0u, 0u);
+    bw_push_u16(&w, dh);
+    bw_push_u16(&w, mh);
+    for (var i = 0u; i < 12u; i = i + 1u) {
+        bw_push(&w, sc[i]);
+    }
+    // Bytes [32c, 32c+32) hold sub-block 2c in low and 2c+1 in high nibbles.
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        for (var k = 0u; k < 32u; k = k + 1u) {
+            let lo = q4k_level(2u * c, src[base + 64u * c + k]);
+            let hi = q4k_level(2u * c + 1u, src[base + 64u * c + 32u + k]);
+            bw_push(&w, lo | (hi << 4u));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ Q6_K
+
+// Per sub-block of 16: the scale of make_qx_quants and the iscale its
+// levels came from (or all-zero levels).
+var<private> q6_scale: array<u32, 16>;
+var<private> q6_liscale: array<u32, 16>;
+var<private> q6_zero: array<bool, 16>;
+var<private> q6_d: array<u32, 16>;
+
+fn qx_level(iscale: u32, x: u32) -> i32 {
+    return clamp(sf_nearest_int(sf_mul_fast(iscale, x)), -32, 31);
+}
+
+// make_qx_quants(32, x, L, rmse_type=1, qw=NULL) over src[base..base+16].
+fn make_qx_q6k(base: u32, ib: u32) {
+    var vmax = 0u;
+    var amax = 0u;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let ax = sf_abs(src[base + i]);
+        if (sf_gt(ax, amax)) {
+            amax = ax;
+            vmax = src[base + i];
+        }
+    }
+    if (sf_lt(amax, GROUP_MAX_EPS)) {
+        q6_scale[ib] = 0u;
+        q6_zero[ib] = true;
+        return;
+    }
+    q6_zero[ib] = false;
+    var iscale = sf_div_fast(0xc2000000u, vmax);
+    var sumlx = 0u;
+    var suml2 = 0u;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let x = src[base + i];
+        let lf = sf_from_i32(qx_level(iscale, x));
+        let w = sf_mul_fast(x, x);
+        sumlx = sf_add(sumlx, sf_mul_fast(sf_mul_fast(w, x), lf));
+        suml2 = sf_add(suml2, sf_mul_fast(sf_mul_fast(w, lf), lf));
+    }
+    var scale = 0u;
+    if (!sf_eq(suml2, 0u)) {
+        scale = sf_div_fast(sumlx, suml2);
+    }
+    var best = sf_mul_fast(scale, sumlx);
+    var l_iscale = iscale;
+    for (var istep = -9; istep <= 9; istep = istep + 1) {
+        if (istep == 0) {
+            continue;
+        }
+        iscale = sf_div_fast(sf_neg(sf_add(F_32, sf_mul_fast(F_0_1, sf_from_i32(istep)))), vmax);
+        sumlx = 0u;
+        suml2 = 0u;
+        for (var i = 0u; i < 16u; i = i + 1u) {
+            let x = src[base + i];
+            let lf = sf_from_i32(qx_level(iscale, x));
+            let w = sf_mul_fast(x, x);
+            sumlx = sf_add(sumlx, sf_mul_fast(sf_mul_fast(w, x), lf));
+            suml2 = sf_add(suml2, sf_mul_fast(sf_mul_fast(w, lf), lf));
+        }
+        if (sf_gt(suml2, 0u) && sf_gt(sf_mul_fast(sumlx, sumlx), sf_mul_fast(best, suml2))) {
+            l_iscale = iscale;
+            scale = sf_div_fast(sumlx, suml2);
+            best = sf_mul_fast(scale, sumlx);
+        }
+    }
+    q6_scale[ib] = scale;
+    q6_liscale[ib] = l_iscale;
+}
+
+// The stored 6-bit level (0..63) of element e of the block at `base`.
+fn q6k_level(base: u32, e: u32) -> u32 {
+    let j = e / 16u;
+    let x = src[base + e];
+    if (!sf_eq(q6_d[j], 0u)) {
+        return u32(clamp(sf_nearest_int(sf_div_fast(x, q6_d[j])), -32, 31) + 32);
+    }
+    if (q6_zero[j]) {
+        return 0u;
+    }
+    return u32(qx_level(q6_liscale[j], x) + 32);
+}
+
+@compute @workgroup_size(64)
+fn quantize_q6_k(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let first = invocation_index(wid, nwg, lid) * 2u;
+    if (first >= params.n_units) {
+        return;
+    }
+    let count = min(2u, params.n_units - first);
+    var w = ByteWriter(first / 2u * 105u, 0u, 0u);
+    for (var b = 0u; b < count; b = b + 1u) {
+        let base = (first + b) * 256u;
+        for (var i = 0u; i < 256u; i = i + 1u) {
+            note_if_not_finite(base + i, src[base + i]);
+        }
+        var max_scale = 0u;
+        var max_abs_scale = 0u;
+        for (var ib = 0u; ib < 16u; ib = ib + 1u) {
+            make_qx_q6k(base + 16u * ib, ib);
+            let abs_scale = sf_abs(q6_scale[ib]);
+            if (sf_gt(abs_scale, max_abs_scale)) {
+                max_abs_scale = abs_scale;
+                max_scale = q6_scale[ib];
+            }
+        }
+        if (sf_lt(max_abs_scale, GROUP_MAX_EPS)) {
+            for (var i = 0u; i < 210u; i = i + 1u) {
+                bw_push(&w, 0u);
+            }
+            continue;
+        }
+        let iscale = sf_div_fast(F_NEG_128, max_scale);
+        let dh = sf_to_f16(sf_div_fast(F_ONE, iscale));
+        var scb: array<u32, 16>;
+        for (var ib = 0u; ib < 16u; ib = ib + 1u) {
+            scb[ib] = u32(min(sf_nearest_int(sf_mul_fast(iscale, q6_scale[ib])), 127)) & 0xffu;
+        }
+        let d_all = sf_from_f16(dh);
+        for (var j = 0u; j < 16u; j = j + 1u) {
+            let s = (i32(scb[j]) << 24u) >> 24u;
+            q6_d[j] = sf_mul_fast(d_all, sf_from_i32(s));
+        }
+        // ql[128]: per half, low nibbles of l1/l2 and l3/l4.
+        for (var half = 0u; half < 2u; half = half + 1u) {
+            let j = 128u * half;
+            for (var k = 0u; k < 32u; k = k + 1u) {
+                let l1 = q6k_level(base, j + k);
+                let l3 = q6k_level(base, j + k + 64u);
+                bw_push(&w, (l1 & 0xfu) | ((l3 & 0xfu) << 4u));
+            }
+            for (var k = 0u; k < 32u; k = k + 1u) {
+                let l2 = q6k_level(base, j + k + 32u);
+                let l4 = q6k_level(base, j + k + 96u);
+                bw_push(&w, (l2 & 0xfu) | ((l4 & 0xfu) << 4u));
+            }
+        }
+        // qh[64]: the high two bits of the four.
+        for (var half = 0u; half < 2u; half = half + 1u) {
+            let j = 128u * half;
+            for (var k = 0u; k < 32u; k = k + 1u) {
+                let l1 = q6k_level(base, j + k);
+                let l2 = q6k_level(base, j + k + 32u);
+                let l3 = q6k_level(base, j + k + 64u);
+                let l4 = q6k_level(base, j + k + 96u);
+                bw_push(&w, (l1 >> 4u) | ((l2 >> 4u) << 2u) | ((l3 >> 4u) << 4u) | ((l4 >> 4u) << 6u));
+            }
+        }
+        for (var ib = 0u; ib < 16u; ib = ib + 1u) {
+            bw_push(&w, scb[ib]);
+        }
+        bw_push_u16(&w, dh);
+    }
+    bw_flush(&w);
+}

@@ -1,0 +1,120 @@
+//! GGML quantize and dequantize on the GPU: the same checks and the same
+//! bytes as [`crate::ggml::quantize`] (without an importance matrix) and
+//! [`crate::ggml::dequantize`].
+
+use super::{chunk_units, Gpu, GpuError, Launch, Module};
+use crate::{ggml, GgmlType, KernelError};
+
+/// The types with GPU kernels.
+pub const GPU_TYPES: &[GgmlType] = &[
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+/// (quantize entry, dequantize entry, blocks per quantize invocation).
+fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
+    Some(match ty {
+        GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 2),
+        GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 2),
+        GgmlType::Q4_1 => ("quantize_q4_1", "dequantize_q4_1", 1),
+        GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 1),
+        GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 2),
+        _ => return None,
+    })
+}
+
+/// Whether [`Gpu::quantize`] and [`Gpu::dequantize`] handle `ty`.
+pub fn has_kernel(ty: GgmlType) -> bool {
+    kernels(ty).is_some()
+}
+
+impl Gpu {
+    /// Quantizes rows of `n_per_row` values exactly as
+    /// [`crate::ggml::quantize`] does without an importance matrix (the same
+    /// bytes, the same errors: lengths, NaN and infinities with the index of
+    /// the first). Types: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K.
+    pub fn quantize(
+        &self,
+        ty: GgmlType,
+        src: &[f32],
+        n_per_row: usize,
+        dst: &mut [u8],
+    ) -> Result<(), GpuError> {
+        let (entry, _, per_invocation) = kernels(ty)
+            .ok_or_else(|| KernelError::Unsupported(format!("quantizing to {ty} on the GPU")))?;
+        ggml::check_rows(ty, src.len(), n_per_row, dst.len())?;
+        let bs = ty.block_size() as usize;
+        let ts = ty.type_size() as usize;
+        let n_blocks = src.len() / bs;
+        let per_chunk = chunk_units(self.max_binding, n_blocks, bs * 4, ts, 2);
+        let mut done = 0;
+        while done < n_blocks {
+            let n = per_chunk.min(n_blocks - done);
+            let x = &src[done * bs..(done + n) * bs];
+            let first_bad = self.launch(
+                &Launch {
+                    module: Module::GgmlQuantize,
+                    entry,
+                    input: bytemuck::cast_slice(x),
+                    n_units: n as u32,
+                    invocations: n.div_ceil(per_invocation) as u32,
+                    extra: [0; 3],
+                },
+                &mut dst[done * ts..(done + n) * ts],
+            )?;
+            if let Some(i) = first_bad {
+                let index = done * bs + i as usize;
+                return Err(KernelError::NonFinite {
+                    index,
+                    value: src[index],
+                }
+                .into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Dequantizes whole blocks of `ty` into `dst`, bit-identical to
+    /// [`crate::ggml::dequantize`] (NaN results, from NaN or infinite
+    /// stored scales, are NaN with another payload). Types: Q8_0, Q4_0,
+    /// Q4_1, Q4_K, Q6_K.
+    pub fn dequantize(&self, ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), GpuError> {
+        let (_, entry, _) = kernels(ty)
+            .ok_or_else(|| KernelError::Unsupported(format!("dequantizing {ty} on the GPU")))?;
+        let bs = ty.block_size() as usize;
+        let ts = ty.type_size() as usize;
+        if !dst.len().is_multiple_of(bs) || dst.len() / bs * ts != src.len() {
+            return Err(KernelError::BadLength(format!(
+                "{} bytes of {ty} hold {} values, the output has room for {}",
+                src.len(),
+                src.len() / ts * bs,
+                dst.len()
+            ))
+            .into());
+        }
+        let n_blocks = src.len() / ts;
+        let per_chunk = chunk_units(self.max_binding, n_blocks, ts, bs * 4, 1);
+        let mut done = 0;
+        while done < n_blocks {
+            let n = per_chunk.min(n_blocks - done);
+            let out = &mut dst[done * bs..(done + n) * bs];
+            self.launch(
+                &Launch {
+                    module: Module::GgmlDequantize,
+                    entry,
+                    input: &src[done * ts..(done + n) * ts],
+                    n_units: (n * bs / 4) as u32,
+                    invocations: (n * bs / 4) as u32,
+                    extra: [0; 3],
+                },
+                bytemuck::cast_slice_mut(out),
+            )?;
+            done += n;
+        }
+        Ok(())
+    }
+}
