@@ -1,4 +1,8 @@
 //! Quantization policy: file types and type mixes, importance matrices,
-//! MLX recipes.
+//! MLX recipes, and the plan that puts them together per tensor.
 
 pub mod ftype;
+pub mod imatrix;
+mod kernels;
+pub mod mix;
+pub mod plan;
