@@ -1,0 +1,348 @@
+//! `qforge quantize IN OUT --type TYPE` (alias `requantize`): llama.cpp's
+//! quant mixes, byte for byte, with importance matrices.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value as Json};
+
+use super::{human_bytes, print_json};
+use crate::formats::gguf::GgufModel;
+use crate::formats::{detect, ModelFormat};
+use crate::quant::ftype::FileType;
+use crate::quant::imatrix::ImportanceMatrix;
+use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverride};
+use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, QuantPlan, SourceTensor};
+
+#[derive(Debug, Args)]
+pub(crate) struct QuantizeArgs {
+    /// The model to quantize (a GGUF file, any file of a split set).
+    input: PathBuf,
+    /// Where to write it (with --keep-split, the prefix of the split files).
+    #[arg(required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
+    /// The quant mix, as llama-quantize names it (Q4_K_M, Q8_0, IQ4_XS, F16 ...).
+    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    file_type: Option<FileType>,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Use the importance matrix only for tensors whose name contains NAME
+    /// (repeatable).
+    #[arg(long, value_name = "NAME", conflicts_with = "exclude_weights")]
+    include_weights: Vec<String>,
+    /// Do not use the importance matrix for tensors whose name contains NAME
+    /// (repeatable).
+    #[arg(long, value_name = "NAME")]
+    exclude_weights: Vec<String>,
+    /// Type of output.weight (a ggml type: q8_0, q6_K, f16 ...).
+    #[arg(long, value_name = "TYPE", value_parser = parse_type_arg)]
+    output_tensor_type: Option<quant_kernels::GgmlType>,
+    /// Type of the token embeddings.
+    #[arg(long, value_name = "TYPE", value_parser = parse_type_arg)]
+    token_embedding_type: Option<quant_kernels::GgmlType>,
+    /// Tensors whose name matches the regex PATTERN get TYPE (repeatable,
+    /// first match wins; example: attn_v=q8_0).
+    #[arg(long, value_name = "PATTERN=TYPE", value_parser = parse_override_arg)]
+    tensor_type: Vec<TensorTypeOverride>,
+    /// Every quantized tensor gets the mix's default type: no per-tensor rules.
+    #[arg(long)]
+    pure: bool,
+    /// Leave output.weight as it is.
+    #[arg(long)]
+    leave_output_tensor: bool,
+    /// Allow requantizing tensors that are already quantized (loses more
+    /// than quantizing from 16 or 32 bits).
+    #[arg(long)]
+    allow_requantize: bool,
+    /// Write one output file per input split file.
+    #[arg(long)]
+    keep_split: bool,
+    /// Threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Print the per-tensor plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON report on stdout and no progress.
+    #[arg(long)]
+    json: bool,
+    /// MLX output: bits per weight (2, 3, 4, 5, 6, 8).
+    #[arg(long, value_name = "B")]
+    bits: Option<u32>,
+    /// MLX output: elements per quantization group (32, 64, 128).
+    #[arg(long, value_name = "G")]
+    group_size: Option<u32>,
+    /// MLX output: one of mlx-lm's mixed recipes (mixed_2_6, mixed_3_4,
+    /// mixed_3_6, mixed_4_6).
+    #[arg(long, value_name = "RECIPE")]
+    quant_predicate: Option<String>,
+}
+
+fn parse_type_arg(s: &str) -> Result<quant_kernels::GgmlType, String> {
+    parse_ggml_type(s).map_err(|e| e.to_string())
+}
+
+fn parse_override_arg(s: &str) -> Result<TensorTypeOverride, String> {
+    TensorTypeOverride::parse(s).map_err(|e| e.to_string())
+}
+
+/// The plan's inputs, resolved against the file system.
+struct Resolved {
+    imatrix: Option<ImportanceMatrix>,
+    plan: QuantPlan,
+}
+
+pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
+    if args.bits.is_some() || args.group_size.is_some() || args.quant_predicate.is_some() {
+        bail!(
+            "MLX output (--bits, --group-size, --quant-predicate) is written by the MLX \
+             writer, which this build of qforge does not have yet; GGUF mixes are \
+             available with --type"
+        );
+    }
+    let Some(file_type) = args.file_type else {
+        bail!("pass --type TYPE (Q4_K_M, Q8_0, IQ4_XS, F16 ...)");
+    };
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("starting the worker threads")?;
+    let resolved = resolve(&args, file_type)?;
+    if args.dry_run {
+        return pool.install(|| dry_run(&args, &resolved));
+    }
+    let output = args
+        .output
+        .as_deref()
+        .expect("clap requires OUT without --dry-run");
+    if same_file(&args.input, output) {
+        bail!(
+            "input and output are the same file ({}): write the quantized model elsewhere",
+            output.display()
+        );
+    }
+    if !resolved.plan.problems.is_empty() {
+        let mut msg = format!(
+            "cannot quantize {} to {}:",
+            args.input.display(),
+            resolved.plan.file_type
+        );
+        for p in &resolved.plan.problems {
+            match &p.tensor {
+                Some(t) => msg.push_str(&format!("\n  {t}: {}", p.message)),
+                None => msg.push_str(&format!("\n  {}", p.message)),
+            }
+        }
+        bail!(msg);
+    }
+    bail!("writing quantized GGUF needs the GGML kernels, which this build does not have yet")
+}
+
+fn resolve(args: &QuantizeArgs, file_type: FileType) -> Result<Resolved> {
+    match detect(&args.input)? {
+        ModelFormat::Gguf => {}
+        other => bail!(
+            "quantizing a {} input needs the converter's model view, which this build of \
+             qforge does not have yet; convert it to GGUF first",
+            other.name()
+        ),
+    }
+    let model = GgufModel::open(&args.input)?;
+    let facts = ModelFacts::from_gguf(model.metadata())
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    let sources = source_tensors(&model);
+
+    let imatrix = match &args.imatrix {
+        None => None,
+        Some(path) => {
+            let mut m = ImportanceMatrix::open(path)?;
+            if let Some((name, v)) = m.first_non_finite() {
+                bail!(
+                    "{}: the importance weights of '{name}' include {v}; llama-quantize refuses \
+                     non-finite weights, and so does qforge",
+                    path.display()
+                );
+            }
+            m.filter(&args.include_weights, &args.exclude_weights);
+            Some(m)
+        }
+    };
+
+    let mix = MixOptions {
+        file_type,
+        pure: args.pure,
+        leave_output_tensor: args.leave_output_tensor,
+        output_tensor_type: args.output_tensor_type,
+        token_embedding_type: args.token_embedding_type,
+        tensor_types: args.tensor_type.clone(),
+        has_imatrix: false,
+    };
+    let opts = PlanOptions {
+        mix,
+        allow_requantize: args.allow_requantize,
+        keep_split: args.keep_split,
+    };
+    let plan = plan_gguf(&facts, &sources, &opts, imatrix.as_ref())
+        .with_context(|| format!("planning {}", args.input.display()))?;
+    Ok(Resolved { imatrix, plan })
+}
+
+/// The source's tensors in model order, with the split file and offset
+/// `--keep-split` orders by.
+fn source_tensors(model: &GgufModel) -> Vec<SourceTensor> {
+    let mut out = Vec::with_capacity(model.tensor_count());
+    for (split, file) in model.files().iter().enumerate() {
+        for t in file.tensors() {
+            out.push(SourceTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ggml_type: t.ggml_type,
+                split,
+                offset: t.offset,
+            });
+        }
+    }
+    out
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Numpy-order shape, as `inspect` prints it.
+fn shape(dims: &[u64]) -> Vec<u64> {
+    dims.iter().rev().copied().collect()
+}
+
+fn imatrix_note(role: ImatrixRole) -> Option<&'static str> {
+    match role {
+        ImatrixRole::None => None,
+        ImatrixRole::Used => Some("imatrix"),
+        ImatrixRole::Ignored => Some("imatrix unused by type"),
+        ImatrixRole::NotFound => Some("no imatrix entry"),
+        ImatrixRole::SizeMismatch => Some("imatrix size mismatch"),
+    }
+}
+
+/// The plan as JSON (the `--dry-run --json` document, and the tensor list
+/// of the run report).
+fn plan_json(plan: &QuantPlan) -> Json {
+    Json::Array(
+        plan.tensors
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "shape": shape(&t.dims),
+                    "from": t.from.name(),
+                    "to": t.to.name(),
+                    "from_bytes": t.from_bytes,
+                    "to_bytes": t.to_bytes,
+                    "method": t.method.name(),
+                    "fallback_from": t.fallback.map(|f| f.wanted.name()),
+                    "imatrix": imatrix_note(t.imatrix),
+                    "split": t.split,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn bits_per_weight(bytes: u64, elements: u64) -> f64 {
+    if elements == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / elements as f64
+    }
+}
+
+fn dry_run(args: &QuantizeArgs, r: &Resolved) -> Result<ExitCode> {
+    let plan = &r.plan;
+    let elements = plan.n_elements();
+    if args.json {
+        print_json(&json!({
+            "input": args.input,
+            "type": plan.file_type.name(),
+            "file_type": plan.file_type.id(),
+            "splits": plan.n_splits,
+            "from_bytes": plan.from_bytes(),
+            "to_bytes": plan.to_bytes(),
+            "bits_per_weight": bits_per_weight(plan.to_bytes(), elements),
+            "fallbacks": plan.n_fallback,
+            "imatrix_entries": r.imatrix.as_ref().map(ImportanceMatrix::len),
+            "problems": plan.problems.iter().map(|p| json!({"tensor": p.tensor, "message": p.message})).collect::<Vec<_>>(),
+            "tensors": plan_json(plan),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = plan
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{} -> {} ({} tensors)",
+        args.input.display(),
+        plan.file_type,
+        plan.tensors.len()
+    );
+    println!(
+        "  {:<width$}  {:<16} {:<6} {:<6} {:>10} {:>10}  note",
+        "name", "shape", "from", "to", "bytes", "new bytes"
+    );
+    for t in &plan.tensors {
+        let mut notes = Vec::new();
+        if let Some(f) = t.fallback {
+            notes.push(format!("{} does not fit rows of {}", f.wanted, t.row_len()));
+        }
+        if let Some(n) = imatrix_note(t.imatrix) {
+            notes.push(n.to_string());
+        }
+        if plan.n_splits > 1 {
+            notes.push(format!("split {}", t.split + 1));
+        }
+        println!(
+            "  {:<width$}  {:<16} {:<6} {:<6} {:>10} {:>10}  {}",
+            t.name,
+            format!("{:?}", shape(&t.dims)),
+            t.from.name(),
+            t.to.name(),
+            t.from_bytes,
+            t.to_bytes,
+            notes.join(", ")
+        );
+    }
+    println!(
+        "size: {} -> {} ({:.2} -> {:.2} bits/weight), {} tensor(s) fell back to another type",
+        human_bytes(plan.from_bytes()),
+        human_bytes(plan.to_bytes()),
+        bits_per_weight(plan.from_bytes(), elements),
+        bits_per_weight(plan.to_bytes(), elements),
+        plan.n_fallback
+    );
+    for p in &plan.problems {
+        match &p.tensor {
+            Some(t) => eprintln!("warning: {t}: {}", p.message),
+            None => eprintln!("warning: {}", p.message),
+        }
+    }
+    if plan.requires_imatrix {
+        eprintln!(
+            "warning: the plan is complete, but writing this mix needs an importance matrix (--imatrix)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
