@@ -5,4 +5,5 @@ pub mod ftype;
 pub mod imatrix;
 mod kernels;
 pub mod mix;
+pub mod mlx_recipe;
 pub mod plan;
