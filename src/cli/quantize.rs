@@ -3,18 +3,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value as Json};
 
-use super::{human_bytes, print_json};
+use super::{human_bytes, print_json, Progress};
 use crate::formats::gguf::GgufModel;
 use crate::formats::{detect, ModelFormat};
+use crate::hashing::sha256_file;
 use crate::quant::ftype::FileType;
 use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverride};
-use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, QuantPlan, SourceTensor};
+use crate::quant::plan::{
+    plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, QuantPlan, SourceTensor,
+};
+use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
 
 #[derive(Debug, Args)]
 pub(crate) struct QuantizeArgs {
@@ -91,6 +96,7 @@ fn parse_override_arg(s: &str) -> Result<TensorTypeOverride, String> {
 
 /// The plan's inputs, resolved against the file system.
 struct Resolved {
+    model: GgufModel,
     imatrix: Option<ImportanceMatrix>,
     plan: QuantPlan,
 }
@@ -143,7 +149,139 @@ pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
         }
         bail!(msg);
     }
-    bail!("writing quantized GGUF needs the GGML kernels, which this build does not have yet")
+    pool.install(|| write(&args, output, resolved))
+}
+
+/// The options that shape the output, as command-line words (recorded in
+/// the file's provenance).
+fn settings_words(args: &QuantizeArgs, file_type: FileType) -> Vec<String> {
+    let mut w = vec!["--type".to_string(), file_type.name().to_string()];
+    if let Some(p) = &args.imatrix {
+        w.push("--imatrix".into());
+        w.push(
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    for (flag, values) in [
+        ("--include-weights", &args.include_weights),
+        ("--exclude-weights", &args.exclude_weights),
+    ] {
+        for v in values {
+            w.push(flag.into());
+            w.push(v.clone());
+        }
+    }
+    for (flag, ty) in [
+        ("--output-tensor-type", args.output_tensor_type),
+        ("--token-embedding-type", args.token_embedding_type),
+    ] {
+        if let Some(ty) = ty {
+            w.push(flag.into());
+            w.push(ty.name().into());
+        }
+    }
+    for o in &args.tensor_type {
+        w.push("--tensor-type".into());
+        w.push(format!("{}={}", o.pattern, o.ggml_type.name()));
+    }
+    for (flag, on) in [
+        ("--pure", args.pure),
+        ("--leave-output-tensor", args.leave_output_tensor),
+        ("--allow-requantize", args.allow_requantize),
+        ("--keep-split", args.keep_split),
+    ] {
+        if on {
+            w.push(flag.into());
+        }
+    }
+    w
+}
+
+fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
+    let start = Instant::now();
+    let plan = &r.plan;
+    let sources = r
+        .model
+        .files()
+        .iter()
+        .map(|f| {
+            let h =
+                sha256_file(f.path()).with_context(|| format!("hashing {}", f.path().display()))?;
+            Ok((f.path().to_path_buf(), h))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let imatrix_sha256 = match &args.imatrix {
+        Some(p) => Some(sha256_file(p).with_context(|| format!("hashing {}", p.display()))?),
+        None => None,
+    };
+    let provenance = Provenance {
+        sources,
+        imatrix_sha256,
+        settings: settings_words(args, plan.file_type),
+    };
+    let note = match (&args.imatrix, &r.imatrix) {
+        (Some(p), Some(m)) => Some(ImatrixNote {
+            file_arg: p.to_string_lossy().into_owned(),
+            matrix: m,
+        }),
+        _ => None,
+    };
+    let meta = quantized_metadata(
+        r.model.metadata(),
+        plan.file_type,
+        note.as_ref(),
+        &provenance,
+    );
+    let paths = output_paths(output, plan, args.keep_split);
+
+    let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json);
+    let files = write_gguf(
+        &r.model,
+        plan,
+        &meta,
+        &paths,
+        r.imatrix.as_ref(),
+        &|t: &PlannedTensor| {
+            progress.set_message(&t.name);
+            progress.inc(t.from_bytes);
+        },
+    )?;
+    progress.finish();
+
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        print_json(&json!({
+            "input": args.input,
+            "type": plan.file_type.name(),
+            "files": files.iter().map(|f| json!({"path": f.path, "bytes": f.bytes, "sha256": f.sha256})).collect::<Vec<_>>(),
+            "from_bytes": plan.from_bytes(),
+            "to_bytes": plan.to_bytes(),
+            "bits_per_weight": bits_per_weight(plan.to_bytes(), plan.n_elements()),
+            "fallbacks": plan.n_fallback,
+            "imatrix_entries": r.imatrix.as_ref().map(ImportanceMatrix::len),
+            "seconds": seconds,
+            "tensors": plan_json(plan),
+        }))?;
+    } else {
+        for f in &files {
+            eprintln!(
+                "wrote {} ({}, {:.2} bits/weight) in {seconds:.1} s",
+                f.path.display(),
+                human_bytes(f.bytes),
+                bits_per_weight(plan.to_bytes(), plan.n_elements())
+            );
+        }
+        if plan.n_fallback > 0 {
+            eprintln!(
+                "{} of {} tensors did not fit the mix's type and fell back to another (see --dry-run)",
+                plan.n_fallback,
+                plan.tensors.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn resolve(args: &QuantizeArgs, file_type: FileType) -> Result<Resolved> {
@@ -192,7 +330,11 @@ fn resolve(args: &QuantizeArgs, file_type: FileType) -> Result<Resolved> {
     };
     let plan = plan_gguf(&facts, &sources, &opts, imatrix.as_ref())
         .with_context(|| format!("planning {}", args.input.display()))?;
-    Ok(Resolved { imatrix, plan })
+    Ok(Resolved {
+        model,
+        imatrix,
+        plan,
+    })
 }
 
 /// The source's tensors in model order, with the split file and offset

@@ -216,7 +216,7 @@ impl ImportanceMatrix {
             }
             let sums = f32s_of(file.tensor_data(sums_info));
             let counts = f32s_of(file.tensor_data(counts_info));
-            if counts.is_empty() || sums.len() % counts.len() != 0 {
+            if counts.is_empty() || !sums.len().is_multiple_of(counts.len()) {
                 return Err(FormatError::other(format!(
                     "{} values in {SUFFIX_SUMS} do not split into {} matrices",
                     sums.len(),

@@ -590,7 +590,7 @@ fn tensor_type(
     }
     let row = t.ne(0);
     let block = new_type.block_size();
-    if row % block == 0 {
+    if row.is_multiple_of(block) {
         return Ok((new_type, None));
     }
     let mut to = fallback_type(new_type).ok_or_else(|| MixError::Tensor {
@@ -599,7 +599,7 @@ fn tensor_type(
             "rows of {row} do not fit {new_type}'s blocks of {block} and llama.cpp defines no fallback for {new_type}"
         ),
     })?;
-    if row % to.block_size() != 0 {
+    if !row.is_multiple_of(to.block_size()) {
         to = GgmlType::F16;
     }
     Ok((
@@ -674,7 +674,7 @@ fn mix_rule(
     if cat == Category::Output || (qs.has_tied_embeddings && cat == Category::TokenEmbd) {
         if let Some(ty) = opts.output_tensor_type {
             new_type = ty;
-        } else if ft == F::MXFP4_MOE || falcon || t.ne(0) % new_type.block_size() != 0 {
+        } else if ft == F::MXFP4_MOE || falcon || !t.ne(0).is_multiple_of(new_type.block_size()) {
             new_type = T::Q8_0;
         } else if matches!(
             ft,

@@ -3,7 +3,7 @@
 
 pub mod ftype;
 pub mod imatrix;
-mod kernels;
 pub mod mix;
 pub mod mlx_recipe;
 pub mod plan;
+pub mod write;

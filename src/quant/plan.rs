@@ -4,9 +4,7 @@
 //! writer executes it. It is built from the source's tensor list alone
 //! (names in GGUF naming, dims, types), whatever format the source is in.
 
-use quant_kernels::GgmlType;
-
-use super::kernels as ggml;
+use quant_kernels::{ggml, GgmlType};
 
 use super::ftype::FileType;
 use super::imatrix::ImportanceMatrix;
