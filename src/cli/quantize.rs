@@ -19,7 +19,9 @@ use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverr
 use crate::quant::plan::{
     plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, QuantPlan, SourceTensor,
 };
-use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
+use crate::quant::write::{
+    output_paths, quantized_metadata, write_gguf, GgufSource, ImatrixNote, Provenance,
+};
 
 #[derive(Debug, Args)]
 pub(crate) struct QuantizeArgs {
@@ -238,7 +240,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
 
     let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json);
     let files = write_gguf(
-        &r.model,
+        &GgufSource::new(&r.model),
         plan,
         &meta,
         &paths,

@@ -5,6 +5,7 @@
 //! worker thread, an f32 scratch of one row group. Output bytes do not
 //! depend on the thread count (every row is quantized on its own).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ use crate::formats::error::{FormatError, Result};
 use crate::formats::gguf::{
     keys, split_path, Array, GgufModel, GgufWriter, Metadata, TensorSpec, Value, VERSION,
 };
+use crate::formats::mmap::ReleasePages;
 use crate::hashing::HashingWriter;
 
 /// `GGML_QNT_VERSION`: the version of the quantized block layouts.
@@ -163,11 +165,48 @@ pub struct WrittenFile {
     pub sha256: String,
 }
 
-/// Writes `plan` of `model` into `paths` (one per split of the plan);
-/// `metadata` is the first file's. `progress` is told the source bytes
-/// done after each tensor.
+/// Where the writer gets each source tensor's bytes, in the type the plan
+/// names as its `from`.
+pub trait TensorSource: Sync {
+    /// The bytes of source tensor `index` (borrowed from a mapped file, or
+    /// made on the spot by a conversion).
+    fn bytes(&self, index: usize) -> Result<Cow<'_, [u8]>>;
+    /// The writer will not read `data` (a part of what [`Self::bytes`]
+    /// returned) again: mapped pages under it may be dropped.
+    fn release(&self, data: &[u8]);
+}
+
+/// The tensors of a GGUF model, straight from its mapped files.
+pub struct GgufSource<'a> {
+    model: &'a GgufModel,
+    data: Vec<&'a [u8]>,
+}
+
+impl<'a> GgufSource<'a> {
+    /// The model's tensors, indexed in model order.
+    pub fn new(model: &'a GgufModel) -> Self {
+        GgufSource {
+            model,
+            data: model.tensors().map(|(_, d)| d).collect(),
+        }
+    }
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn bytes(&self, index: usize) -> Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(self.data[index]))
+    }
+
+    fn release(&self, data: &[u8]) {
+        self.model.release(data);
+    }
+}
+
+/// Writes `plan` into `paths` (one per split of the plan), taking tensor
+/// bytes from `source`; `metadata` is the first file's. `progress` hears of
+/// each tensor written.
 pub fn write_gguf(
-    model: &GgufModel,
+    source: &dyn TensorSource,
     plan: &QuantPlan,
     metadata: &Metadata,
     paths: &[PathBuf],
@@ -175,7 +214,6 @@ pub fn write_gguf(
     progress: &(dyn Fn(&PlannedTensor) + Sync),
 ) -> Result<Vec<WrittenFile>> {
     assert_eq!(paths.len(), plan.n_splits, "one path per split");
-    let sources: Vec<_> = model.tensors().collect();
     let mut written = Vec::with_capacity(paths.len());
     for (split, path) in paths.iter().enumerate() {
         let mut meta = if split == 0 {
@@ -207,20 +245,21 @@ pub fn write_gguf(
         let mut w =
             GgufWriter::new(&mut out, VERSION, &meta, &specs).map_err(|e| e.in_file(path))?;
         for t in members {
-            let (_, src) = sources[t.source];
+            let src = source.bytes(t.source).map_err(|e| e.for_tensor(&t.name))?;
             let weights = match t.imatrix {
                 ImatrixRole::Used => imatrix.and_then(|m| m.get(&t.name)),
                 _ => None,
             };
             match t.method {
-                Method::Copy => w.write_tensor(&t.name, src),
+                Method::Copy => w.write_tensor(&t.name, &src),
                 Method::ViaF32 => {
-                    let data = convert_tensor(t, src, weights)
+                    let data = convert_tensor(t, &src, weights, &|d| source.release(d))
                         .map_err(|e| FormatError::other(e.to_string()).for_tensor(&t.name))?;
                     w.write_tensor(&t.name, &data)
                 }
             }
             .map_err(|e| e.in_file(path))?;
+            source.release(&src);
             progress(t);
         }
         w.finish().map_err(|e| e.in_file(path))?;
@@ -248,6 +287,7 @@ fn convert_tensor(
     t: &PlannedTensor,
     src: &[u8],
     weights: Option<&[f32]>,
+    release: &(dyn Fn(&[u8]) + Sync),
 ) -> std::result::Result<Vec<u8>, KernelError> {
     let row_len = t.row_len() as usize;
     let n_rows = t.n_rows() as usize;
@@ -283,7 +323,9 @@ fn convert_tensor(
         .into_par_iter()
         .map_init(Vec::new, |scratch: &mut Vec<f32>, (row0, s, d, w)| {
             scratch.resize(s.len() / src_row * row_len, 0.0);
-            ggml::dequantize(t.from, s, scratch)
+            let decoded = ggml::dequantize(t.from, s, scratch);
+            release(s);
+            decoded
                 .and_then(|()| ggml::quantize(t.to, scratch, row_len, w, d))
                 .map_err(|e| match e {
                     KernelError::NonFinite { index, value } => KernelError::NonFinite {
