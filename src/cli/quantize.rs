@@ -10,22 +10,22 @@ use clap::Args;
 use serde_json::{json, Value as Json};
 
 use super::{human_bytes, print_json, Progress};
+use crate::convert::ModelView;
 use crate::formats::gguf::GgufModel;
+use crate::formats::hf::HfModel;
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::sha256_file;
 use crate::quant::ftype::FileType;
 use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverride};
-use crate::quant::plan::{
-    plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, QuantPlan, SourceTensor,
-};
-use crate::quant::write::{
-    output_paths, quantized_metadata, write_gguf, GgufSource, ImatrixNote, Provenance,
-};
+use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, QuantPlan};
+use crate::quant::source::QuantInput;
+use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
 
 #[derive(Debug, Args)]
 pub(crate) struct QuantizeArgs {
-    /// The model to quantize (a GGUF file, any file of a split set).
+    /// The model to quantize: a GGUF file (any file of a split set) or a
+    /// Hugging Face model folder.
     input: PathBuf,
     /// Where to write it (with --keep-split, the prefix of the split files).
     #[arg(required_unless_present = "dry_run")]
@@ -70,6 +70,10 @@ pub(crate) struct QuantizeArgs {
     /// Threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Hugging Face inputs: the BPE pre-tokenizer name to write when the
+    /// tokenizer's is not a known one (as `qforge convert`).
+    #[arg(long, value_name = "NAME")]
+    tokenizer_pre: Option<String>,
     /// Print the per-tensor plan and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -96,9 +100,9 @@ fn parse_override_arg(s: &str) -> Result<TensorTypeOverride, String> {
     TensorTypeOverride::parse(s).map_err(|e| e.to_string())
 }
 
-/// The plan's inputs, resolved against the file system.
-struct Resolved {
-    model: GgufModel,
+/// The plan and what it was made from.
+struct Resolved<'a> {
+    input: QuantInput<'a>,
     imatrix: Option<ImportanceMatrix>,
     plan: QuantPlan,
 }
@@ -123,9 +127,40 @@ pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
         .num_threads(threads)
         .build()
         .context("starting the worker threads")?;
-    let resolved = resolve(&args, file_type)?;
+    match detect(&args.input)? {
+        ModelFormat::Gguf => {
+            let model = GgufModel::open(&args.input)?;
+            pool.install(|| quantize(&args, file_type, QuantInput::gguf(&model)))
+        }
+        ModelFormat::Safetensors => {
+            if !args.input.is_dir() {
+                bail!(
+                    "{} is a single safetensors file: give the model folder (config.json is needed)",
+                    args.input.display()
+                );
+            }
+            let hf = HfModel::open(&args.input)?;
+            let view = ModelView::from_hf(&hf)?;
+            pool.install(|| {
+                let input = QuantInput::view(&view, args.tokenizer_pre.as_deref())?;
+                quantize(&args, file_type, input)
+            })
+        }
+        other => bail!(
+            "quantizing a {} input is not available in this build of qforge (it reads GGUF \
+             files and Hugging Face folders)",
+            other.name()
+        ),
+    }
+}
+
+fn quantize(args: &QuantizeArgs, file_type: FileType, input: QuantInput) -> Result<ExitCode> {
+    let resolved = resolve(args, file_type, input)?;
+    for w in &resolved.input.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.dry_run {
-        return pool.install(|| dry_run(&args, &resolved));
+        return dry_run(args, &resolved);
     }
     let output = args
         .output
@@ -151,7 +186,7 @@ pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
         }
         bail!(msg);
     }
-    pool.install(|| write(&args, output, resolved))
+    write(args, output, resolved)
 }
 
 /// The options that shape the output, as command-line words (recorded in
@@ -205,13 +240,12 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     let start = Instant::now();
     let plan = &r.plan;
     let sources = r
-        .model
-        .files()
+        .input
+        .files
         .iter()
-        .map(|f| {
-            let h =
-                sha256_file(f.path()).with_context(|| format!("hashing {}", f.path().display()))?;
-            Ok((f.path().to_path_buf(), h))
+        .map(|p| {
+            let h = sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
+            Ok((p.clone(), h))
         })
         .collect::<Result<Vec<_>>>()?;
     let imatrix_sha256 = match &args.imatrix {
@@ -231,7 +265,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         _ => None,
     };
     let meta = quantized_metadata(
-        r.model.metadata(),
+        &r.input.metadata,
         plan.file_type,
         note.as_ref(),
         &provenance,
@@ -240,7 +274,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
 
     let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json);
     let files = write_gguf(
-        &GgufSource::new(&r.model),
+        r.input.source.as_ref(),
         plan,
         &meta,
         &paths,
@@ -286,19 +320,13 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn resolve(args: &QuantizeArgs, file_type: FileType) -> Result<Resolved> {
-    match detect(&args.input)? {
-        ModelFormat::Gguf => {}
-        other => bail!(
-            "quantizing a {} input needs the converter's model view, which this build of \
-             qforge does not have yet; convert it to GGUF first",
-            other.name()
-        ),
-    }
-    let model = GgufModel::open(&args.input)?;
-    let facts = ModelFacts::from_gguf(model.metadata())
+fn resolve<'a>(
+    args: &QuantizeArgs,
+    file_type: FileType,
+    input: QuantInput<'a>,
+) -> Result<Resolved<'a>> {
+    let facts = ModelFacts::from_gguf(&input.metadata)
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let sources = source_tensors(&model);
 
     let imatrix = match &args.imatrix {
         None => None,
@@ -330,31 +358,13 @@ fn resolve(args: &QuantizeArgs, file_type: FileType) -> Result<Resolved> {
         allow_requantize: args.allow_requantize,
         keep_split: args.keep_split,
     };
-    let plan = plan_gguf(&facts, &sources, &opts, imatrix.as_ref())
+    let plan = plan_gguf(&facts, &input.tensors, &opts, imatrix.as_ref())
         .with_context(|| format!("planning {}", args.input.display()))?;
     Ok(Resolved {
-        model,
+        input,
         imatrix,
         plan,
     })
-}
-
-/// The source's tensors in model order, with the split file and offset
-/// `--keep-split` orders by.
-fn source_tensors(model: &GgufModel) -> Vec<SourceTensor> {
-    let mut out = Vec::with_capacity(model.tensor_count());
-    for (split, file) in model.files().iter().enumerate() {
-        for t in file.tensors() {
-            out.push(SourceTensor {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                ggml_type: t.ggml_type,
-                split,
-                offset: t.offset,
-            });
-        }
-    }
-    out
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

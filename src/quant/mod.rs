@@ -6,4 +6,5 @@ pub mod imatrix;
 pub mod mix;
 pub mod mlx_recipe;
 pub mod plan;
+pub mod source;
 pub mod write;

@@ -5,7 +5,6 @@
 //! worker thread, an f32 scratch of one row group. Output bytes do not
 //! depend on the thread count (every row is quantized on its own).
 
-use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,12 +14,12 @@ use rayon::prelude::*;
 use super::ftype::FileType;
 use super::imatrix::ImportanceMatrix;
 use super::plan::{ImatrixRole, Method, PlannedTensor, QuantPlan};
+use super::source::TensorSource;
 use crate::formats::atomic::AtomicFile;
 use crate::formats::error::{FormatError, Result};
 use crate::formats::gguf::{
-    keys, split_path, Array, GgufModel, GgufWriter, Metadata, TensorSpec, Value, VERSION,
+    keys, split_path, Array, GgufWriter, Metadata, TensorSpec, Value, VERSION,
 };
-use crate::formats::mmap::ReleasePages;
 use crate::hashing::HashingWriter;
 
 /// `GGML_QNT_VERSION`: the version of the quantized block layouts.
@@ -163,43 +162,6 @@ pub struct WrittenFile {
     pub bytes: u64,
     /// SHA-256 of its bytes, hex.
     pub sha256: String,
-}
-
-/// Where the writer gets each source tensor's bytes, in the type the plan
-/// names as its `from`.
-pub trait TensorSource: Sync {
-    /// The bytes of source tensor `index` (borrowed from a mapped file, or
-    /// made on the spot by a conversion).
-    fn bytes(&self, index: usize) -> Result<Cow<'_, [u8]>>;
-    /// The writer will not read `data` (a part of what [`Self::bytes`]
-    /// returned) again: mapped pages under it may be dropped.
-    fn release(&self, data: &[u8]);
-}
-
-/// The tensors of a GGUF model, straight from its mapped files.
-pub struct GgufSource<'a> {
-    model: &'a GgufModel,
-    data: Vec<&'a [u8]>,
-}
-
-impl<'a> GgufSource<'a> {
-    /// The model's tensors, indexed in model order.
-    pub fn new(model: &'a GgufModel) -> Self {
-        GgufSource {
-            model,
-            data: model.tensors().map(|(_, d)| d).collect(),
-        }
-    }
-}
-
-impl TensorSource for GgufSource<'_> {
-    fn bytes(&self, index: usize) -> Result<Cow<'_, [u8]>> {
-        Ok(Cow::Borrowed(self.data[index]))
-    }
-
-    fn release(&self, data: &[u8]) {
-        self.model.release(data);
-    }
 }
 
 /// Writes `plan` into `paths` (one per split of the plan), taking tensor
