@@ -6,10 +6,14 @@ an importance matrix and with the type options.
 llama-quantize really quantizes each model (they are a few rows per
 matrix) and the types are read back from its output; qforge answers with
 `quantize --dry-run --json`, which needs no kernel, so the mixes qforge
-cannot write yet (IQ1/IQ2/IQ3, TQ, MXFP4) are checked too.
+cannot write yet (IQ1/IQ2/IQ3, TQ, MXFP4) are checked too. For the types
+whose lattice tables take llama-quantize seconds to build (IQ1, IQ2,
+IQ3_XXS/S/M: up to 22 s per run), its own `--dry-run` answers instead: it
+prints the types its first pass chose, the pass the real run writes by.
 """
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -30,6 +34,8 @@ PLAN_ONLY = ["TQ1_0", "TQ2_0", "MXFP4_MOE", "Q1_0", "Q2_0", "IQ3_XS", "IQ3_S", "
 # ones llama-quantize only makes with one.
 IMATRIX_SENSITIVE = ["Q4_0", "Q5_0", "IQ4_NL", "IQ4_XS"]
 NEED_IMATRIX = ["Q2_K_S", "IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"]
+# Types llama-quantize builds lattice tables for before quantizing.
+GRID_TYPES = {"IQ3_S", "IQ3_M", "IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"}
 EXOTIC_CASES = {"llama-16l", "llama-80l-gqa8-70b", "llama-moe8", "falcon-32l", "qwen3-28l-tied"}
 
 CASES = {
@@ -62,14 +68,34 @@ def file_types(qforge, path):
 
 
 def llama_types(qforge, model, out, ftype, extra=()):
-    """Types llama-quantize wrote, in file order, or None when it refused."""
-    cmd = [str(llama_tool("llama-quantize")), *extra, str(model), str(out), ftype, "1"]
+    """Types llama-quantize chose, in file order, or None when it refused."""
+    dry = ftype in GRID_TYPES
+    cmd = [str(llama_tool("llama-quantize")), *extra, *(["--dry-run"] if dry else []), str(model)]
+    cmd += [ftype, "1"] if dry else [str(out), ftype, "1"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return None, r.stdout[-2000:] + r.stderr[-2000:]
+    if dry:
+        return dry_run_types(r.stdout + r.stderr), ""
     types = file_types(qforge, out)
     out.unlink()
     return types, ""
+
+
+# `[  12/ 147] blk.1.attn_v.weight - [ 256, 2, 1, 1], type =    f16, size = ... (q4_K)`
+DRY_RUN_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[.*\], type =\s*(\w+), size =.*?(?:\((\w+)\))?$")
+
+
+def dry_run_types(log):
+    """(name, type) pairs of llama-quantize's --dry-run log, types in
+    upper case as qforge names them."""
+    out = []
+    for line in log.splitlines():
+        m = DRY_RUN_LINE.match(line.strip())
+        if m:
+            out.append((m.group(1), (m.group(3) or m.group(2)).upper()))
+    assert out, f"no tensor lines in llama-quantize's --dry-run log:\n{log[-2000:]}"
+    return out
 
 
 def qforge_plan(qforge, model, ftype, extra=()):
