@@ -18,7 +18,7 @@ use crate::hashing::sha256_file;
 use crate::quant::ftype::FileType;
 use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverride};
-use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, QuantPlan};
+use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, Problem, QuantPlan};
 use crate::quant::source::QuantInput;
 use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
 
@@ -178,11 +178,9 @@ fn quantize(args: &QuantizeArgs, file_type: FileType, input: QuantInput) -> Resu
             args.input.display(),
             resolved.plan.file_type
         );
-        for p in &resolved.plan.problems {
-            match &p.tensor {
-                Some(t) => msg.push_str(&format!("\n  {t}: {}", p.message)),
-                None => msg.push_str(&format!("\n  {}", p.message)),
-            }
+        for line in problem_lines(&resolved.plan.problems) {
+            msg.push_str("\n  ");
+            msg.push_str(&line);
         }
         bail!(msg);
     }
@@ -367,6 +365,40 @@ fn resolve<'a>(
     })
 }
 
+/// The plan's problems, one line per distinct message, naming the first
+/// few tensors it concerns (a requantize refusal concerns every matrix).
+fn problem_lines(problems: &[Problem]) -> Vec<String> {
+    const NAMED: usize = 3;
+    let mut groups: Vec<(&str, Vec<&str>, bool)> = Vec::new();
+    for p in problems {
+        let i = match groups.iter().position(|g| g.0 == p.message) {
+            Some(i) => i,
+            None => {
+                groups.push((&p.message, Vec::new(), false));
+                groups.len() - 1
+            }
+        };
+        match &p.tensor {
+            Some(t) => groups[i].1.push(t),
+            None => groups[i].2 = true,
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(message, tensors, general)| {
+            let mut who = tensors[..tensors.len().min(NAMED)].join(", ");
+            if tensors.len() > NAMED {
+                who.push_str(&format!(" and {} other tensors", tensors.len() - NAMED));
+            }
+            if general || who.is_empty() {
+                message.to_string()
+            } else {
+                format!("{who}: {message}")
+            }
+        })
+        .collect()
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -487,11 +519,8 @@ fn dry_run(args: &QuantizeArgs, r: &Resolved) -> Result<ExitCode> {
         bits_per_weight(plan.to_bytes(), elements),
         plan.n_fallback
     );
-    for p in &plan.problems {
-        match &p.tensor {
-            Some(t) => eprintln!("warning: {t}: {}", p.message),
-            None => eprintln!("warning: {}", p.message),
-        }
+    for line in problem_lines(&plan.problems) {
+        eprintln!("warning: {line}");
     }
     if plan.requires_imatrix {
         eprintln!(
@@ -499,4 +528,31 @@ fn dry_run(args: &QuantizeArgs, r: &Resolved) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_are_one_line_per_reason() {
+        let p = |t: Option<&str>, m: &str| Problem {
+            tensor: t.map(str::to_string),
+            message: m.to_string(),
+        };
+        let mut problems: Vec<Problem> = (0..5)
+            .map(|i| p(Some(&format!("blk.{i}.attn_q.weight")), "already quantized"))
+            .collect();
+        problems.push(p(Some("output.weight"), "needs a matrix"));
+        problems.push(p(None, "no tensors"));
+        assert_eq!(
+            problem_lines(&problems),
+            [
+                "blk.0.attn_q.weight, blk.1.attn_q.weight, blk.2.attn_q.weight and 2 other \
+                 tensors: already quantized",
+                "output.weight: needs a matrix",
+                "no tensors",
+            ]
+        );
+    }
 }

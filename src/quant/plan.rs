@@ -302,7 +302,7 @@ pub fn plan_gguf(
             }
             if t.ggml_type.is_quantized() && !opts.allow_requantize {
                 problems.push(problem(format!(
-                    "it is already quantized ({}); requantizing loses more than quantizing from 16 or 32 bits, pass --allow-requantize to do it anyway",
+                    "already quantized ({}): requantizing loses more than quantizing from 16 or 32 bits; pass --allow-requantize to do it anyway",
                     t.ggml_type
                 )));
             }

@@ -71,7 +71,8 @@ pub struct ImatrixNote<'a> {
 
 /// The first output file's metadata: the source's keys, then what
 /// llama-quantize sets (quantization version and file type moved to the
-/// end, split keys dropped, the imatrix keys), then qforge's provenance.
+/// end, split keys dropped, the imatrix keys), then qforge's provenance
+/// (replacing any `qforge.*` keys of the source).
 pub fn quantized_metadata(
     source: &Metadata,
     file_type: FileType,
@@ -106,6 +107,10 @@ pub fn quantized_metadata(
             );
         }
     }
+    // A source written by qforge carries the provenance of its own making;
+    // this file's provenance is the quantization, from that source (named
+    // by its hash), and goes last.
+    meta.retain(|k, _| !k.starts_with("qforge."));
     let strings = |v: Vec<String>| Value::Array(Array::String(v));
     meta.set("qforge.version", Value::String(crate::VERSION.into()));
     meta.set("qforge.command", Value::String("quantize".into()));
