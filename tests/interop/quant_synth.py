@@ -131,3 +131,77 @@ def write_imatrix_gguf(path, entries, chunks=3, chunk_size=512, dataset="synthet
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _read_value(b, pos, vtype):
+    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    if vtype in fixed:
+        return pos + fixed[vtype]
+    if vtype == 8:
+        (n,) = struct.unpack_from("<Q", b, pos)
+        return pos + 8 + n
+    if vtype == 9:
+        etype, n = struct.unpack_from("<IQ", b, pos)
+        pos += 12
+        for _ in range(n):
+            pos = _read_value(b, pos, etype)
+        return pos
+    raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+def gguf_layout(path):
+    """A GGUF file taken apart without interpreting tensor types (gguf-py
+    does not know the newest ones): metadata as [(key, type, raw value
+    bytes)], tensor infos as [(name, dims, type id, offset)], and the tensor
+    data section's bytes."""
+    b = open(path, "rb").read()
+    magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", b, 0)
+    assert magic == b"GGUF", path
+    pos = 24
+    kv = []
+    alignment = 32
+    for _ in range(n_kv):
+        (n,) = struct.unpack_from("<Q", b, pos)
+        key = b[pos + 8 : pos + 8 + n].decode()
+        pos += 8 + n
+        (vtype,) = struct.unpack_from("<I", b, pos)
+        end = _read_value(b, pos + 4, vtype)
+        kv.append((key, vtype, b[pos + 4 : end]))
+        if key == "general.alignment":
+            (alignment,) = struct.unpack_from("<I", b, pos + 4)
+        pos = end
+    infos = []
+    for _ in range(n_tensors):
+        (n,) = struct.unpack_from("<Q", b, pos)
+        name = b[pos + 8 : pos + 8 + n].decode()
+        pos += 8 + n
+        (n_dims,) = struct.unpack_from("<I", b, pos)
+        dims = struct.unpack_from(f"<{n_dims}Q", b, pos + 4)
+        pos += 4 + 8 * n_dims
+        ttype, offset = struct.unpack_from("<IQ", b, pos)
+        pos += 12
+        infos.append((name, dims, ttype, offset))
+    data_start = (pos + alignment - 1) // alignment * alignment
+    return {"version": version, "kv": kv, "tensors": infos, "data": b[data_start:]}
+
+
+def assert_same_gguf(ours, reference):
+    """Same metadata (in order, without qforge's `qforge.*` provenance keys:
+    ours has its own, and the reference copies the input's when that was
+    made by qforge), same tensor infos, same tensor data, byte for byte."""
+    a, b = gguf_layout(ours), gguf_layout(reference)
+    a_kv = [kv for kv in a["kv"] if not kv[0].startswith("qforge.")]
+    b_kv = [kv for kv in b["kv"] if not kv[0].startswith("qforge.")]
+    assert [k for k, _, _ in a_kv] == [k for k, _, _ in b_kv], "metadata keys differ"
+    for (k, t1, v1), (_, t2, v2) in zip(a_kv, b_kv):
+        assert (t1, v1) == (t2, v2), f"metadata {k} differs"
+    for x, y in zip(a["tensors"], b["tensors"]):
+        assert x == y, f"tensor info differs: {x[:3]} vs {y[:3]}"
+    assert len(a["tensors"]) == len(b["tensors"]), "tensor counts differ"
+    if a["data"] != b["data"]:
+        for name, dims, ttype, offset in a["tensors"]:
+            nxt = [o for _, _, _, o in a["tensors"] if o > offset]
+            end = min(nxt) if nxt else len(a["data"])
+            if a["data"][offset:end] != b["data"][offset:end]:
+                raise AssertionError(f"tensor data of {name} differs")
+        raise AssertionError("tensor data differs (padding)")
