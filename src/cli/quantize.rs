@@ -13,11 +13,15 @@ use super::{human_bytes, print_json, Progress};
 use crate::convert::ModelView;
 use crate::formats::gguf::GgufModel;
 use crate::formats::hf::HfModel;
+use crate::formats::mlx::{BITS as MLX_BITS, GROUP_SIZES as MLX_GROUP_SIZES};
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::sha256_file;
 use crate::quant::ftype::FileType;
 use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverride};
+use crate::quant::mlx_recipe::{
+    config_quantization, module_quant, MlxLayout, MlxQuantArgs, MlxRecipe,
+};
 use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, Problem, QuantPlan};
 use crate::quant::source::QuantInput;
 use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
@@ -109,11 +113,7 @@ struct Resolved<'a> {
 
 pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
     if args.bits.is_some() || args.group_size.is_some() || args.quant_predicate.is_some() {
-        bail!(
-            "MLX output (--bits, --group-size, --quant-predicate) is written by the MLX \
-             writer, which this build of qforge does not have yet; GGUF mixes are \
-             available with --type"
-        );
+        return mlx_plan(&args);
     }
     let Some(file_type) = args.file_type else {
         bail!("pass --type TYPE (Q4_K_M, Q8_0, IQ4_XS, F16 ...)");
@@ -363,6 +363,123 @@ fn resolve<'a>(
         imatrix,
         plan,
     })
+}
+
+/// MLX output: the per-module choices `mlx_lm.convert` makes for a Hugging
+/// Face folder. Only `--dry-run` is available: the folder is written by the
+/// MLX converter, which this build does not have yet.
+fn mlx_plan(args: &QuantizeArgs) -> Result<ExitCode> {
+    if args.file_type.is_some() {
+        bail!("--type picks a GGUF mix; --bits, --group-size and --quant-predicate are for MLX output: give one or the other");
+    }
+    if !args.dry_run {
+        bail!(
+            "writing MLX folders (--bits, --group-size, --quant-predicate) needs the MLX \
+             converter, which this build of qforge does not have yet; --dry-run shows the \
+             per-module plan, and GGUF mixes are available with --type"
+        );
+    }
+    if let Some(b) = args.bits.filter(|b| !MLX_BITS.contains(b)) {
+        bail!("--bits {b}: mlx's affine mode takes 2, 3, 4, 5, 6 or 8");
+    }
+    if let Some(g) = args.group_size.filter(|g| !MLX_GROUP_SIZES.contains(g)) {
+        bail!("--group-size {g}: mlx's affine mode takes 32, 64 or 128");
+    }
+    let recipe = args
+        .quant_predicate
+        .as_deref()
+        .map(str::parse::<MlxRecipe>)
+        .transpose()?;
+    let quant = MlxQuantArgs {
+        bits: args.bits,
+        group_size: args.group_size,
+        recipe,
+    };
+    if !matches!(detect(&args.input)?, ModelFormat::Safetensors) || !args.input.is_dir() {
+        bail!(
+            "{}: MLX plans are made for Hugging Face model folders",
+            args.input.display()
+        );
+    }
+    let hf = HfModel::open(&args.input)?;
+    let config = hf.config();
+    let tied = config
+        .get("tie_word_embeddings")
+        .and_then(Json::as_bool)
+        .unwrap_or(false);
+    // mlx-lm's modules: one per `.weight`, less the tied lm_head its
+    // models' sanitize() drops.
+    let modules: Vec<(String, Vec<u64>)> = hf
+        .weights()
+        .tensors()
+        .filter_map(|(t, _)| {
+            let path = t.name.strip_suffix(".weight")?;
+            (!(tied && path == "lm_head")).then(|| (path.to_string(), t.shape.clone()))
+        })
+        .collect();
+    let layout = match recipe {
+        None => None,
+        Some(_) => {
+            let layers = config
+                .get("num_hidden_layers")
+                .or_else(|| {
+                    config
+                        .get("text_config")
+                        .and_then(|t| t.get("num_hidden_layers"))
+                })
+                .and_then(Json::as_u64)
+                .context("config.json has no num_hidden_layers, which the recipes need")?;
+            Some(MlxLayout::from_module_paths(
+                modules.iter().map(|(p, _)| p.as_str()),
+                layers as usize,
+            )?)
+        }
+    };
+    let mut planned = Vec::new();
+    for (path, shape) in &modules {
+        let q = module_quant(path, shape, &quant, layout.as_ref())?;
+        planned.push((path, shape, q));
+    }
+    let quantization = config_quantization(
+        modules.iter().map(|(p, s)| (p.as_str(), s.as_slice())),
+        &quant,
+        layout.as_ref(),
+    )?;
+    if args.json {
+        print_json(&json!({
+            "input": args.input,
+            "format": "mlx",
+            "quantization": quantization,
+            "modules": planned.iter().map(|(path, shape, q)| json!({
+                "path": path,
+                "shape": shape,
+                "bits": q.as_ref().map(|q| q.bits),
+                "group_size": q.as_ref().map(|q| q.group_size),
+            })).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = modules
+        .iter()
+        .map(|(p, _)| p.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{} -> MLX ({} modules)",
+        args.input.display(),
+        modules.len()
+    );
+    println!("  {:<width$}  {:<16} quantization", "module", "shape");
+    for (path, shape, q) in &planned {
+        let how = match q {
+            Some(q) => format!("{} bits, group {}", q.bits, q.group_size),
+            None => "stays as it is".into(),
+        };
+        println!("  {path:<width$}  {:<16} {how}", format!("{shape:?}"));
+    }
+    println!("config.json \"quantization\": {quantization}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The plan's problems, one line per distinct message, naming the first
