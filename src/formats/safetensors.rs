@@ -673,9 +673,29 @@ pub fn write_file<'a>(
     path: &Path,
     specs: &[StTensorSpec],
     metadata: Option<&BTreeMap<String, String>>,
+    produce: impl FnMut(&StTensorSpec) -> Result<Cow<'a, [u8]>>,
+) -> Result<()> {
+    write_file_ordered(path, reference_order(specs), metadata, produce)
+}
+
+/// [`write_file`] with the tensors' header entries and data in the order
+/// given (mlx writes its files in the model's parameter order, which lets a
+/// writer produce a quantized layer's three tensors one after the other).
+pub fn write_file_in_order<'a>(
+    path: &Path,
+    specs: &[StTensorSpec],
+    metadata: Option<&BTreeMap<String, String>>,
+    produce: impl FnMut(&StTensorSpec) -> Result<Cow<'a, [u8]>>,
+) -> Result<()> {
+    write_file_ordered(path, specs.iter().collect(), metadata, produce)
+}
+
+fn write_file_ordered<'a>(
+    path: &Path,
+    ordered: Vec<&StTensorSpec>,
+    metadata: Option<&BTreeMap<String, String>>,
     mut produce: impl FnMut(&StTensorSpec) -> Result<Cow<'a, [u8]>>,
 ) -> Result<()> {
-    let ordered = reference_order(specs);
     let header = header_bytes(&ordered, metadata).map_err(|e| e.in_file(path))?;
     let mut out = AtomicFile::create(path)?;
     out.write_all(&header)
