@@ -366,17 +366,17 @@ fn resolve<'a>(
 }
 
 /// MLX output: the per-module choices `mlx_lm.convert` makes for a Hugging
-/// Face folder. Only `--dry-run` is available: the folder is written by the
-/// MLX converter, which this build does not have yet.
+/// Face folder. Only `--dry-run` is available here; `qforge convert --to
+/// mlx` writes folders with plain `--bits`/`--group-size`.
 fn mlx_plan(args: &QuantizeArgs) -> Result<ExitCode> {
     if args.file_type.is_some() {
         bail!("--type picks a GGUF mix; --bits, --group-size and --quant-predicate are for MLX output: give one or the other");
     }
     if !args.dry_run {
         bail!(
-            "writing MLX folders (--bits, --group-size, --quant-predicate) needs the MLX \
-             converter, which this build of qforge does not have yet; --dry-run shows the \
-             per-module plan, and GGUF mixes are available with --type"
+            "qforge quantize does not write MLX folders yet: --dry-run shows the per-module \
+             plan, and `qforge convert IN OUT --to mlx --bits B --group-size G` writes plain \
+             (not mixed) ones"
         );
     }
     if let Some(b) = args.bits.filter(|b| !MLX_BITS.contains(b)) {

@@ -16,13 +16,11 @@ Inputs, all taken to F16 by qforge:
 Importance matrices come from llama-imatrix on a short slice of the GPL-3,
 once per model and session.
 
-While `qforge convert` writes no tokenizer keys (it gets them with the
-tokenizer bridge), the fixtures' F16 files get the keys qforge's tokenizer
-module makes (the tokenizer_tool example), so llama-imatrix can load them.
+`qforge convert` writes the tokenizer keys llama-imatrix needs to load the
+fixtures.
 """
 
 import hashlib
-import os
 import subprocess
 
 import gguf
@@ -120,45 +118,7 @@ def has_tokenizer_keys(model):
 
 
 @pytest.fixture(scope="session")
-def tokenizer_tool():
-    """The tokenizer_tool example, built on first use (test_tokenizer.py
-    builds it too; a cold build costs about 3 minutes on 2 cores)."""
-    built = []
-
-    def get():
-        if not built:
-            subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "tokenizer_tool"],
-                           cwd=ROOT, check=True)
-            target = os.environ.get("CARGO_TARGET_DIR", ROOT / "target")
-            built.append(os.path.join(target, "release", "examples", "tokenizer_tool"))
-        return built[0]
-
-    return get
-
-
-def with_tokenizer_keys(model, keys, out):
-    """`model` with the tokenizer.* keys of `keys` added."""
-    src = gguf.GGUFReader(str(model))
-    tok = gguf.GGUFReader(str(keys))
-    w = gguf.GGUFWriter(str(out), src.fields["general.architecture"].contents())
-    for reader, keep in ((src, lambda k: True), (tok, lambda k: k.startswith("tokenizer."))):
-        for name, f in reader.fields.items():
-            if name.startswith("GGUF.") or name == "general.architecture" or not keep(name):
-                continue
-            vtype = f.types[0]
-            sub = f.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(name, f.contents(), vtype, sub_type=sub)
-    for t in src.tensors:
-        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
-
-
-@pytest.fixture(scope="session")
-def fixture_f16(qforge, tokenizer_tool, short_text, tmp_path_factory):
+def fixture_f16(qforge, short_text, tmp_path_factory):
     """Each fixture taken to F16 by `qforge convert`, and its importance
     matrices."""
     d = tmp_path_factory.mktemp("fixtures-f16")
@@ -170,11 +130,7 @@ def fixture_f16(qforge, tokenizer_tool, short_text, tmp_path_factory):
             model = d / f"{arch}-f16.gguf"
             subprocess.run([str(qforge), "convert", str(ROOT / "fixtures" / arch), str(model),
                             "--type", "f16", "--tokenizer-pre", pre], check=True, capture_output=True)
-            if not has_tokenizer_keys(model):
-                bare, keys = model.rename(d / f"{arch}-bare.gguf"), d / f"{arch}-tokenizer.gguf"
-                subprocess.run([tokenizer_tool(), "hf-to-gguf-keys", str(ROOT / "fixtures" / arch),
-                                str(keys), "--tokenizer-pre", pre], check=True, capture_output=True)
-                with_tokenizer_keys(bare, keys, model)
+            assert has_tokenizer_keys(model), f"qforge convert wrote no tokenizer keys for {arch}"
             cache[arch] = (model, make_imatrix(model, d / f"{arch}-imatrix.gguf", short_text, 64, 2))
         return cache[arch]
 

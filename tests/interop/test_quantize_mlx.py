@@ -4,8 +4,9 @@ plain `--q-bits`/`--q-group-size`, the per-module plan of `qforge quantize
 --dry-run` quantizes the modules mlx-lm quantizes, with its bits and group
 size, and gives the `quantization` block mlx-lm writes into config.json.
 
-What is not here yet: the MLX folder itself (tensors byte for byte) is
-written by the HF -> MLX converter, which this build does not have.
+What is not here yet: `qforge quantize` writing the MLX folder (tensors
+byte for byte); `qforge convert --to mlx` writes plain --bits folders and
+is tested in test_convert_mlx.py.
 """
 
 import json
