@@ -10,6 +10,7 @@ mod convert;
 mod fetch;
 mod inspect;
 mod progress;
+mod quantize;
 
 pub use progress::{FileBars, Progress};
 
@@ -29,6 +30,9 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Download a model from the Hugging Face Hub into the HF cache.
     Fetch(fetch::FetchArgs),
+    /// Quantize a model to a llama.cpp quant mix (Q4_K_M, Q8_0, IQ4_XS ...).
+    #[command(visible_alias = "requantize")]
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Runs the command line and maps the outcome to an exit code: 0 on
@@ -40,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Quantize(args) => quantize::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,10 @@
 //! Quantization policy: file types and type mixes, importance matrices,
-//! MLX recipes.
+//! MLX recipes, and the plan that puts them together per tensor.
 
 pub mod ftype;
+pub mod imatrix;
+pub mod mix;
+pub mod mlx_recipe;
+pub mod plan;
+pub mod source;
+pub mod write;

@@ -1,0 +1,310 @@
+//! Executing a [`QuantPlan`] into GGUF: metadata as llama-quantize writes
+//! it, then tensor by tensor, each converted in row groups in parallel.
+//!
+//! Memory: the source stays mapped; per tensor one output buffer and, per
+//! worker thread, an f32 scratch of one row group. Output bytes do not
+//! depend on the thread count (every row is quantized on its own).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use quant_kernels::{ggml, KernelError};
+use rayon::prelude::*;
+
+use super::ftype::FileType;
+use super::imatrix::ImportanceMatrix;
+use super::plan::{ImatrixRole, Method, PlannedTensor, QuantPlan};
+use super::source::TensorSource;
+use crate::formats::atomic::AtomicFile;
+use crate::formats::error::{FormatError, Result};
+use crate::formats::gguf::{
+    keys, split_path, Array, GgufWriter, Metadata, TensorSpec, Value, VERSION,
+};
+use crate::hashing::HashingWriter;
+
+/// `GGML_QNT_VERSION`: the version of the quantized block layouts.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// llama-quantize's metadata keys about the importance matrix.
+pub mod imatrix_keys {
+    /// The `--imatrix` argument as given.
+    pub const FILE: &str = "quantize.imatrix.file";
+    /// The first dataset the matrix was computed on.
+    pub const DATASET: &str = "quantize.imatrix.dataset";
+    /// Entries used (after --include/--exclude-weights).
+    pub const ENTRIES: &str = "quantize.imatrix.entries_count";
+    /// Chunks of text the matrix was computed on.
+    pub const CHUNKS: &str = "quantize.imatrix.chunks_count";
+}
+
+/// llama-quantize copies override strings into 128-byte buffers.
+const OVERRIDE_STR_MAX: usize = 127;
+
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(OVERRIDE_STR_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Where a quantized file came from, as `qforge.*` keys.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// Source file names and their SHA-256.
+    pub sources: Vec<(PathBuf, String)>,
+    /// The importance matrix file's SHA-256, when one was used.
+    pub imatrix_sha256: Option<String>,
+    /// The settings that shape the output (type and type options), as
+    /// command-line words.
+    pub settings: Vec<String>,
+}
+
+/// The importance matrix as the metadata records it.
+#[derive(Debug, Clone)]
+pub struct ImatrixNote<'a> {
+    /// The `--imatrix` argument, as given.
+    pub file_arg: String,
+    /// The matrix (after filtering).
+    pub matrix: &'a ImportanceMatrix,
+}
+
+/// The first output file's metadata: the source's keys, then what
+/// llama-quantize sets (quantization version and file type moved to the
+/// end, split keys dropped, the imatrix keys), then qforge's provenance
+/// (replacing any `qforge.*` keys of the source).
+pub fn quantized_metadata(
+    source: &Metadata,
+    file_type: FileType,
+    imatrix: Option<&ImatrixNote>,
+    provenance: &Provenance,
+) -> Metadata {
+    let mut meta = source.clone();
+    for (key, value) in [
+        (keys::QUANTIZATION_VERSION, QUANTIZATION_VERSION),
+        (keys::FILE_TYPE, file_type.id()),
+    ] {
+        meta.remove(key);
+        meta.set(key, Value::U32(value));
+    }
+    for key in [keys::SPLIT_NO, keys::SPLIT_COUNT, keys::SPLIT_TENSORS_COUNT] {
+        meta.remove(key);
+    }
+    if let Some(note) = imatrix.filter(|n| !n.matrix.is_empty()) {
+        let mut set = |key: &str, v: Value| {
+            meta.remove(key);
+            meta.set(key, v);
+        };
+        set(imatrix_keys::FILE, Value::String(clip(&note.file_arg)));
+        if let Some(d) = note.matrix.datasets.first() {
+            set(imatrix_keys::DATASET, Value::String(clip(d)));
+        }
+        set(imatrix_keys::ENTRIES, Value::U32(note.matrix.len() as u32));
+        if note.matrix.chunk_count > 0 {
+            set(
+                imatrix_keys::CHUNKS,
+                Value::U32(note.matrix.chunk_count.unsigned_abs() as u32),
+            );
+        }
+    }
+    // A source written by qforge carries the provenance of its own making;
+    // this file's provenance is the quantization, from that source (named
+    // by its hash), and goes last.
+    meta.retain(|k, _| !k.starts_with("qforge."));
+    let strings = |v: Vec<String>| Value::Array(Array::String(v));
+    meta.set("qforge.version", Value::String(crate::VERSION.into()));
+    meta.set("qforge.command", Value::String("quantize".into()));
+    meta.set(
+        "qforge.source.files",
+        strings(
+            provenance
+                .sources
+                .iter()
+                .map(|(p, _)| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        ),
+    );
+    meta.set(
+        "qforge.source.sha256",
+        strings(provenance.sources.iter().map(|(_, h)| h.clone()).collect()),
+    );
+    meta.set(
+        "qforge.quantize.settings",
+        strings(provenance.settings.clone()),
+    );
+    if let Some(h) = &provenance.imatrix_sha256 {
+        meta.set("qforge.quantize.imatrix.sha256", Value::String(h.clone()));
+    }
+    meta
+}
+
+/// The output paths: `out` itself, or with `--keep-split` one file per
+/// split named as llama-quantize names them (`PREFIX-0000N-of-0000M.gguf`,
+/// PREFIX being `out` without `.gguf`), even for a single split.
+pub fn output_paths(out: &Path, plan: &QuantPlan, keep_split: bool) -> Vec<PathBuf> {
+    if !keep_split {
+        return vec![out.to_path_buf()];
+    }
+    let prefix = match out.extension() {
+        Some(e) if e == "gguf" => out.with_extension(""),
+        _ => out.to_path_buf(),
+    };
+    (0..plan.n_splits)
+        .map(|i| split_path(&prefix, i, plan.n_splits))
+        .collect()
+}
+
+/// One written file.
+#[derive(Debug, Clone)]
+pub struct WrittenFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+}
+
+/// Writes `plan` into `paths` (one per split of the plan), taking tensor
+/// bytes from `source`; `metadata` is the first file's. `progress` hears of
+/// each tensor written.
+pub fn write_gguf(
+    source: &dyn TensorSource,
+    plan: &QuantPlan,
+    metadata: &Metadata,
+    paths: &[PathBuf],
+    imatrix: Option<&ImportanceMatrix>,
+    progress: &(dyn Fn(&PlannedTensor) + Sync),
+) -> Result<Vec<WrittenFile>> {
+    assert_eq!(paths.len(), plan.n_splits, "one path per split");
+    let mut written = Vec::with_capacity(paths.len());
+    for (split, path) in paths.iter().enumerate() {
+        let mut meta = if split == 0 {
+            metadata.clone()
+        } else {
+            Metadata::new()
+        };
+        if plan.n_splits > 1 {
+            // llama-quantize's order: no, count, tensors.count.
+            meta.set(keys::SPLIT_NO, Value::U16(split as u16));
+            meta.set(keys::SPLIT_COUNT, Value::U16(plan.n_splits as u16));
+            meta.set(
+                keys::SPLIT_TENSORS_COUNT,
+                Value::I32(plan.tensors.len() as i32),
+            );
+        }
+        let members: Vec<&PlannedTensor> =
+            plan.tensors.iter().filter(|t| t.split == split).collect();
+        let specs: Vec<TensorSpec> = members
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ggml_type: t.to,
+            })
+            .collect();
+        let file = AtomicFile::create(path)?;
+        let mut out = HashingWriter::new(file);
+        let mut w =
+            GgufWriter::new(&mut out, VERSION, &meta, &specs).map_err(|e| e.in_file(path))?;
+        for t in members {
+            let src = source.bytes(t.source).map_err(|e| e.for_tensor(&t.name))?;
+            let weights = match t.imatrix {
+                ImatrixRole::Used => imatrix.and_then(|m| m.get(&t.name)),
+                _ => None,
+            };
+            match t.method {
+                Method::Copy => w.write_tensor(&t.name, &src),
+                Method::ViaF32 => {
+                    let data = convert_tensor(t, &src, weights, &|d| source.release(d))
+                        .map_err(|e| FormatError::other(e.to_string()).for_tensor(&t.name))?;
+                    w.write_tensor(&t.name, &data)
+                }
+            }
+            .map_err(|e| e.in_file(path))?;
+            source.release(&src);
+            progress(t);
+        }
+        w.finish().map_err(|e| e.in_file(path))?;
+        out.flush().map_err(|e| FormatError::io(path, e))?;
+        let bytes = out.written();
+        let (file, sha256) = out.finish();
+        file.commit()?;
+        written.push(WrittenFile {
+            path: path.clone(),
+            bytes,
+            sha256,
+        });
+    }
+    Ok(written)
+}
+
+/// Values per row group: small enough that a group's f32 copy stays in a
+/// core's L2 cache, large enough to amortize a task.
+const GROUP_VALUES: usize = 32 * 1024;
+
+/// Decodes `src` (rows of `t.from`) and encodes it as `t.to`, with the
+/// importance weights of each expert matrix. Rows are independent, so the
+/// bytes are the same on any thread count.
+fn convert_tensor(
+    t: &PlannedTensor,
+    src: &[u8],
+    weights: Option<&[f32]>,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> std::result::Result<Vec<u8>, KernelError> {
+    let row_len = t.row_len() as usize;
+    let n_rows = t.n_rows() as usize;
+    let src_row = ggml::row_size(t.from, row_len)?;
+    let dst_row = ggml::row_size(t.to, row_len)?;
+    let mut out = vec![0u8; dst_row * n_rows];
+    if n_rows == 0 || row_len == 0 {
+        return Ok(out);
+    }
+    // Importance weights change with every expert matrix of ne1 rows.
+    let rows_per_matrix = if weights.is_some() {
+        t.rows_per_matrix() as usize
+    } else {
+        n_rows
+    };
+    let group_rows = (GROUP_VALUES / row_len).clamp(1, rows_per_matrix);
+    let mut jobs = Vec::with_capacity(n_rows.div_ceil(group_rows));
+    for (m, (s, d)) in src
+        .chunks(src_row * rows_per_matrix)
+        .zip(out.chunks_mut(dst_row * rows_per_matrix))
+        .enumerate()
+    {
+        let w = weights.map(|w| &w[m * row_len..(m + 1) * row_len]);
+        for (g, (s, d)) in s
+            .chunks(src_row * group_rows)
+            .zip(d.chunks_mut(dst_row * group_rows))
+            .enumerate()
+        {
+            jobs.push((m * rows_per_matrix + g * group_rows, s, d, w));
+        }
+    }
+    let first_error = jobs
+        .into_par_iter()
+        .map_init(Vec::new, |scratch: &mut Vec<f32>, (row0, s, d, w)| {
+            scratch.resize(s.len() / src_row * row_len, 0.0);
+            let decoded = ggml::dequantize(t.from, s, scratch);
+            release(s);
+            decoded
+                .and_then(|()| ggml::quantize(t.to, scratch, row_len, w, d))
+                .map_err(|e| match e {
+                    KernelError::NonFinite { index, value } => KernelError::NonFinite {
+                        index: row0 * row_len + index,
+                        value,
+                    },
+                    e => e,
+                })
+        })
+        .find_first(Result::is_err);
+    match first_error {
+        Some(Err(e)) => Err(e),
+        _ => Ok(out),
+    }
+}
