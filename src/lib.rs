@@ -2,6 +2,7 @@
 //! and safetensors.
 
 pub mod cli;
+pub mod engine;
 pub mod formats;
 pub mod hashing;
 pub mod quant;
