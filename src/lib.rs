@@ -6,6 +6,7 @@ pub mod engine;
 pub mod formats;
 pub mod hashing;
 pub mod quant;
+pub mod verify;
 
 /// The qforge version, as written into provenance metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod convert;
 mod inspect;
 mod progress;
+mod verify;
 
 pub use progress::Progress;
 
@@ -26,6 +27,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Rewrite a model into another format or layout.
     Convert(convert::ConvertArgs),
+    /// Run the model: perplexity, KL divergence against a reference,
+    /// tokens/s, a greedy sample; exit 3 when a gate fails.
+    Verify(verify::VerifyArgs),
 }
 
 /// Runs the command line and maps the outcome to an exit code: 0 on
@@ -36,6 +40,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Verify(args) => verify::run(args),
     };
     match result {
         Ok(code) => code,

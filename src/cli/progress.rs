@@ -42,7 +42,7 @@ impl Progress {
     }
 }
 
-fn draw_target(quiet: bool) -> ProgressDrawTarget {
+pub(crate) fn draw_target(quiet: bool) -> ProgressDrawTarget {
     if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {

@@ -7,8 +7,8 @@
 
 use std::ops::Range;
 
+use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::error::{EngineError, Result};
@@ -236,18 +236,19 @@ pub fn decode_dense(ty: DenseType, bytes: &[u8], out: &mut [f32]) {
             }
         }
         DenseType::F16 => {
-            let bits: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+            let mut bits = [0u16; 64];
+            for (o, b) in out.chunks_mut(64).zip(bytes.chunks(128)) {
+                let bits = &mut bits[..o.len()];
+                for (d, s) in bits.iter_mut().zip(b.chunks_exact(2)) {
+                    *d = u16::from_le_bytes([s[0], s[1]]);
+                }
+                bits.reinterpret_cast::<f16>().convert_to_f32_slice(o);
+            }
         }
         DenseType::BF16 => {
-            let bits: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out);
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
         }
     }
 }
