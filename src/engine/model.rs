@@ -52,6 +52,7 @@ pub struct Model<'a> {
     output: Option<Box<dyn Weight + 'a>>,
     output_norm: Vec<f32>,
     layers: Vec<Layer<'a>>,
+    kv_f16: bool,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -100,7 +101,19 @@ impl<'a> Model<'a> {
     pub fn load(artifact: &'a Artifact) -> Result<Model<'a>> {
         let config = artifact.config()?;
         let t = artifact.tensors(config.arch)?;
-        Self::from_tensors(config, &t)
+        let mut model = Self::from_tensors(config, &t)?;
+        model.kv_f16 = matches!(artifact, Artifact::Gguf(_));
+        Ok(model)
+    }
+
+    /// Rounds keys, values, queries and attention weights to f16 as
+    /// llama.cpp does with its default f16 KV cache (`-ctk f16 -ctv f16`:
+    /// q·k in f16 x f16 products, softmax weights rounded to f16 before the
+    /// product with V). On by default for GGUF artifacts, whose reference
+    /// is llama.cpp; off for safetensors/MLX, whose references compute in
+    /// f32.
+    pub fn set_kv_f16(&mut self, on: bool) {
+        self.kv_f16 = on;
     }
 
     fn from_tensors(config: ModelConfig, t: &Tensors<'a>) -> Result<Model<'a>> {
@@ -185,6 +198,7 @@ impl<'a> Model<'a> {
             output,
             output_norm,
             layers,
+            kv_f16: false,
         })
     }
 
@@ -333,6 +347,11 @@ impl<'a> Model<'a> {
             l.rope
                 .apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_style);
         }
+        if self.kv_f16 {
+            round_f16(&mut k);
+            round_f16(&mut v);
+            round_f16(&mut q);
+        }
         let kc = &mut cache.k[il];
         let vc = &mut cache.v[il];
         kc.truncate(pos0 * kv_dim);
@@ -419,11 +438,20 @@ impl<'a> Model<'a> {
                     scores.push(s);
                 }
                 ops::softmax(scores);
+                if self.kv_f16 {
+                    round_f16(scores);
+                }
                 o.fill(0.0);
                 for (j, &p) in (first..=pos).zip(scores.iter()) {
                     let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
                     ops::axpy(p, vj, o);
                 }
             });
+    }
+}
+
+fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = half::f16::from_f32(*v).to_f32();
     }
 }
