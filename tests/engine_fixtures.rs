@@ -111,3 +111,27 @@ fn phi3_matches_transformers() {
 fn demo_llama_matches_transformers() {
     check_logits("demo-llama");
 }
+
+/// Results do not depend on the thread count: every output element is
+/// computed by one task in an order fixed by the shapes alone.
+#[test]
+fn logits_are_identical_on_every_thread_count() {
+    let dir = fixture("gemma3");
+    let (ids, _, _) = golden(&dir);
+    let artifact = Artifact::open(&dir).unwrap();
+    let model = Model::load(&artifact).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut cache = model.new_cache(ids.len());
+            model.forward(&mut cache, &ids, 0).unwrap()
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3, 7] {
+        assert!(one == run(threads), "{threads} threads differ from 1");
+    }
+}
