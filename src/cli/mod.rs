@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod convert;
+mod fetch;
 mod inspect;
 mod progress;
 mod verify;
 
-pub use progress::Progress;
+pub use progress::{FileBars, Progress};
 
 /// Convert, quantize and verify language models: GGUF, MLX, safetensors.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ enum Command {
     /// Run the model: perplexity, KL divergence against a reference,
     /// tokens/s, a greedy sample; exit 3 when a gate fails.
     Verify(verify::VerifyArgs),
+    /// Download a model from the Hugging Face Hub into the HF cache.
+    Fetch(fetch::FetchArgs),
 }
 
 /// Runs the command line and maps the outcome to an exit code: 0 on
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Fetch(args) => fetch::run(args),
     };
     match result {
         Ok(code) => code,
