@@ -29,6 +29,17 @@ pub enum EngineError {
     /// A token id outside the vocabulary, or a context overflow.
     #[error("{0}")]
     Input(String),
+    /// A kernel refused its input: in a forward pass, activations that
+    /// overflowed to infinity or NaN, which GGML's activation types cannot
+    /// hold.
+    #[error("the forward pass failed: {0} (the model's activations overflowed; the weights may be corrupt)")]
+    Kernel(quant_kernels::KernelError),
+}
+
+impl EngineError {
+    pub(crate) fn kernel(e: quant_kernels::KernelError) -> EngineError {
+        EngineError::Kernel(e)
+    }
 }
 
 /// Result with an [`EngineError`].

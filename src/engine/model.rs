@@ -271,7 +271,7 @@ impl<'a> Model<'a> {
         }
         let pos0 = cache.len;
         for (il, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(il, layer, cache, &mut x, pos0);
+            self.layer_forward(il, layer, cache, &mut x, pos0)?;
         }
         cache.len += n;
 
@@ -280,14 +280,21 @@ impl<'a> Model<'a> {
         ops::rms_norm(&mut h, &self.output_norm, c.norm_eps);
         let out_w: &dyn Weight = self.output.as_deref().unwrap_or(&*self.token_embd);
         let mut logits = vec![0f32; (n - logits_from) * c.n_vocab];
-        matmul(out_w, &h, &mut logits);
+        matmul(out_w, &h, &mut logits)?;
         if let Some(cap) = c.final_softcap {
             ops::softcap(&mut logits, cap);
         }
         Ok(logits)
     }
 
-    fn layer_forward(&self, il: usize, l: &Layer, cache: &mut KvCache, x: &mut [f32], pos0: usize) {
+    fn layer_forward(
+        &self,
+        il: usize,
+        l: &Layer,
+        cache: &mut KvCache,
+        x: &mut [f32],
+        pos0: usize,
+    ) -> Result<()> {
         let c = &self.config;
         let (d, hd) = (c.n_embd, c.head_dim);
         let n = x.len() / d;
@@ -307,14 +314,14 @@ impl<'a> Model<'a> {
                 k: wk,
                 v: wv,
             } => {
-                matmul(&**wq, &h, &mut q);
-                matmul(&**wk, &h, &mut k);
-                matmul(&**wv, &h, &mut v);
+                matmul(&**wq, &h, &mut q)?;
+                matmul(&**wk, &h, &mut k)?;
+                matmul(&**wv, &h, &mut v)?;
             }
             QkvProj::Fused(w) => {
                 let all = q_dim + 2 * kv_dim;
                 let mut qkv = vec![0f32; n * all];
-                matmul(&**w, &h, &mut qkv);
+                matmul(&**w, &h, &mut qkv)?;
                 for t in 0..n {
                     let r = &qkv[t * all..(t + 1) * all];
                     q[t * q_dim..(t + 1) * q_dim].copy_from_slice(&r[..q_dim]);
@@ -364,7 +371,7 @@ impl<'a> Model<'a> {
         self.attention(&c.layers[il].sliding_window, &q, kc, vc, pos0, &mut attn);
 
         let mut o = vec![0f32; n * d];
-        matmul(&*l.o, &attn, &mut o);
+        matmul(&*l.o, &attn, &mut o)?;
         if let Some(w) = &l.attn_post_norm {
             ops::rms_norm(&mut o, w, c.norm_eps);
         }
@@ -377,12 +384,12 @@ impl<'a> Model<'a> {
         let mut up = vec![0f32; n * f];
         match &l.gate_up {
             GateUpProj::Separate { gate: wg, up: wu } => {
-                matmul(&**wg, &h, &mut gate);
-                matmul(&**wu, &h, &mut up);
+                matmul(&**wg, &h, &mut gate)?;
+                matmul(&**wu, &h, &mut up)?;
             }
             GateUpProj::Fused(w) => {
                 let mut gu = vec![0f32; n * 2 * f];
-                matmul(&**w, &h, &mut gu);
+                matmul(&**w, &h, &mut gu)?;
                 for t in 0..n {
                     let r = &gu[t * 2 * f..(t + 1) * 2 * f];
                     gate[t * f..(t + 1) * f].copy_from_slice(&r[..f]);
@@ -392,11 +399,12 @@ impl<'a> Model<'a> {
         }
         ops::gated_activation(c.activation, &mut gate, &up);
         let mut down = vec![0f32; n * d];
-        matmul(&*l.down, &gate, &mut down);
+        matmul(&*l.down, &gate, &mut down)?;
         if let Some(w) = &l.ffn_post_norm {
             ops::rms_norm(&mut down, w, c.norm_eps);
         }
         x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        Ok(())
     }
 
     /// Causal (optionally sliding-window) grouped-query attention of the

@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 
 use super::config::{Arch, ModelConfig};
 use super::error::{config_err, EngineError, Result};
-use super::weights::{ActFormat, DenseType, DenseWeight, MlxAffineWeight, Weight};
+use super::weights::{DenseType, DenseWeight, GgmlWeight, MlxAffineWeight, Weight};
 use crate::formats::gguf::GgufModel;
 use crate::formats::mlx::MlxModel;
 use crate::formats::safetensors::{Dtype, SafetensorsModel};
@@ -295,7 +295,7 @@ fn dense_vector(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<
         why: format!("a vector stored as {ty}; expected F32, F16 or BF16"),
     })?;
     let mut out = vec![0.0; n];
-    if bytes.len() != n * dt_size(dt) {
+    if bytes.len() != n * dt.size() {
         return Err(EngineError::BadTensor {
             name: name.into(),
             why: format!("{} bytes for {n} values", bytes.len()),
@@ -303,13 +303,6 @@ fn dense_vector(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<
     }
     super::weights::decode_dense(dt, bytes, &mut out);
     Ok(out)
-}
-
-fn dt_size(t: DenseType) -> usize {
-    match t {
-        DenseType::F32 => 4,
-        _ => 2,
-    }
 }
 
 impl<'a> Tensors<'a> {
@@ -353,7 +346,7 @@ impl<'a> Tensors<'a> {
                             why: format!("stored as {:?}; expected F32, F16 or BF16", info.dtype),
                         })?;
                     let n = info.n_elements() as usize;
-                    if bytes.len() != n * dt_size(dt) {
+                    if bytes.len() != n * dt.size() {
                         return Err(EngineError::BadTensor {
                             name,
                             why: "size does not match its shape".into(),
@@ -409,20 +402,13 @@ impl<'a> Tensors<'a> {
                         info.dims
                     )));
                 }
-                let ty = info.ggml_type;
-                match dense_type_of_ggml(ty) {
-                    Some(dt) => {
-                        let act = match dt {
-                            DenseType::F32 => ActFormat::F32,
-                            DenseType::F16 => ActFormat::F16,
-                            DenseType::BF16 => ActFormat::BF16,
-                        };
-                        Ok(Some(Box::new(DenseWeight::new(&name, bytes, dt, rows, cols, act)?)))
-                    }
-                    None => Err(EngineError::Unsupported(format!(
-                        "tensor '{name}' is {ty}: quantized GGUF weights need quant-kernels' GGML dot products, not in this build yet"
-                    ))),
-                }
+                Ok(Some(Box::new(GgmlWeight::new(
+                    &name,
+                    bytes,
+                    info.ggml_type,
+                    rows,
+                    cols,
+                )?)))
             }
             Tensors::Safetensors { st, mlx, .. } => {
                 let Some((info, bytes)) = st.tensor(&name) else {
@@ -472,12 +458,7 @@ impl<'a> Tensors<'a> {
                 let dt = dense_type_of_st(info.dtype)
                     .ok_or_else(|| bad(format!("stored as {:?}", info.dtype)))?;
                 Ok(Some(Box::new(DenseWeight::new(
-                    &name,
-                    bytes,
-                    dt,
-                    rows,
-                    cols,
-                    ActFormat::F32,
+                    &name, bytes, dt, rows, cols,
                 )?)))
             }
         }

@@ -1,28 +1,35 @@
 //! Weight matrices read straight from their stored bytes, one storage kind
 //! per [`Weight`] implementation, and the one matrix-multiply driver they
-//! all share (rayon across output rows, rows decoded a tile at a time).
+//! all share (rayon across output rows).
+//!
+//! GGUF matrices of every type go through quant-kernels' GGML dot products
+//! on the stored blocks, with activations quantized to the type's
+//! `vec_dot_type` as ggml's CPU backend does. Safetensors and MLX matrices
+//! are decoded a tile of rows at a time by quant-kernels' dequantizers and
+//! multiplied in f32, as their references compute.
 //!
 //! A weight of `rows x cols` maps `cols` inputs to `rows` outputs (the
 //! layout of transformers' `Linear.weight`, GGUF's `ne = [cols, rows]`).
 
 use std::ops::Range;
 
-use half::f16;
+use half::{bf16, f16};
+use quant_kernels::ggml;
+use quant_kernels::mlx::{self as qmlx, DequantPrecision, MlxParams, Scales};
+use quant_kernels::GgmlType;
 use rayon::prelude::*;
 
 use super::error::{EngineError, Result};
 use super::ops::dot;
 
-/// How a weight's dot product wants its activations rounded, as ggml's
-/// CPU backend converts them (`vec_dot_type`) before multiplying.
+/// How a weight's dot product wants its activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActFormat {
-    /// f32 as computed.
+    /// f32 as computed (safetensors and MLX weights).
     F32,
-    /// Rounded to f16 (ggml, F16 weights).
-    F16,
-    /// Rounded to bf16 (ggml, BF16 weights).
-    BF16,
+    /// Converted to this GGML type (ggml's `vec_dot_type` of the weight:
+    /// Q8_0, Q8_1, Q8_K, or F32/F16/BF16 for float weights).
+    Ggml(GgmlType),
 }
 
 /// A batch of activations prepared for one [`ActFormat`]: `n_tok` rows of
@@ -32,31 +39,53 @@ pub struct PreparedActs {
     pub n_tok: usize,
     /// Values per row.
     pub cols: usize,
-    /// The rounded values, row-major.
-    pub values: Vec<f32>,
+    /// f32 rows ([`ActFormat::F32`]).
+    values: Vec<f32>,
+    /// Encoded rows ([`ActFormat::Ggml`]), `row_bytes` each.
+    bytes: Vec<u8>,
+    row_bytes: usize,
 }
 
 impl PreparedActs {
-    /// Rounds `x` (`n_tok` rows of `cols`) for `format`.
-    pub fn new(format: ActFormat, x: &[f32], cols: usize) -> PreparedActs {
-        let values = match format {
-            ActFormat::F32 => x.to_vec(),
-            ActFormat::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
-            ActFormat::BF16 => x
-                .iter()
-                .map(|&v| quant_kernels::float::bf16_to_f32(quant_kernels::float::f32_to_bf16(v)))
-                .collect(),
-        };
-        PreparedActs {
-            n_tok: x.len() / cols,
-            cols,
-            values,
+    /// Prepares `x` (`n_tok` rows of `cols`) for `format`. Fails on a NaN
+    /// or infinite activation, which no GGML activation type can hold.
+    pub fn new(format: ActFormat, x: &[f32], cols: usize) -> Result<PreparedActs> {
+        let n_tok = x.len() / cols;
+        match format {
+            ActFormat::F32 => Ok(PreparedActs {
+                n_tok,
+                cols,
+                values: x.to_vec(),
+                bytes: Vec::new(),
+                row_bytes: 0,
+            }),
+            ActFormat::Ggml(vdt) => {
+                let row_bytes = ggml::row_size(vdt, cols).map_err(EngineError::kernel)?;
+                let mut bytes = vec![0u8; n_tok * row_bytes];
+                bytes
+                    .par_chunks_mut(row_bytes)
+                    .zip(x.par_chunks(cols))
+                    .try_for_each(|(dst, src)| ggml::quantize_activations(vdt, src, dst))
+                    .map_err(EngineError::kernel)?;
+                Ok(PreparedActs {
+                    n_tok,
+                    cols,
+                    values: Vec::new(),
+                    bytes,
+                    row_bytes,
+                })
+            }
         }
     }
 
-    /// Token `t`'s row.
+    /// Token `t`'s f32 row.
     pub fn row(&self, t: usize) -> &[f32] {
         &self.values[t * self.cols..(t + 1) * self.cols]
+    }
+
+    /// Token `t`'s encoded row.
+    pub fn encoded_row(&self, t: usize) -> &[u8] {
+        &self.bytes[t * self.row_bytes..(t + 1) * self.row_bytes]
     }
 }
 
@@ -68,13 +97,18 @@ pub trait Weight: Send + Sync {
     fn cols(&self) -> usize;
     /// Storage type, for messages (`F16`, `Q4_K`, `mlx 4-bit g64`).
     fn type_name(&self) -> String;
-    /// How activations are rounded before the dot products.
+    /// How activations are prepared before the dot products.
     fn act_format(&self) -> ActFormat;
+    /// Decodes rows `rows` into `out` (`rows.len() * cols` values).
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]);
     /// Decodes row `row` into `out` (`cols` values).
-    fn row_to_f32(&self, row: usize, out: &mut [f32]);
+    fn row_to_f32(&self, row: usize, out: &mut [f32]) {
+        self.rows_to_f32(row..row + 1, out);
+    }
     /// Dot products of rows `rows` with every activation row:
     /// `out[t * rows.len() + i] = W[rows.start + i] . acts[t]`.
-    /// `scratch` is the caller's reusable buffer.
+    /// `scratch` is the caller's reusable buffer. The default decodes the
+    /// tile to f32 once and multiplies it with f32 activations.
     fn tile(
         &self,
         rows: Range<usize>,
@@ -97,9 +131,7 @@ pub trait Weight: Send + Sync {
             return;
         }
         scratch.resize(n * cols, 0.0);
-        for (i, r) in rows.clone().enumerate() {
-            self.row_to_f32(r, &mut scratch[i * cols..(i + 1) * cols]);
-        }
+        self.rows_to_f32(rows, scratch);
         for t in 0..acts.n_tok {
             let x = acts.row(t);
             for i in 0..n {
@@ -119,12 +151,12 @@ fn rows_per_task(rows: usize, n_tok: usize) -> usize {
 
 /// `y = x W^T`: `x` is `n_tok` rows of `w.cols()`, `y` gets `n_tok` rows
 /// of `w.rows()`. Runs on the current rayon pool.
-pub fn matmul(w: &dyn Weight, x: &[f32], y: &mut [f32]) {
+pub fn matmul(w: &dyn Weight, x: &[f32], y: &mut [f32]) -> Result<()> {
     let (rows, cols) = (w.rows(), w.cols());
     let n_tok = x.len() / cols;
     debug_assert_eq!(x.len(), n_tok * cols);
     debug_assert_eq!(y.len(), n_tok * rows);
-    let acts = PreparedActs::new(w.act_format(), x, cols);
+    let acts = PreparedActs::new(w.act_format(), x, cols)?;
     let chunk = rows_per_task(rows, n_tok);
     if n_tok == 1 {
         y.par_chunks_mut(chunk)
@@ -133,7 +165,7 @@ pub fn matmul(w: &dyn Weight, x: &[f32], y: &mut [f32]) {
                 let r0 = c * chunk;
                 w.tile(r0..r0 + out.len(), &acts, out, scratch);
             });
-        return;
+        return Ok(());
     }
     let tiles: Vec<Vec<f32>> = (0..rows.div_ceil(chunk))
         .into_par_iter()
@@ -151,9 +183,10 @@ pub fn matmul(w: &dyn Weight, x: &[f32], y: &mut [f32]) {
             y[t * rows + r0..t * rows + r0 + n].copy_from_slice(&tile[t * n..(t + 1) * n]);
         }
     }
+    Ok(())
 }
 
-/// Plain float storage types.
+/// Plain float storage types of safetensors weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseType {
     /// f32.
@@ -165,21 +198,35 @@ pub enum DenseType {
 }
 
 impl DenseType {
-    fn size(self) -> usize {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
         match self {
             DenseType::F32 => 4,
             DenseType::F16 | DenseType::BF16 => 2,
         }
     }
+
+    fn ggml(self) -> GgmlType {
+        match self {
+            DenseType::F32 => GgmlType::F32,
+            DenseType::F16 => GgmlType::F16,
+            DenseType::BF16 => GgmlType::BF16,
+        }
+    }
 }
 
-/// A row-major f32/f16/bf16 matrix over stored little-endian bytes.
+/// Decodes little-endian f32/f16/bf16 bytes into f32 (quant-kernels'
+/// GGML float "dequantizers", which are exact).
+pub fn decode_dense(ty: DenseType, bytes: &[u8], out: &mut [f32]) {
+    ggml::dequantize(ty.ggml(), bytes, out).expect("callers pass whole values");
+}
+
+/// A row-major f32/f16/bf16 safetensors matrix, multiplied in f32.
 pub struct DenseWeight<'a> {
     data: &'a [u8],
     ty: DenseType,
     rows: usize,
     cols: usize,
-    act: ActFormat,
 }
 
 impl<'a> DenseWeight<'a> {
@@ -190,7 +237,6 @@ impl<'a> DenseWeight<'a> {
         ty: DenseType,
         rows: usize,
         cols: usize,
-        act: ActFormat,
     ) -> Result<Self> {
         let need = rows
             .checked_mul(cols)
@@ -209,7 +255,6 @@ impl<'a> DenseWeight<'a> {
             ty,
             rows,
             cols,
-            act,
         })
     }
 }
@@ -228,79 +273,155 @@ impl Weight for DenseWeight<'_> {
     }
 
     fn act_format(&self) -> ActFormat {
-        self.act
+        ActFormat::F32
     }
 
-    fn row_to_f32(&self, row: usize, out: &mut [f32]) {
-        let size = self.ty.size();
-        let bytes = &self.data[row * self.cols * size..(row + 1) * self.cols * size];
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let row_bytes = self.cols * self.ty.size();
+        let bytes = &self.data[rows.start * row_bytes..rows.end * row_bytes];
         decode_dense(self.ty, bytes, out);
     }
 }
 
-/// Decodes little-endian f32/f16/bf16 bytes into f32.
-pub fn decode_dense(ty: DenseType, bytes: &[u8], out: &mut [f32]) {
-    match ty {
-        DenseType::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+/// A GGUF matrix of any GGML type with a dot product in quant-kernels:
+/// each output is `ggml::vec_dot` of a stored row with the activations
+/// quantized to the type's `vec_dot_type`, as ggml's CPU backend computes
+/// it.
+pub struct GgmlWeight<'a> {
+    data: &'a [u8],
+    ty: GgmlType,
+    vec_dot_type: GgmlType,
+    row_bytes: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> GgmlWeight<'a> {
+    /// Wraps `data` (exactly `rows` rows of `cols` values of `ty`).
+    pub fn new(name: &str, data: &'a [u8], ty: GgmlType, rows: usize, cols: usize) -> Result<Self> {
+        let bad = |why: String| EngineError::BadTensor {
+            name: name.to_string(),
+            why,
+        };
+        let vec_dot_type = ggml::vec_dot_type(ty).ok_or_else(|| {
+            EngineError::Unsupported(format!(
+                "tensor '{name}' is {ty}, a type without a dot product in quant-kernels"
+            ))
+        })?;
+        let row_bytes = ggml::row_size(ty, cols)
+            .map_err(|e| bad(format!("rows of {cols} values as {ty}: {e}")))?;
+        if rows.checked_mul(row_bytes) != Some(data.len()) {
+            return Err(bad(format!(
+                "{} bytes do not hold {rows} rows of {cols} values of {ty}",
+                data.len()
+            )));
+        }
+        Ok(GgmlWeight {
+            data,
+            ty,
+            vec_dot_type,
+            row_bytes,
+            rows,
+            cols,
+        })
+    }
+
+    fn row_bytes(&self, row: usize) -> &[u8] {
+        &self.data[row * self.row_bytes..(row + 1) * self.row_bytes]
+    }
+}
+
+impl Weight for GgmlWeight<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn type_name(&self) -> String {
+        self.ty.to_string()
+    }
+
+    fn act_format(&self) -> ActFormat {
+        ActFormat::Ggml(self.vec_dot_type)
+    }
+
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let bytes = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        ggml::dequantize(self.ty, bytes, out).expect("sizes checked when the weight was built");
+    }
+
+    fn tile(
+        &self,
+        rows: Range<usize>,
+        acts: &PreparedActs,
+        out: &mut [f32],
+        _scratch: &mut Vec<f32>,
+    ) {
+        let n = rows.len();
+        // Token-major: the tile's rows stay in L1 while every token passes.
+        for t in 0..acts.n_tok {
+            let a = acts.encoded_row(t);
+            for (i, r) in rows.clone().enumerate() {
+                out[t * n + i] = ggml::vec_dot(self.ty, self.row_bytes(r), a, self.cols)
+                    .expect("sizes checked when the weight was built");
             }
         }
-        DenseType::F16 => decode_16bit(bytes, out, f16_bits_to_f32),
-        DenseType::BF16 => decode_16bit(bytes, out, |h| f32::from_bits(u32::from(h) << 16)),
     }
 }
 
-/// Decodes little-endian 16-bit values 16 at a time (fixed-size blocks
-/// let the compiler load and widen them as vectors).
-#[inline(always)]
-fn decode_16bit(bytes: &[u8], out: &mut [f32], f: impl Fn(u16) -> f32) {
-    let blocks = out.len() / 16;
-    let (head, tail) = out.split_at_mut(blocks * 16);
-    for (o, b) in head.chunks_exact_mut(16).zip(bytes.chunks_exact(32)) {
-        let b: &[u8; 32] = b.try_into().expect("32-byte chunk");
-        let mut words = [0u32; 8];
-        for (w, c) in words.iter_mut().zip(b.chunks_exact(4)) {
-            *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+/// Scales or biases of an MLX matrix, as stored.
+fn mlx_scales(ty: DenseType, bytes: &[u8]) -> ScaleVec {
+    match ty {
+        DenseType::F32 => ScaleVec::F32(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        DenseType::F16 => ScaleVec::F16(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+        DenseType::BF16 => ScaleVec::BF16(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+    }
+}
+
+enum ScaleVec {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl ScaleVec {
+    fn view(&self) -> Scales<'_> {
+        match self {
+            ScaleVec::F32(v) => Scales::F32(v),
+            ScaleVec::F16(v) => Scales::F16(v),
+            ScaleVec::BF16(v) => Scales::BF16(v),
         }
-        let o: &mut [f32; 16] = o.try_into().expect("16-value chunk");
-        for i in 0..8 {
-            o[2 * i] = f(words[i] as u16);
-            o[2 * i + 1] = f((words[i] >> 16) as u16);
-        }
-    }
-    for (o, b) in tail.iter_mut().zip(bytes[blocks * 32..].chunks_exact(2)) {
-        *o = f(u16::from_le_bytes([b[0], b[1]]));
     }
 }
 
-/// f16 bits to f32 without branches or tables, so that loops over it
-/// vectorize at the target's baseline: the exponent is rebased by a float
-/// multiply by 2^112 (which also normalizes subnormals), infinities and
-/// NaNs get an all-ones exponent, the sign is put back.
-#[inline(always)]
-pub fn f16_bits_to_f32(h: u16) -> f32 {
-    let magnitude = u32::from(h & 0x7fff) << 13;
-    let scaled = f32::from_bits(magnitude) * f32::from_bits(0x7780_0000);
-    let bits = if magnitude >= 0x7c00 << 13 {
-        magnitude | 0x7f80_0000
-    } else {
-        scaled.to_bits()
-    };
-    f32::from_bits(bits | (u32::from(h & 0x8000) << 16))
-}
-
-/// An MLX affine-quantized matrix: packed unsigned `bits`-bit values (an
-/// LSB-first bit stream per row), one scale and bias per `group` values,
-/// `w = scale * q + bias` in f32 (mlx-lm's evaluation after
+/// An MLX affine-quantized matrix: packed unsigned `bits`-bit values, one
+/// scale and bias per `group` values, decoded a tile at a time by
+/// quant-kernels' MLX dequantizer in f32 (mlx-lm's evaluation after
 /// `set_dtype(float32)`, which holds f16/bf16 scales exactly).
 pub struct MlxAffineWeight<'a> {
     packed: &'a [u8],
     scales: &'a [u8],
     biases: &'a [u8],
     sb_type: DenseType,
-    bits: u32,
-    group: usize,
+    params: MlxParams,
     rows: usize,
     cols: usize,
 }
@@ -323,11 +444,8 @@ impl<'a> MlxAffineWeight<'a> {
             name: name.to_string(),
             why,
         };
-        if !(1..=8).contains(&bits)
-            || group == 0
-            || cols % group != 0
-            || (cols * bits as usize) % 32 != 0
-        {
+        let params = MlxParams::affine(bits, group);
+        if params.validate().is_err() || cols % group != 0 || (cols * bits as usize) % 32 != 0 {
             return Err(bad(format!(
                 "{cols} columns do not fit {bits}-bit groups of {group}"
             )));
@@ -347,18 +465,10 @@ impl<'a> MlxAffineWeight<'a> {
             scales,
             biases,
             sb_type,
-            bits,
-            group,
+            params,
             rows,
             cols,
         })
-    }
-
-    fn scale_bias(&self, bytes: &[u8], idx: usize) -> f32 {
-        let s = self.sb_type.size();
-        let mut v = [0f32];
-        decode_dense(self.sb_type, &bytes[idx * s..(idx + 1) * s], &mut v);
-        v[0]
     }
 }
 
@@ -372,65 +482,32 @@ impl Weight for MlxAffineWeight<'_> {
     }
 
     fn type_name(&self) -> String {
-        format!("mlx {}-bit g{}", self.bits, self.group)
+        format!("mlx {}-bit g{}", self.params.bits, self.params.group_size)
     }
 
     fn act_format(&self) -> ActFormat {
         ActFormat::F32
     }
 
-    fn row_to_f32(&self, row: usize, out: &mut [f32]) {
-        let bits = self.bits as usize;
-        let row_bytes = self.cols * bits / 8;
-        let packed = &self.packed[row * row_bytes..(row + 1) * row_bytes];
-        let groups = self.cols / self.group;
-        let mask = (1u32 << bits) - 1;
-        for g in 0..groups {
-            let scale = self.scale_bias(self.scales, row * groups + g);
-            let bias = self.scale_bias(self.biases, row * groups + g);
-            let out = &mut out[g * self.group..(g + 1) * self.group];
-            match bits {
-                4 => {
-                    let b = &packed[g * self.group / 2..(g + 1) * self.group / 2];
-                    for (pair, byte) in out.chunks_exact_mut(2).zip(b) {
-                        pair[0] = scale * f32::from(byte & 15) + bias;
-                        pair[1] = scale * f32::from(byte >> 4) + bias;
-                    }
-                }
-                8 => {
-                    let b = &packed[g * self.group..(g + 1) * self.group];
-                    for (o, &q) in out.iter_mut().zip(b) {
-                        *o = scale * f32::from(q) + bias;
-                    }
-                }
-                _ => {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        let pos = (g * self.group + j) * bits;
-                        let (byte, shift) = (pos / 8, pos % 8);
-                        let lo = u32::from(packed[byte]);
-                        let hi = packed.get(byte + 1).map_or(0, |&b| u32::from(b));
-                        let q = ((lo | hi << 8) >> shift) & mask;
-                        *o = scale * q as f32 + bias;
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_decode_is_exact_for_every_bit_pattern() {
-        for h in 0..=u16::MAX {
-            let want = f16::from_bits(h).to_f32();
-            let got = f16_bits_to_f32(h);
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{h:#06x}: {got} vs {want}"
-            );
-        }
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let row_bytes = self.cols * self.params.bits as usize / 8;
+        let words: Vec<u32> = self.packed[rows.start * row_bytes..rows.end * row_bytes]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let sb_bytes = self.params.groups_per_row(self.cols) * self.sb_type.size();
+        let span = rows.start * sb_bytes..rows.end * sb_bytes;
+        let scales = mlx_scales(self.sb_type, &self.scales[span.clone()]);
+        let biases = mlx_scales(self.sb_type, &self.biases[span]);
+        qmlx::dequantize_into(
+            &words,
+            scales.view(),
+            Some(biases.view()),
+            self.cols,
+            &self.params,
+            DequantPrecision::F32,
+            out,
+        )
+        .expect("sizes checked when the weight was built");
     }
 }
