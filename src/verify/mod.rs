@@ -20,7 +20,7 @@ pub mod text;
 
 pub use gates::{GateResult, Gates};
 use perplexity::{BaseLogProbs, KlStats, NllStats};
-use text::{gguf_bos_added, gguf_eos, HfTokenizer, TextTokenizer};
+use text::{bos_added, gguf_bos_added, gguf_eos, tokenizer_for};
 
 /// The prompt of the greedy sample.
 pub const SAMPLE_PROMPT: &str = "The capital of France is";
@@ -189,16 +189,6 @@ impl Progress for NoProgress {
     fn step(&self) {}
 }
 
-/// The tokenizer of an artifact, when qforge can build one.
-pub fn tokenizer_for(artifact: &Artifact) -> Result<Option<Box<dyn TextTokenizer>>> {
-    match artifact.dir() {
-        Some(dir) if dir.join("tokenizer.json").is_file() => {
-            Ok(Some(Box::new(HfTokenizer::from_dir(dir)?)))
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Runs the reference generation run on `artifact_path`.
 pub fn run(
     artifact_path: &Path,
@@ -218,10 +208,21 @@ pub fn run(
         .with_context(|| format!("opening {}", artifact_path.display()))?;
     let model =
         Model::load(&artifact).with_context(|| format!("loading {}", artifact_path.display()))?;
-    let tokenizer = tokenizer_for(&artifact)?;
+    // Token ids given on the command line need no tokenizer: a vocabulary
+    // qforge cannot rebuild then costs only the greedy sample.
+    let tokenizer = match (tokenizer_for(&artifact), input) {
+        (Ok(t), _) => t,
+        (Err(_), EvalInput::Tokens(_) | EvalInput::None) => None,
+        (Err(e), EvalInput::Text(_)) => return Err(e),
+    };
     let (bos, eos) = match (&artifact, &tokenizer) {
-        (Artifact::Gguf(m), _) => (gguf_bos_added(m.metadata()), gguf_eos(m.metadata())),
-        (_, Some(t)) => (t.bos_added(), t.eos()),
+        (Artifact::Gguf(m), _) => (
+            tokenizer
+                .as_ref()
+                .map_or_else(|| gguf_bos_added(m.metadata()), bos_added),
+            gguf_eos(m.metadata()),
+        ),
+        (_, Some(t)) => (bos_added(t), t.eos_id().into_iter().collect()),
         _ => (None, Vec::new()),
     };
     let reference = reference_path
@@ -243,9 +244,10 @@ pub fn run(
 
     let tokens = match input {
         EvalInput::Text(text) => Some(match &tokenizer {
-            Some(t) => t.encode(text, true)?,
+            Some(t) => t.encode(text, true).context("tokenizing the text")?,
             None => bail!(
-                "this build cannot tokenize text for a GGUF file yet: pass the token ids with --tokens FILE"
+                "{} has no tokenizer.json: pass the token ids with --tokens FILE",
+                artifact_path.display()
             ),
         }),
         EvalInput::Tokens(t) => Some(t.clone()),
@@ -278,7 +280,7 @@ pub fn run(
             let ids = pool.install(|| engine::generate_greedy(&model, &prompt, n, &eos))?;
             Some(SampleReport {
                 prompt: SAMPLE_PROMPT.to_string(),
-                text: t.decode(&ids)?,
+                text: t.decode(&ids, true)?,
                 tokens: ids,
             })
         }

@@ -1,99 +1,43 @@
-//! Text to token ids for a verify run: the one place the run meets a
-//! tokenizer, so that qforge's own tokenizer module (GGUF vocabularies
-//! tokenized as llama.cpp does) plugs in here.
+//! Text to token ids for a verify run, through qforge's tokenizer module:
+//! a folder's tokenizer.json, or the vocabulary a GGUF file's metadata
+//! describes, tokenized and given BOS as llama.cpp does.
 
-use std::path::Path;
+use anyhow::{Context, Result};
 
+use crate::engine::Artifact;
 use crate::formats::gguf::Metadata;
+use crate::tokenizer::Tokenizer;
 
-/// What a verify run needs from a tokenizer.
-pub trait TextTokenizer {
-    /// Token ids of `text`, with the vocabulary's special tokens (BOS) when
-    /// `add_special`.
-    fn encode(&self, text: &str, add_special: bool) -> anyhow::Result<Vec<u32>>;
-    /// Text of `ids` (special tokens left out).
-    fn decode(&self, ids: &[u32]) -> anyhow::Result<String>;
-    /// The BOS id when the vocabulary adds one (llama-perplexity then puts
-    /// it at the start of every window).
-    fn bos_added(&self) -> Option<u32>;
-    /// End-of-sequence ids (greedy samples stop there).
-    fn eos(&self) -> Vec<u32>;
-}
-
-/// A transformers `tokenizer.json`, run by the `tokenizers` crate.
-pub struct HfTokenizer {
-    inner: tokenizers::Tokenizer,
-    bos_added: Option<u32>,
-    eos: Vec<u32>,
-}
-
-impl HfTokenizer {
-    /// Loads `dir/tokenizer.json`; whether BOS is added is found by
-    /// encoding a probe with and without special tokens.
-    pub fn from_dir(dir: &Path) -> anyhow::Result<HfTokenizer> {
-        let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let enc = |special: bool| -> anyhow::Result<Vec<u32>> {
-            Ok(inner
-                .encode("probe", special)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                .get_ids()
-                .to_vec())
-        };
-        let (with, without) = (enc(true)?, enc(false)?);
-        let bos_added =
-            (with.len() > without.len() && with.first() != without.first()).then(|| with[0]);
-        let mut eos = Vec::new();
-        let config = dir.join("config.json");
-        if let Ok(text) = std::fs::read_to_string(&config) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                let v = v.get("text_config").cloned().unwrap_or(v);
-                match v.get("eos_token_id") {
-                    Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
-                    Some(serde_json::Value::Array(a)) => {
-                        eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(HfTokenizer {
-            inner,
-            bos_added,
-            eos,
-        })
+/// The artifact's tokenizer: GGUF metadata, or the folder's
+/// tokenizer.json. `Ok(None)` for a folder without one.
+pub fn tokenizer_for(artifact: &Artifact) -> Result<Option<Tokenizer>> {
+    match artifact {
+        Artifact::Gguf(m) => Tokenizer::from_gguf(m.metadata())
+            .map(Some)
+            .context("building the tokenizer from the GGUF metadata"),
+        _ => match artifact.dir() {
+            Some(dir) if dir.join("tokenizer.json").is_file() => Tokenizer::from_hf_dir(dir)
+                .map(Some)
+                .with_context(|| format!("loading {}", dir.join("tokenizer.json").display())),
+            _ => Ok(None),
+        },
     }
 }
 
-impl TextTokenizer for HfTokenizer {
-    fn encode(&self, text: &str, add_special: bool) -> anyhow::Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode(text, add_special)
-            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
-            .get_ids()
-            .to_vec())
-    }
-
-    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| anyhow::anyhow!("decoding: {e}"))
-    }
-
-    fn bos_added(&self) -> Option<u32> {
-        self.bos_added
-    }
-
-    fn eos(&self) -> Vec<u32> {
-        self.eos.clone()
+/// The BOS id llama-perplexity puts at the start of every window: the
+/// vocabulary's BOS when its tokenizer adds one.
+pub fn bos_added(tokenizer: &Tokenizer) -> Option<u32> {
+    if tokenizer.add_bos() {
+        tokenizer.bos_id()
+    } else {
+        None
     }
 }
 
-/// BOS as llama.cpp adds it for a GGUF vocabulary: the id when
-/// `tokenizer.ggml.add_bos_token` is true (default: true for SentencePiece
-/// `llama` vocabularies, false otherwise).
+/// BOS as llama.cpp adds it for a GGUF vocabulary, read from the metadata
+/// alone (for `--tokens` runs on files whose vocabulary qforge cannot
+/// rebuild): the id when `tokenizer.ggml.add_bos_token` is true (default:
+/// true for SentencePiece `llama` vocabularies, false otherwise).
 pub fn gguf_bos_added(md: &Metadata) -> Option<u32> {
     let spm = md.get_str("tokenizer.ggml.model") == Some("llama");
     let add = md.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(spm);
@@ -104,7 +48,8 @@ pub fn gguf_bos_added(md: &Metadata) -> Option<u32> {
     }
 }
 
-/// End-of-sequence ids of a GGUF vocabulary.
+/// End-of-sequence ids of a GGUF vocabulary (EOS and end-of-turn), where
+/// a greedy sample stops.
 pub fn gguf_eos(md: &Metadata) -> Vec<u32> {
     ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
         .iter()
