@@ -25,13 +25,13 @@ PROMPT = (
     "The quick brown fox jumps over the lazy dog, and then the small model "
     "predicts the next word of every sentence it reads, one token at a time."
 )
-# GGUF types the engine runs today. Quantized types join when
-# quant-kernels' GGML dot products are merged (see issue 6).
-ENGINE_GGUF_TYPES = ["F16"]
-# KL divergence against the F16 model: BF16 runs today; Q8_0, Q4_K_M and
-# Q2_K need the GGML dot products as above.
-KLD_TYPES = ["BF16"]
-KLD_CHUNKS = 4
+# Logits of every GGUF type the tests below use, against llama.cpp.
+LOGIT_TYPES = ["F16", "Q4_1", "Q8_0", "Q4_K_M", "Q2_K"]
+# KL divergence against the F16 model (issue 6: Q8_0, Q4_K_M, Q2_K).
+KLD_TYPES = ["Q8_0", "Q4_K_M", "Q2_K"]
+# Windows of CTX tokens per comparison: both sides score the same ones, and
+# four keep the suite short on two cores.
+CHUNKS = 4
 
 
 @pytest.fixture(scope="session")
@@ -103,51 +103,90 @@ def llama_perplexity(*args):
     return out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("ftype", ENGINE_GGUF_TYPES)
-def test_logits_match_llama_cpp(qforge, gguf_of_type, work, ftype):
-    """Every position's logits of a fixed prompt against llama-cpp-python
-    (logits_all). Tolerance: max |diff| <= 0.1 and mean |diff| <= 0.015
-    on logits up to ~33 in magnitude, same argmax everywhere. llama.cpp's
-    own two attention paths (flash attention on/off) differ by 0.073 max
-    on this prompt: the bound sits at that spread."""
+def llama_cpp_logits(model, flash_attn=False):
     from llama_cpp import Llama
 
-    model = gguf_of_type(ftype)
-    llm = Llama(model_path=str(model), logits_all=True, n_ctx=CTX, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(model), logits_all=True, n_ctx=CTX, n_threads=2, flash_attn=flash_attn,
+                verbose=False)
     ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
     llm.eval(ids)
-    want = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    return ids, np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def qforge_logits(qforge, model, ids, work):
     tokens = work / "prompt.tokens.json"
     tokens.write_text(json.dumps(ids))
-    out = work / f"logits-{ftype}.bin"
-    subprocess.run(
-        [str(qforge), "verify", str(model), "--tokens", str(tokens), "--logits-out", str(out)],
-        check=True,
-    )
-    got = np.fromfile(out, dtype=np.float32).reshape(want.shape)
+    out = work / f"logits-{model.stem}.bin"
+    subprocess.run([str(qforge), "verify", str(model), "--tokens", str(tokens), "--logits-out", str(out)],
+                   check=True)
+    return np.fromfile(out, dtype=np.float32).reshape(len(ids), -1)
+
+
+def test_f16_logits_match_llama_cpp(qforge, gguf_of_type, work):
+    """Every position's logits of a fixed prompt against llama-cpp-python
+    (logits_all) on the F16 file. Tolerance: max |diff| <= 0.1 and mean
+    |diff| <= 0.015 on logits up to ~33 in magnitude, same argmax
+    everywhere. llama.cpp's own two attention paths (flash attention
+    on/off) differ by 0.073 max on this prompt: the bound sits at that
+    spread."""
+    model = gguf_of_type("F16")
+    ids, want = llama_cpp_logits(model)
+    got = qforge_logits(qforge, model, ids, work)
     diff = np.abs(got - want)
-    assert diff.max() <= 0.1, f"{ftype}: max |diff| {diff.max()}"
-    assert diff.mean() <= 0.015, f"{ftype}: mean |diff| {diff.mean()}"
+    assert diff.max() <= 0.1, f"max |diff| {diff.max()}"
+    assert diff.mean() <= 0.015, f"mean |diff| {diff.mean()}"
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
-@pytest.mark.parametrize("ftype", ENGINE_GGUF_TYPES)
-def test_perplexity_matches_llama_perplexity(qforge, gguf_of_type, gpl3_text, gpl3_llama_tokens, ftype):
-    """Whole GPL-3 at ctx 512: within 0.5% of llama-perplexity."""
+@pytest.mark.parametrize("ftype", [t for t in LOGIT_TYPES if t != "F16"])
+def test_quantized_logits_match_llama_cpp(qforge, gguf_of_type, work, ftype):
+    """Quantized files (Q4_1 is SmolLM2 as shipped) against llama.cpp,
+    within llama.cpp's own spread. Both sides use ggml's dot products bit
+    for bit (the first positions agree exactly), but activations are
+    rounded to 8 bits before every product, so a last-bit difference in an
+    attention sum flips a rounding and grows through the layers: llama.cpp
+    with flash attention on vs off differs by 1.4-2.9 max, 0.21-0.32 mean
+    on this prompt. qforge vs llama.cpp (flash attention off, its default)
+    must stay within 1.5x that spread, and agree on the top token as often
+    as llama.cpp's two paths agree with each other (one position of
+    slack)."""
     model = gguf_of_type(ftype)
-    log = llama_perplexity("-m", model, "-f", gpl3_text, "-c", CTX)
+    ids, want = llama_cpp_logits(model)
+    _, other = llama_cpp_logits(model, flash_attn=True)
+    got = qforge_logits(qforge, model, ids, work)
+    spread, diff = np.abs(other - want), np.abs(got - want)
+    assert diff.max() <= 1.5 * spread.max(), f"{ftype}: max |diff| {diff.max()}, llama.cpp spread {spread.max()}"
+    assert diff.mean() <= 1.5 * spread.mean(), f"{ftype}: mean |diff| {diff.mean()}, spread {spread.mean()}"
+    agree = (got.argmax(1) == want.argmax(1)).sum()
+    assert agree >= (other.argmax(1) == want.argmax(1)).sum() - 1, f"{ftype}: top-1 agrees on {agree}/{len(ids)}"
+    if ftype in ("Q8_0", "Q4_1"):
+        # No repacked kernels in llama.cpp for these: the first position
+        # (no attention sum yet) is bit for bit the same.
+        assert (diff[0] == 0).all(), f"{ftype}: first position differs by {diff[0].max()}"
+
+
+def test_perplexity_matches_llama_perplexity(qforge, smollm2, gpl3_text, gpl3_llama_tokens):
+    """SmolLM2's Q4_1 GGUF on GPL-3 at ctx 512, the text tokenized by
+    qforge from the GGUF vocabulary: within 0.5% of llama-perplexity on the
+    same file, text and windows."""
+    log = llama_perplexity("-m", smollm2, "-f", gpl3_text, "-c", CTX, "--chunks", CHUNKS)
     want = float(re.search(r"Final estimate: PPL = ([0-9.]+)", log).group(1))
-    got = verify_json(qforge, model, "--tokens", gpl3_llama_tokens, "--ctx", CTX, "--no-speed", "--sample-tokens", 0)
+    got = verify_json(qforge, smollm2, "--text", gpl3_text, "--ctx", CTX, "--chunks", CHUNKS,
+                      "--no-speed", "--sample-tokens", 0)
     ppl = got["perplexity"]["ppl"]
-    assert got["perplexity"]["chunks"] == len(json.loads(gpl3_llama_tokens.read_text())) // CTX
-    assert abs(ppl / want - 1) <= 0.005, f"{ftype}: qforge {ppl}, llama-perplexity {want}"
+    assert got["perplexity"]["chunks"] == CHUNKS
+    assert abs(ppl / want - 1) <= 0.005, f"qforge {ppl}, llama-perplexity {want}"
+    # The same windows from llama.cpp's own tokens give the same number.
+    by_ids = verify_json(qforge, smollm2, "--tokens", gpl3_llama_tokens, "--ctx", CTX, "--chunks", CHUNKS,
+                         "--no-speed", "--sample-tokens", 0)
+    assert by_ids["perplexity"]["ppl"] == ppl
 
 
 @pytest.fixture(scope="session")
 def kld_base(work, smollm2_f16, gpl3_text):
     """llama-perplexity's base log-probs of the F16 model."""
     path = work / "f16.kld"
-    llama_perplexity("-m", smollm2_f16, "-f", gpl3_text, "-c", CTX, "--chunks", KLD_CHUNKS,
+    llama_perplexity("-m", smollm2_f16, "-f", gpl3_text, "-c", CTX, "--chunks", CHUNKS,
                      "--kl-divergence-base", path)
     return path
 
@@ -158,13 +197,13 @@ def test_kld_matches_llama_perplexity(qforge, gguf_of_type, smollm2_f16, gpl3_te
     --kl-divergence on the same files and windows; top-1 agreement and the
     PPL ratio within their reported uncertainty."""
     model = gguf_of_type(ftype)
-    log = llama_perplexity("-m", model, "-f", gpl3_text, "-c", CTX, "--chunks", KLD_CHUNKS,
+    log = llama_perplexity("-m", model, "-f", gpl3_text, "-c", CTX, "--chunks", CHUNKS,
                            "--kl-divergence-base", kld_base, "--kl-divergence")
     want_kld = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", log).group(1))
     want_top = float(re.search(r"Same top p:\s+([0-9.]+)", log).group(1)) / 100
     want_ratio = float(re.search(r"Mean PPL\(Q\)/PPL\(base\)\s+:\s+([0-9.]+)", log).group(1))
     got = verify_json(qforge, model, "--reference", smollm2_f16, "--tokens", gpl3_llama_tokens,
-                      "--ctx", CTX, "--chunks", KLD_CHUNKS, "--no-speed", "--sample-tokens", 0)
+                      "--ctx", CTX, "--chunks", CHUNKS, "--no-speed", "--sample-tokens", 0)
     kl = got["kl"]
     assert abs(kl["mean_kld"] / want_kld - 1) <= 0.05, f"{ftype}: qforge {kl['mean_kld']}, llama {want_kld}"
     assert abs(kl["same_top"] - want_top) <= 3 * max(kl["same_top_error"], 1e-3), (kl["same_top"], want_top)
