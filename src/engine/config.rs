@@ -476,13 +476,13 @@ impl ModelConfig {
     }
 
     fn checked(self) -> Result<Self> {
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(config_err(format!(
                 "{} query heads do not share {} key/value heads evenly",
                 self.n_head, self.n_head_kv
             )));
         }
-        if self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
+        if self.n_rot > self.head_dim || !self.n_rot.is_multiple_of(2) {
             return Err(config_err(format!(
                 "rope dimension {} does not fit head dimension {}",
                 self.n_rot, self.head_dim

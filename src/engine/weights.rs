@@ -445,7 +445,10 @@ impl<'a> MlxAffineWeight<'a> {
             why,
         };
         let params = MlxParams::affine(bits, group);
-        if params.validate().is_err() || cols % group != 0 || (cols * bits as usize) % 32 != 0 {
+        if params.validate().is_err()
+            || !cols.is_multiple_of(group)
+            || !(cols * bits as usize).is_multiple_of(32)
+        {
             return Err(bad(format!(
                 "{cols} columns do not fit {bits}-bit groups of {group}"
             )));
