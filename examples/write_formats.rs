@@ -9,6 +9,7 @@
 //!  "max_shard_bytes": 1000,                       // safetensors only
 //!  "metadata": {"k": "v"},                        // safetensors __metadata__
 //!  "config": {...},                               // mlx config.json
+//!  "total_parameters": 512,                       // mlx index metadata
 //!  "kv": [{"key": "k", "type": "u32", "value": 1},
 //!         {"key": "a", "type": "array", "element_type": "string", "value": ["x"]}],
 //!  "tensors": [{"name": "t", "file": "raw.bin",
@@ -169,7 +170,12 @@ fn main() -> Result<()> {
                     .as_object()
                     .cloned()
                     .ok_or("mlx needs config")?;
-                qforge::formats::mlx::write_folder(&out, &config, &specs, &[], produce)?;
+                let folder = qforge::formats::mlx::MlxFolder {
+                    config: &config,
+                    total_parameters: spec["total_parameters"].as_u64().unwrap_or(0),
+                    extra_files: &[],
+                };
+                qforge::formats::mlx::write_folder(&out, &folder, &specs, produce)?;
             } else {
                 let metadata: Option<BTreeMap<String, String>> =
                     serde_json::from_value(spec["metadata"].clone())?;

@@ -299,3 +299,78 @@ fn bad_gguf_models_are_refused_with_a_reason() {
     );
     assert!(err(&p).contains("no Hugging Face name"), "{}", err(&p));
 }
+
+#[test]
+fn mlx_settings_and_broken_mlx_folders_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
+            .arg("convert")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (out.status.code(), stderr)
+    };
+    let fx = fixture("llama");
+    let fx = fx.to_str().unwrap();
+    let out = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    for (args, says) in [
+        (vec!["--to", "mlx", "--bits", "7"], "bits"),
+        (vec!["--to", "mlx", "--group-size", "48"], "group"),
+        (vec!["--to", "gguf", "--bits", "4"], "MLX outputs"),
+        (
+            vec!["--to", "mlx", "--type", "q8_0"],
+            "--type applies to GGUF",
+        ),
+    ] {
+        let mut all = vec![fx, "never"];
+        all.extend(args.iter().copied());
+        let target = out("never");
+        all[1] = &target;
+        let (code, stderr) = run(&all);
+        assert_eq!(code, Some(1), "{all:?}: {stderr}");
+        assert!(stderr.contains(says), "{all:?}: {stderr}");
+        assert!(!tmp.path().join("never").exists());
+    }
+
+    let mlx = out("mlx");
+    let (code, stderr) = run(&[fx, &mlx, "--to", "mlx", "--bits", "4", "--group-size", "32"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = run(&[&mlx, &out("again"), "--to", "mlx"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("already an MLX folder"), "{stderr}");
+
+    // Scales that do not fit their weight: a clear error, no output.
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for f in std::fs::read_dir(&mlx).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, broken.join(f.file_name().unwrap())).unwrap();
+    }
+    let config_path = broken.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["quantization"]["group_size"] = 64.into();
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let gguf = out("broken.gguf");
+    let (code, stderr) = run(&[
+        broken.to_str().unwrap(),
+        &gguf,
+        "--tokenizer-pre",
+        "llama-bpe",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("group"), "{stderr}");
+    assert!(!Path::new(&gguf).exists());
+
+    // A truncated shard.
+    let st = broken.join("model.safetensors");
+    let len = std::fs::metadata(&st).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&st).unwrap();
+    f.set_len(len / 2).unwrap();
+    let (code, stderr) = run(&[broken.to_str().unwrap(), &gguf]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!Path::new(&gguf).exists());
+}

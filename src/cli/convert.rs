@@ -11,13 +11,15 @@ use serde_json::json;
 
 use super::{parse_size, print_json, FileBars, Progress};
 use crate::convert::{
-    self, gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, tokenizer_bridge, write_gguf,
-    write_safetensors, ErrorStats, FloatType, GgufMetadataOptions, GgufOutType, ModelView,
-    Provenance, WriteOptions, DEFAULT_MAX_SHARD_BYTES,
+    self, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf, plan_mlx,
+    plan_safetensors, write_gguf, write_mlx, write_safetensors, ErrorStats, FloatType,
+    GgufMetadataOptions, GgufOutType, MlxTarget, ModelView, Provenance, WriteOptions, DEFAULT_BITS,
+    DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
 };
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{self, GgufModel, GgufWriter, SplitBy, TensorSpec};
 use crate::formats::hf::HfModel;
+use crate::formats::mlx::{MlxModel, QuantParams};
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::{sha256_file, HashingWriter};
 
@@ -69,9 +71,21 @@ pub(crate) struct ConvertArgs {
     )]
     gguf_type: Option<OutType>,
     /// Float type of a safetensors output (default: the source's float
-    /// type; f32 for quantized sources, which holds their values exactly).
+    /// type; f32 for quantized sources, which holds their values exactly);
+    /// of an MLX output's unquantized tensors and scales (default: as
+    /// mlx_lm.convert, config.json's torch_dtype, else each tensor's own;
+    /// f16 scales for GGUF blocks).
     #[arg(long, value_enum, ignore_case = true)]
     dtype: Option<Dtype>,
+    /// MLX output: quantize every matrix to this many bits (2, 3, 4, 5, 6,
+    /// 8; default 4 when only --group-size is given). Without --bits and
+    /// --group-size, float tensors stay floats and GGUF Q4_0/Q4_1/Q8_0
+    /// blocks become MLX groups of 32 without requantizing.
+    #[arg(long, value_name = "B")]
+    bits: Option<u32>,
+    /// MLX output: elements per scale and bias (32, 64, 128; default 64).
+    #[arg(long, value_name = "G")]
+    group_size: Option<u32>,
     /// Largest safetensors shard (default 5GB, as save_pretrained).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_shard_size: Option<u64>,
@@ -109,10 +123,16 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
     };
     let from = detect(&args.input)?;
     if to != TargetFormat::Gguf && args.gguf_type.is_some() {
-        bail!("--type applies to GGUF outputs; for safetensors use --dtype");
+        bail!("--type applies to GGUF outputs; for safetensors and MLX use --dtype");
     }
-    if to != TargetFormat::Safetensors && (args.dtype.is_some() || args.max_shard_size.is_some()) {
-        bail!("--dtype and --max-shard-size apply to safetensors outputs; for GGUF use --type");
+    if to == TargetFormat::Gguf && args.dtype.is_some() {
+        bail!("--dtype applies to safetensors and MLX outputs; for GGUF use --type");
+    }
+    if to != TargetFormat::Safetensors && args.max_shard_size.is_some() {
+        bail!("--max-shard-size applies to safetensors outputs (MLX folders are cut at 5 GiB, as mlx-lm cuts them)");
+    }
+    if to != TargetFormat::Mlx && (args.bits.is_some() || args.group_size.is_some()) {
+        bail!("--bits and --group-size apply to MLX outputs");
     }
     let split = args.split_max_tensors.is_some() || args.split_max_size.is_some();
     match (from, to) {
@@ -122,10 +142,11 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
             }
             gguf_to_gguf(&args)
         }
-        (
-            ModelFormat::Safetensors | ModelFormat::Gguf,
-            TargetFormat::Gguf | TargetFormat::Safetensors,
-        ) => {
+        (ModelFormat::Mlx, TargetFormat::Mlx) => bail!(
+            "{} is already an MLX folder: requantize it with `qforge quantize`",
+            args.input.display()
+        ),
+        (from, to) => {
             if split {
                 bail!(
                     "--split-max-tensors/--split-max-size rewrite a GGUF file; convert first, \
@@ -134,12 +155,6 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
             }
             convert_view(&args, from, to)
         }
-        (from, to) => bail!(
-            "converting {} to {:?} is not available in this build of qforge \
-             (it converts between Hugging Face folders and GGUF)",
-            from.name(),
-            to
-        ),
     }
 }
 
@@ -153,16 +168,33 @@ fn hash_sources(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
         .collect()
 }
 
-/// Hugging Face folder <-> GGUF (and folder -> folder) through the
-/// canonical view.
+/// What `--bits`, `--group-size` and `--dtype` ask of an MLX output.
+fn mlx_target(args: &ConvertArgs) -> MlxTarget {
+    let quantize = (args.bits.is_some() || args.group_size.is_some()).then(|| QuantParams {
+        bits: args.bits.unwrap_or(DEFAULT_BITS),
+        group_size: args.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+    });
+    MlxTarget {
+        quantize,
+        dtype: args.dtype.map(float_type),
+    }
+}
+
+/// Any direction between Hugging Face folders, GGUF and MLX folders
+/// through the canonical view.
 fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Result<ExitCode> {
     let start = Instant::now();
     let hf;
     let gguf_model;
+    let mlx_model;
     let view = match from {
         ModelFormat::Gguf => {
             gguf_model = GgufModel::open(&args.input)?;
             ModelView::from_gguf(&gguf_model)?
+        }
+        ModelFormat::Mlx => {
+            mlx_model = MlxModel::open(&args.input)?;
+            ModelView::from_mlx(&mlx_model)?
         }
         _ => {
             if !args.input.is_dir() {
@@ -175,9 +207,21 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             ModelView::from_hf(&hf)?
         }
     };
-    let plan = match to {
-        TargetFormat::Gguf => plan_gguf(&view, out_type(args.gguf_type))?,
-        _ => plan_safetensors(&view, args.dtype.map(float_type))?,
+    let mlx_plan = match to {
+        TargetFormat::Mlx => Some(plan_mlx(&view, &mlx_target(args))?),
+        _ => None,
+    };
+    let other_plan;
+    let plan = match (&mlx_plan, to) {
+        (Some(m), _) => &m.plan,
+        (None, TargetFormat::Gguf) => {
+            other_plan = plan_gguf(&view, out_type(args.gguf_type))?;
+            &other_plan
+        }
+        (None, _) => {
+            other_plan = plan_safetensors(&view, args.dtype.map(float_type))?;
+            &other_plan
+        }
     };
 
     if args.dry_run {
@@ -220,7 +264,7 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             };
             let (md, notes) = gguf_metadata(
                 &view,
-                &plan,
+                plan,
                 &GgufMetadataOptions {
                     model_name: args.model_name.as_deref(),
                     tokenizer_pre: args.tokenizer_pre.as_deref(),
@@ -228,20 +272,19 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
                 },
             )?;
             warnings.extend(notes.warnings);
-            write_gguf(&view, &plan, &md, &args.output, &opts)?
+            write_gguf(&view, plan, &md, &args.output, &opts)?
         }
-        _ => {
-            if view.gguf_metadata().is_some() && !tokenizer_bridge::TOKENIZER_WIRED {
-                warnings.push(
-                    "tokenizer.json is not written: this build has no tokenizer module yet \
-                     (the chat template is kept as chat_template.jinja)"
-                        .into(),
-                );
-            }
-            let side = hf_side_files(&view, &plan)?;
+        TargetFormat::Mlx => {
+            let m = mlx_plan.as_ref().expect("planned above");
+            let config = mlx_config(&view, m.quantization.as_ref());
+            let side = mlx_side_files(&view)?;
+            write_mlx(&view, m, &config, &side, &args.output, &opts)?
+        }
+        TargetFormat::Safetensors => {
+            let side = hf_side_files(&view, plan)?;
             write_safetensors(
                 &view,
-                &plan,
+                plan,
                 &side,
                 &args.output,
                 args.max_shard_size.unwrap_or(DEFAULT_MAX_SHARD_BYTES),
@@ -279,6 +322,14 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             "seconds": start.elapsed().as_secs_f64(),
         }))?;
     } else {
+        let lossy = plan.tensors.iter().filter(|t| !t.lossless).count();
+        if lossy > 0 && !args.report {
+            warnings.push(format!(
+                "{lossy} of {} tensors are not converted losslessly; \
+                 pass --report for the max and RMS error of each",
+                plan.tensors.len()
+            ));
+        }
         for w in &warnings {
             eprintln!("warning: {w}");
         }

@@ -21,7 +21,7 @@ pub enum ConvertError {
     Unsupported(String),
     /// The tokenizer files could not be converted.
     #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     /// An error while working on one tensor.
     #[error("tensor '{tensor}': {source}")]
     InTensor {

@@ -9,13 +9,14 @@
 
 use half::f16;
 use quant_kernels::float::{f32_to_bf16, f32_to_f16};
-use quant_kernels::GgmlType;
+use quant_kernels::ggml;
 use rayon::prelude::*;
 
 use super::error::{ConvertError, Result};
-use super::ggml_fallback;
+use super::mlx_exec::{self, MlxParts, MlxRows};
 use super::plan::{PlanSource, TensorPlan};
-use super::view::{Encoding, FloatType, ModelView, TensorBytes};
+use super::view::{Encoding, FloatType, ModelView, TensorBytes, ViewTensor};
+use crate::formats::mmap::ReleasePages;
 
 /// How far an output's values are from the values it was made from.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -31,8 +32,26 @@ pub struct ErrorStats {
 pub struct Materialized {
     /// The encoded bytes.
     pub bytes: Vec<u8>,
-    /// Error against the exact (f32) values, for lossy steps when asked.
+    /// Error against the exact (f32) values, for lossy steps when asked,
+    /// and always for a transcoding that turned out inexact.
     pub error: Option<ErrorStats>,
+    /// Blocks (or MLX groups) whose scale or bias a lossless transcoding
+    /// could not store exactly: 0 for every other step.
+    pub inexact: usize,
+}
+
+/// One MLX affine output tensor: its three parts, and its error when it
+/// was measured.
+#[derive(Debug)]
+pub struct MlxMaterialized {
+    /// `P.weight`, `P.scales`, `P.biases`.
+    pub parts: MlxParts,
+    /// Error against the exact (f32) values, for lossy steps when asked,
+    /// and always for a transcoding that turned out inexact.
+    pub error: Option<ErrorStats>,
+    /// Groups whose scale or bias a lossless transcoding could not store
+    /// exactly: 0 for every other step.
+    pub inexact: usize,
 }
 
 /// Elements per parallel work item (rounded to whole blocks).
@@ -40,11 +59,16 @@ const CHUNK: usize = 1 << 16;
 
 fn unsupported_decode(enc: Encoding) -> ConvertError {
     match enc {
-        Encoding::MlxAffine { .. } => {
-            ConvertError::Unsupported("reading MLX affine tensors comes with the MLX converter".into())
-        }
+        Encoding::MlxAffine { .. } => ConvertError::Unsupported(
+            "MLX affine tensors are decoded row by row (materialize), not as one buffer".into(),
+        ),
         _ => ConvertError::Unsupported(format!(
-            "dequantizing {enc} needs quant-kernels' ggml module, which this build does not have yet"
+            "qforge cannot dequantize {enc} tensors (quant-kernels reads: {})",
+            ggml::QUANTIZABLE
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -59,7 +83,7 @@ fn unsupported_encode(enc: Encoding) -> ConvertError {
 pub fn can_decode(enc: Encoding) -> bool {
     match enc {
         Encoding::Float(_) => true,
-        Encoding::Ggml(t) => ggml_fallback::can_dequantize(t),
+        Encoding::Ggml(t) => ggml::can_dequantize(t),
         Encoding::MlxAffine { .. } => false,
     }
 }
@@ -68,7 +92,7 @@ pub fn can_decode(enc: Encoding) -> bool {
 pub fn can_encode(enc: Encoding) -> bool {
     match enc {
         Encoding::Float(_) => true,
-        Encoding::Ggml(t) => ggml_fallback::can_quantize(t),
+        Encoding::Ggml(t) => ggml::can_quantize(t),
         Encoding::MlxAffine { .. } => false,
     }
 }
@@ -95,9 +119,7 @@ fn decode_seq(enc: Encoding, bytes: &[u8], out: &mut [f32]) -> Result<()> {
                 *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
             }
         }
-        Encoding::Ggml(t) if ggml_fallback::can_dequantize(t) => {
-            ggml_fallback::dequantize(t, bytes, out)
-        }
+        Encoding::Ggml(t) => ggml::dequantize(t, bytes, out)?,
         e => return Err(unsupported_decode(e)),
     }
     Ok(())
@@ -125,7 +147,10 @@ fn encode_seq(enc: Encoding, vals: &[f32], out: &mut [u8]) -> Result<()> {
                 o.copy_from_slice(&f64::from(*v).to_le_bytes());
             }
         }
-        Encoding::Ggml(GgmlType::Q8_0) => ggml_fallback::quantize_q8_0(vals, out),
+        // ggml's quantizers work block by block (no importance matrix
+        // here), so a run of whole blocks is quantized as one row.
+        Encoding::Ggml(t) if !vals.is_empty() => ggml::quantize(t, vals, vals.len(), None, out)?,
+        Encoding::Ggml(_) => {}
         e => return Err(unsupported_encode(e)),
     }
     Ok(())
@@ -196,13 +221,17 @@ fn materialize_inner(
         PlanSource::Values(v) => {
             let mut bytes = vec![0u8; out_len];
             encode(plan.to, v, &mut bytes)?;
-            return Ok(Materialized { bytes, error: None });
+            return Ok(Materialized {
+                bytes,
+                error: None,
+                inexact: 0,
+            });
         }
         PlanSource::Tensor(i) => {
             let t = &view.tensors[*i];
             match t.bytes {
                 TensorBytes::Plain(b) => (b, &t.shape),
-                TensorBytes::MlxAffine { .. } => return Err(unsupported_decode(t.encoding)),
+                TensorBytes::MlxAffine { .. } => return materialize_from_mlx(plan, t, measure),
             }
         }
     };
@@ -230,7 +259,11 @@ fn materialize_inner(
         } else {
             src[..out_len].to_vec()
         };
-        return Ok(Materialized { bytes, error: None });
+        return Ok(Materialized {
+            bytes,
+            error: None,
+            inexact: 0,
+        });
     }
 
     let row_out_bytes = plan.to.bytes_for(row_elems as u64);
@@ -261,6 +294,12 @@ fn materialize_inner(
                 let s = src_row(first + k);
                 decode_seq(plan.from, &src[s * src_slice..(s + 1) * src_slice], v)?;
             }
+            // Rows in stored order were read once: hand their pages back
+            // now, so a large tensor's source and output are not resident
+            // in full at the same time.
+            if let (false, Some(pages)) = (plan.permutes(), view.pages) {
+                pages.release(&src[first * src_slice..(first + n_rows) * src_slice]);
+            }
             apply_shift(plan, &mut vals);
             encode_seq(plan.to, &vals, out)?;
             if measure && !plan.lossless {
@@ -276,7 +315,11 @@ fn materialize_inner(
         max_abs: stats.0,
         rms: (stats.1 / n_out.max(1) as f64).sqrt(),
     });
-    Ok(Materialized { bytes, error })
+    Ok(Materialized {
+        bytes,
+        error,
+        inexact: 0,
+    })
 }
 
 /// Adds the plan's shift; an F16 source stays F16 through the add, as
@@ -327,7 +370,11 @@ fn materialize_whole(
     } else {
         None
     };
-    Ok(Materialized { bytes, error })
+    Ok(Materialized {
+        bytes,
+        error,
+        inexact: 0,
+    })
 }
 
 fn diff_sums(exact: &[f32], got: &[f32]) -> (f64, f64) {
@@ -355,4 +402,303 @@ pub fn error_stats(exact: &[f32], got: &[f32]) -> ErrorStats {
         max_abs,
         rms: (sum_sq / n).sqrt(),
     }
+}
+
+/// The stored rows of a source tensor, decoded to f32 on demand.
+enum SourceRows<'a> {
+    Plain {
+        enc: Encoding,
+        bytes: &'a [u8],
+        row_bytes: usize,
+        rows: usize,
+    },
+    Mlx(MlxRows<'a>),
+}
+
+impl<'a> SourceRows<'a> {
+    fn of(t: &ViewTensor<'a>, cols: usize) -> Result<SourceRows<'a>> {
+        match t.bytes {
+            TensorBytes::MlxAffine { .. } => Ok(SourceRows::Mlx(MlxRows::of(t)?)),
+            TensorBytes::Plain(bytes) => {
+                let enc = t.encoding;
+                let row_bytes = (cols as u64)
+                    .is_multiple_of(enc.block_size())
+                    .then(|| enc.bytes_for(cols as u64))
+                    .flatten()
+                    .ok_or_else(|| {
+                        ConvertError::Unsupported(format!(
+                            "rows of {cols} values do not hold whole {enc} blocks"
+                        ))
+                    })? as usize;
+                let rows = bytes.len().checked_div(row_bytes).unwrap_or(0);
+                if rows * row_bytes != bytes.len() || !can_decode(enc) {
+                    return Err(unsupported_decode(enc));
+                }
+                Ok(SourceRows::Plain {
+                    enc,
+                    bytes,
+                    row_bytes,
+                    rows,
+                })
+            }
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            SourceRows::Plain { rows, .. } => *rows,
+            SourceRows::Mlx(m) => m.rows(),
+        }
+    }
+
+    /// The stored bytes of rows `idx`, one after the other (plain sources).
+    fn gather_bytes(&self, idx: &[usize]) -> Vec<u8> {
+        match self {
+            SourceRows::Plain {
+                bytes, row_bytes, ..
+            } => idx
+                .iter()
+                .flat_map(|&r| &bytes[r * row_bytes..(r + 1) * row_bytes])
+                .copied()
+                .collect(),
+            SourceRows::Mlx(_) => Vec::new(),
+        }
+    }
+
+    /// Hands the mapped pages of stored rows `rows` back (plain sources;
+    /// MLX sources are released whole by the writer).
+    fn release_rows(&self, rows: std::ops::Range<usize>, pages: Option<&dyn ReleasePages>) {
+        if let (
+            SourceRows::Plain {
+                bytes, row_bytes, ..
+            },
+            Some(p),
+        ) = (self, pages)
+        {
+            p.release(&bytes[rows.start * row_bytes..rows.end * row_bytes]);
+        }
+    }
+
+    /// Decodes stored rows `idx` into `out`, in that order.
+    fn decode(&self, idx: &[usize], out: &mut [f32]) -> Result<()> {
+        match self {
+            SourceRows::Plain {
+                enc,
+                bytes,
+                row_bytes,
+                ..
+            } => {
+                let cols = out.len() / idx.len().max(1);
+                for (k, &r) in idx.iter().enumerate() {
+                    decode_seq(
+                        *enc,
+                        &bytes[r * row_bytes..(r + 1) * row_bytes],
+                        &mut out[k * cols..(k + 1) * cols],
+                    )?;
+                }
+                Ok(())
+            }
+            SourceRows::Mlx(m) => m.decode(idx, out),
+        }
+    }
+}
+
+/// Output row `r`'s stored row in the source.
+fn source_row(plan: &TensorPlan, rows_src: usize, rows_out: usize, r: usize) -> usize {
+    let c = plan.rows_to.canonical_row(r as u64, rows_out as u64);
+    plan.rows_from.stored_row(c, rows_src as u64) as usize
+}
+
+/// Output rows and row length of a plan step (a 1-D tensor is one row).
+fn out_geometry(plan: &TensorPlan) -> (usize, usize) {
+    let cols = plan.shape.last().copied().unwrap_or(1) as usize;
+    let rows = (plan.n_elements() as usize).checked_div(cols).unwrap_or(0);
+    (rows, cols)
+}
+
+/// A plain (float or ggml) output from an MLX affine source: the GGML
+/// blocks carried over when the plan asks for a type that holds the
+/// groups exactly (4-bit to Q4_0/Q4_1, 8-bit to Q8_0), dequantized and
+/// encoded otherwise.
+fn materialize_from_mlx(
+    plan: &TensorPlan,
+    t: &ViewTensor<'_>,
+    measure: bool,
+) -> Result<Materialized> {
+    let (rows_out, cols) = out_geometry(plan);
+    let src = SourceRows::of(t, cols)?;
+    let rows_src = src.rows();
+    if !can_encode(plan.to) || !(cols as u64).is_multiple_of(plan.to.block_size()) {
+        return Err(unsupported_encode(plan.to));
+    }
+    let out_row = plan
+        .to
+        .bytes_for(cols as u64)
+        .ok_or_else(|| unsupported_encode(plan.to))? as usize;
+    let source_bits = match t.encoding {
+        Encoding::MlxAffine { bits, .. } => bits,
+        _ => 0,
+    };
+    let kind = match (plan.to, &src) {
+        (Encoding::Ggml(g), SourceRows::Mlx(_)) if plan.shift == 0.0 => {
+            mlx_exec::transcodable(g).filter(|k| mlx_exec::block_bits(*k) == source_bits)
+        }
+        _ => None,
+    };
+    let group_rows = (CHUNK / cols.max(1)).max(1);
+    let mut bytes = vec![0u8; rows_out * out_row];
+    let (max, sum, inexact) = bytes
+        .par_chunks_mut((group_rows * out_row).max(1))
+        .enumerate()
+        .map(|(g, out)| -> Result<(f64, f64, usize)> {
+            let first = g * group_rows;
+            let idx: Vec<usize> = (first..first + out.len() / out_row)
+                .map(|r| source_row(plan, rows_src, rows_out, r))
+                .collect();
+            let mut vals = vec![0f32; idx.len() * cols];
+            let inexact = match (kind, &src) {
+                (Some(k), SourceRows::Mlx(m)) => {
+                    let (blocks, inexact) = m.to_ggml(k, &idx)?;
+                    out.copy_from_slice(&blocks);
+                    if (!measure || plan.lossless) && inexact == 0 {
+                        return Ok((0.0, 0.0, 0));
+                    }
+                    src.decode(&idx, &mut vals)?;
+                    inexact
+                }
+                _ => {
+                    src.decode(&idx, &mut vals)?;
+                    apply_shift(plan, &mut vals);
+                    encode_seq(plan.to, &vals, out)?;
+                    if !measure || plan.lossless {
+                        return Ok((0.0, 0.0, 0));
+                    }
+                    0
+                }
+            };
+            let mut back = vec![0f32; vals.len()];
+            decode_seq(plan.to, out, &mut back)?;
+            let (m, s) = diff_sums(&vals, &back);
+            Ok((m, s, inexact))
+        })
+        .try_reduce(
+            || (0.0, 0.0, 0),
+            |a, b| Ok((a.0.max(b.0), a.1 + b.1, a.2 + b.2)),
+        )?;
+    let error = ((measure && !plan.lossless) || inexact > 0).then(|| ErrorStats {
+        max_abs: max,
+        rms: (sum / (rows_out * cols).max(1) as f64).sqrt(),
+    });
+    Ok(Materialized {
+        bytes,
+        error,
+        inexact,
+    })
+}
+
+/// Produces the three tensors of one planned MLX affine output (`to` is
+/// [`Encoding::MlxAffine`]); with `measure`, also the error of a lossy
+/// step.
+///
+/// GGML Q4_0/Q4_1/Q8_0 rows going to the matching bits with groups of 32
+/// carry their blocks over without requantizing; an MLX source already in
+/// the target encoding is copied; everything else is decoded to f32, rounded
+/// to the scales' dtype and quantized exactly as `mx.quantize` does on
+/// mlx's CPU backend.
+pub fn materialize_mlx(
+    view: &ModelView<'_>,
+    plan: &TensorPlan,
+    measure: bool,
+) -> Result<MlxMaterialized> {
+    materialize_mlx_inner(view, plan, measure).map_err(|e| e.for_tensor(&plan.name))
+}
+
+fn materialize_mlx_inner(
+    view: &ModelView<'_>,
+    plan: &TensorPlan,
+    measure: bool,
+) -> Result<MlxMaterialized> {
+    let PlanSource::Tensor(i) = plan.source else {
+        return Err(ConvertError::Unsupported(
+            "computed tensors are never MLX-quantized".into(),
+        ));
+    };
+    let t = &view.tensors[i];
+    let (rows_out, cols) = out_geometry(plan);
+    let (params, dtype) = mlx_exec::params_for(plan.to, cols)?;
+    let src = SourceRows::of(t, cols)?;
+    let rows_src = src.rows();
+
+    if plan.is_byte_copy() && !plan.permutes() && rows_out == rows_src {
+        if let TensorBytes::MlxAffine {
+            weight,
+            scales,
+            biases,
+        } = t.bytes
+        {
+            return Ok(MlxMaterialized {
+                parts: MlxParts {
+                    weight: weight.to_vec(),
+                    scales: scales.to_vec(),
+                    biases: biases.to_vec(),
+                },
+                error: None,
+                inexact: 0,
+            });
+        }
+    }
+    let transcode = match t.encoding {
+        Encoding::Ggml(g) if plan.shift == 0.0 && params.group_size == 32 => {
+            mlx_exec::transcodable(g).filter(|k| mlx_exec::block_bits(*k) == params.bits)
+        }
+        _ => None,
+    };
+    let lossy = !plan.lossless;
+    let (parts, (max, sum), inexact) = mlx_exec::by_row_groups(rows_out, cols, CHUNK, |range| {
+        let idx: Vec<usize> = range
+            .map(|r| source_row(plan, rows_src, rows_out, r))
+            .collect();
+        let mut vals = vec![0f32; idx.len() * cols];
+        let (q, inexact) = match (transcode, t.encoding) {
+            (Some(kind), Encoding::Ggml(g)) => {
+                let blocks = src.gather_bytes(&idx);
+                let (q, inexact) = mlx_exec::ggml_rows_to_mlx(kind, &blocks, cols, dtype)?;
+                if !(measure && lossy) && inexact == 0 {
+                    return Ok((q, (0.0, 0.0), 0));
+                }
+                ggml::dequantize(g, &blocks, &mut vals)?;
+                (q, inexact)
+            }
+            _ => {
+                src.decode(&idx, &mut vals)?;
+                if let (false, Some(&a), Some(&b)) = (plan.permutes(), idx.first(), idx.last()) {
+                    src.release_rows(a..b + 1, view.pages);
+                }
+                apply_shift(plan, &mut vals);
+                let q = mlx_exec::quantize_rows(&vals, cols, &params, dtype)?;
+                if !(measure && lossy) {
+                    return Ok((q, (0.0, 0.0), 0));
+                }
+                (q, 0)
+            }
+        };
+        let back = quant_kernels::mlx::dequantize(
+            &q.weight,
+            q.scales.as_scales(),
+            q.biases.as_ref().map(|b| b.as_scales()),
+            cols,
+            &params,
+            quant_kernels::mlx::DequantPrecision::F32,
+        )?;
+        Ok((q, diff_sums(&vals, &back), inexact))
+    })?;
+    let error = ((measure && lossy) || inexact > 0).then(|| ErrorStats {
+        max_abs: max,
+        rms: (sum / (rows_out * cols).max(1) as f64).sqrt(),
+    });
+    Ok(MlxMaterialized {
+        parts,
+        error,
+        inexact,
+    })
 }

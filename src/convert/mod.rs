@@ -29,10 +29,11 @@
 mod error;
 pub mod exec;
 pub mod general;
-mod ggml_fallback;
+mod mlx_exec;
 pub mod plan;
 mod to_gguf;
 mod to_hf;
+mod to_mlx;
 pub mod tokenizer_bridge;
 mod view;
 
@@ -41,12 +42,17 @@ use std::path::PathBuf;
 use serde_json::{json, Value as Json};
 
 pub use error::{ConvertError, Result};
-pub use exec::{materialize, ErrorStats, Materialized};
+pub use exec::{materialize, materialize_mlx, ErrorStats, Materialized, MlxMaterialized};
+pub use mlx_exec::MlxParts;
 pub use plan::{
     gguf_tensor_plan, plan_gguf, plan_safetensors, GgufOutType, Plan, PlanSource, TensorPlan,
 };
 pub use to_gguf::{gguf_metadata, write_gguf, GgufMetadataOptions, MetadataNotes};
 pub use to_hf::{hf_side_files, write_safetensors, DEFAULT_MAX_SHARD_BYTES};
+pub use to_mlx::{
+    mlx_config, mlx_lm_default_dtype, mlx_side_files, plan_mlx, write_mlx, MlxPlan, MlxTarget,
+    DEFAULT_BITS, DEFAULT_GROUP_SIZE,
+};
 pub use view::{Encoding, FloatType, ModelView, Source, TensorBytes, ViewTensor};
 
 use crate::formats::gguf::{Array, Metadata, Value};

@@ -10,6 +10,7 @@ use quant_kernels::GgmlType;
 use serde_json::{json, Value as Json};
 
 use super::error::{ConvertError, Result};
+use super::mlx_exec::MlxRows;
 use super::view::{Encoding, FloatType, ModelView, Source};
 use crate::arch::{ArchError, RowOrder};
 use crate::quant::ftype::file_type_id;
@@ -119,6 +120,9 @@ pub fn is_lossless(from: Encoding, to: Encoding, shift: f32) -> bool {
         _ if from == to => true,
         (Encoding::Float(a), Encoding::Float(b)) => a.widens_to(b),
         (Encoding::Ggml(_), Encoding::Float(FloatType::F32 | FloatType::F64)) => true,
+        // The values mlx computes, f32(q*scale) + bias in f32, as GGML's
+        // are its f32 dequantization.
+        (Encoding::MlxAffine { .. }, Encoding::Float(FloatType::F32 | FloatType::F64)) => true,
         _ => false,
     }
 }
@@ -273,11 +277,35 @@ pub fn plan_gguf(view: &ModelView<'_>, outtype: GgufOutType) -> Result<Plan> {
     for i in 0..view.tensors.len() {
         tensors.push(gguf_tensor_plan(view, i, matrices)?);
     }
+    let from_mlx = view
+        .tensors
+        .iter()
+        .any(|t| matches!(t.encoding, Encoding::MlxAffine { .. }));
+    let gguf_type = if from_mlx {
+        most_common_matrix_type(&tensors).unwrap_or(matrices)
+    } else {
+        matrices
+    };
     Ok(Plan {
         tensors,
-        gguf_type: Some(matrices),
+        gguf_type: Some(gguf_type),
         hf_dtype: None,
     })
+}
+
+/// The ggml type most matrices of a plan have (the first of equals), which
+/// names `general.file_type` when the types come from the source.
+fn most_common_matrix_type(tensors: &[TensorPlan]) -> Option<GgmlType> {
+    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+    for t in tensors.iter().filter(|t| t.shape.len() >= 2) {
+        let Some(ty) = t.to.to_ggml() else { continue };
+        match counts.iter_mut().find(|(c, _)| *c == ty) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((ty, 1)),
+        }
+    }
+    let best = counts.iter().map(|(_, n)| *n).max()?;
+    counts.into_iter().find(|(_, n)| *n == best).map(|(t, _)| t)
 }
 
 /// The GGUF plan step for view tensor `i` when matrices are stored as
@@ -315,9 +343,27 @@ pub fn gguf_tensor_plan(view: &ModelView<'_>, i: usize, matrices: GgmlType) -> R
         }
     }
     let (ty, why) = script_tensor_type(&name, &shape, matrices);
-    notes.extend(why);
-    let to = Encoding::from_ggml(ty);
     let shift = layout.shift - t.layout.shift;
+    // MLX groups that a ggml block type holds exactly keep their values,
+    // whatever type the other matrices get.
+    let carried = match t.encoding {
+        Encoding::MlxAffine { .. } if !dropped && shift == 0.0 && shape.len() >= 2 => {
+            MlxRows::of(t)
+                .map_err(|e| e.for_tensor(&t.name))?
+                .lossless_ggml()
+        }
+        _ => None,
+    };
+    let to = match carried {
+        Some(g) => {
+            notes.push(format!("MLX groups carried over as {g} blocks"));
+            Encoding::Ggml(g)
+        }
+        None => {
+            notes.extend(why);
+            Encoding::from_ggml(ty)
+        }
+    };
     Ok(TensorPlan {
         name,
         shape,
@@ -327,7 +373,7 @@ pub fn gguf_tensor_plan(view: &ModelView<'_>, i: usize, matrices: GgmlType) -> R
         rows_from: t.layout.rows,
         rows_to: layout.rows,
         shift,
-        lossless: !dropped && is_lossless(t.encoding, to, shift),
+        lossless: !dropped && (carried.is_some() || is_lossless(t.encoding, to, shift)),
         notes,
     })
 }

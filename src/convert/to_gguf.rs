@@ -48,7 +48,7 @@ pub fn gguf_metadata(
     opts: &GgufMetadataOptions<'_>,
 ) -> Result<(Metadata, MetadataNotes)> {
     let arch = view.arch;
-    let mut notes = MetadataNotes::default();
+    let notes = MetadataNotes::default();
     let mut md = Metadata::new();
     md.set(
         gguf::keys::ARCHITECTURE,
@@ -117,24 +117,16 @@ pub fn gguf_metadata(
     );
 
     match &view.source {
-        Source::Hf { dir, .. } => {
+        Source::Hf { dir, .. } | Source::Mlx { dir } => {
             let class = view
                 .config
                 .get("architectures")
                 .and_then(|a| a.get(0))
                 .and_then(|a| a.as_str())
                 .unwrap_or(arch.hf_architectures()[0]);
-            match tokenizer_bridge::gguf_keys_from_hf_dir(dir, opts.tokenizer_pre, class)? {
-                Some(keys) => {
-                    for (k, v) in keys.iter() {
-                        md.set(k, v.clone());
-                    }
-                }
-                None => notes.warnings.push(
-                    "no tokenizer keys written: this build has no tokenizer module yet, \
-                     so llama.cpp cannot load the file until they are added"
-                        .into(),
-                ),
+            let keys = tokenizer_bridge::gguf_keys_from_hf_dir(dir, opts.tokenizer_pre, class)?;
+            for (k, v) in keys.iter() {
+                md.set(k, v.clone());
             }
         }
         Source::Gguf { metadata } => {
@@ -142,7 +134,6 @@ pub fn gguf_metadata(
                 md.set(k, v.clone());
             }
         }
-        Source::Mlx { .. } => {}
     }
     if let Some(p) = opts.provenance {
         p.write(&mut md);

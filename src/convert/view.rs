@@ -13,7 +13,8 @@ use serde_json::Value as Json;
 use super::error::{ConvertError, Result};
 use crate::arch::{self, Architecture, GgufModelInfo, HParams, JsonMap, Layout};
 use crate::formats::gguf::{GgufModel, Metadata};
-use crate::formats::hf::HfModel;
+use crate::formats::hf::{read_json_object, HfModel, GENERATION_CONFIG_FILE};
+use crate::formats::mlx::MlxModel;
 use crate::formats::mmap::ReleasePages;
 use crate::formats::safetensors::Dtype;
 
@@ -448,6 +449,111 @@ impl<'a> ModelView<'a> {
         })
     }
 
+    /// The view of an MLX folder (mlx-lm's layout): Hugging Face names,
+    /// shapes and layout (mlx-lm keeps all three); quantized matrices as
+    /// [`Encoding::MlxAffine`] with their weight, scales and biases;
+    /// config.json without its `quantization` blocks.
+    pub fn from_mlx(model: &'a MlxModel) -> Result<ModelView<'a>> {
+        let mut config = model.config().clone();
+        config.remove("quantization");
+        config.remove("quantization_config");
+        let arch = mlx_architecture(&config).ok_or_else(|| {
+            ConvertError::Unsupported(format!(
+                "{}: config.json names no architecture qforge converts (it converts: {})",
+                model.dir().display(),
+                supported_classes()
+            ))
+        })?;
+        if let Some(q) = model.quantization().filter(|q| q.mode != "affine") {
+            return Err(ConvertError::Unsupported(format!(
+                "MLX quantization mode '{}': qforge reads the affine mode",
+                q.mode
+            )));
+        }
+        let hparams = arch.hparams(&config);
+        let layers = model.quantized_layers()?;
+        let st = model.tensors();
+        let mut tensors = Vec::with_capacity(st.tensor_count());
+        let mut names: Vec<&str> = st.tensors().map(|(t, _)| t.name.as_str()).collect();
+        names.sort_unstable();
+        for name in names {
+            let (info, data) = st.tensor(name).expect("listed");
+            if script_skips(name) {
+                continue;
+            }
+            let layer = name
+                .rsplit_once('.')
+                .and_then(|(path, part)| layers.iter().find(|l| l.path == path).map(|l| (l, part)));
+            let tensor = match layer {
+                Some((_, "scales" | "biases")) => continue,
+                Some((l, "weight")) => {
+                    let scales = FloatType::from_safetensors(l.scales.dtype)
+                        .filter(|f| *f != FloatType::F64)
+                        .ok_or_else(|| {
+                            ConvertError::Unsupported(format!(
+                                "MLX scales of dtype {:?}: qforge reads f32, f16 and bf16",
+                                l.scales.dtype
+                            ))
+                            .for_tensor(&l.scales.name)
+                        })?;
+                    let part = |t: &crate::formats::safetensors::StTensorInfo| {
+                        st.tensor(&t.name).map(|(_, d)| d).unwrap_or_default()
+                    };
+                    let mut shape = l.weight.shape.clone();
+                    if let Some(last) = shape.last_mut() {
+                        *last = l.cols;
+                    }
+                    ViewTensor {
+                        name: name.to_string(),
+                        shape,
+                        encoding: Encoding::MlxAffine {
+                            bits: l.params.bits,
+                            group_size: l.params.group_size,
+                            scales,
+                        },
+                        bytes: TensorBytes::MlxAffine {
+                            weight: data,
+                            scales: part(l.scales),
+                            biases: part(l.biases),
+                        },
+                        layout: Layout::NATURAL,
+                        source_name: name.to_string(),
+                    }
+                }
+                _ => {
+                    let ft = FloatType::from_safetensors(info.dtype).ok_or_else(|| {
+                        ConvertError::Unsupported(format!(
+                            "dtype {:?} is not a float type qforge converts",
+                            info.dtype
+                        ))
+                        .for_tensor(name)
+                    })?;
+                    ViewTensor {
+                        name: name.to_string(),
+                        shape: info.shape.clone(),
+                        encoding: Encoding::Float(ft),
+                        bytes: TensorBytes::Plain(data),
+                        layout: Layout::NATURAL,
+                        source_name: name.to_string(),
+                    }
+                }
+            };
+            tensors.push(tensor);
+        }
+        Ok(ModelView {
+            arch,
+            generation_config: read_json_object(&model.dir().join(GENERATION_CONFIG_FILE)).ok(),
+            config,
+            hparams,
+            tensors,
+            files: st.files().iter().map(|f| f.path().to_path_buf()).collect(),
+            source: Source::Mlx {
+                dir: model.dir().to_path_buf(),
+            },
+            pages: Some(model),
+        })
+    }
+
     /// The view's tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&ViewTensor<'a>> {
         self.tensors.iter().find(|t| t.name == name)
@@ -529,6 +635,25 @@ fn recover_generated(
         }
     }
     Ok(())
+}
+
+/// The architecture of an MLX config.json: its `architectures[0]` when it
+/// keeps one (mlx-lm copies the Hugging Face config), else its
+/// `model_type`.
+fn mlx_architecture(config: &JsonMap) -> Option<&'static dyn Architecture> {
+    let class = config
+        .get("architectures")
+        .and_then(Json::as_array)
+        .and_then(|a| a.first())
+        .and_then(Json::as_str);
+    if let Some(a) = class.and_then(arch::by_hf_class) {
+        return Some(a);
+    }
+    let model_type = config.get("model_type").and_then(Json::as_str)?;
+    arch::ALL
+        .iter()
+        .copied()
+        .find(|a| a.hf_model_type() == model_type)
 }
 
 fn supported_classes() -> String {

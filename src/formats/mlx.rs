@@ -6,14 +6,18 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
 use super::atomic::AtomicDir;
 use super::error::{FormatError, FormatErrorKind, Result};
-use super::safetensors::{write_model, Dtype, SafetensorsModel, StTensorInfo, StTensorSpec};
+use super::paths::{read_side_file, MAX_JSON_SIDE_FILE};
+use super::pyjson;
+use super::safetensors::{
+    plan_shards, shard_name, write_file_in_order, Dtype, SafetensorsModel, StTensorInfo,
+    StTensorSpec, INDEX_FILE,
+};
 
 /// Group sizes mlx's affine mode supports.
 pub const GROUP_SIZES: [u32; 3] = [32, 64, 128];
@@ -174,9 +178,13 @@ impl MlxModel {
     pub fn open(dir: impl AsRef<Path>) -> Result<MlxModel> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
-        let text =
-            fs::read_to_string(&config_path).map_err(|e| FormatError::io(&config_path, e))?;
-        let config: Map<String, Json> = serde_json::from_str(&text).map_err(|e| {
+        let text = read_side_file(dir, "config.json", MAX_JSON_SIDE_FILE)?.ok_or_else(|| {
+            FormatError::io(
+                &config_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
+            )
+        })?;
+        let config: Map<String, Json> = serde_json::from_slice(&text).map_err(|e| {
             FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&config_path)
         })?;
         let quantization = config
@@ -289,30 +297,97 @@ impl MlxModel {
     }
 }
 
-/// Writes an MLX folder atomically: config.json, the safetensors (sharded
-/// at mlx-lm's 5 GiB, with `__metadata__ {"format": "mlx"}`), and any extra
-/// files (tokenizer files) given as (name, bytes).
+impl super::mmap::ReleasePages for MlxModel {
+    fn release(&self, data: &[u8]) {
+        self.tensors.release(data);
+    }
+}
+
+/// The model card mlx-lm writes for a model converted from a local folder
+/// (`create_model_card` with no Hub repository).
+pub const MODEL_CARD: &str =
+    "---\nlanguage: en\nlibrary_name: mlx\npipeline_tag: text-generation\ntags:\n- mlx\n---\n";
+
+/// config.json as mlx-lm's `save_config` writes it: `_name_or_path` and
+/// `vision_config` dropped, `quantization` mirrored as
+/// `quantization_config`, top-level keys sorted, `json.dump(indent=4)`.
+pub fn config_json(config: &Map<String, Json>) -> String {
+    let mut c = config.clone();
+    c.remove("_name_or_path");
+    c.remove("vision_config");
+    if let Some(q) = c.get("quantization").cloned() {
+        c.insert("quantization_config".into(), q);
+    }
+    let sorted: BTreeMap<String, Json> = c.into_iter().collect();
+    let sorted: Map<String, Json> = sorted.into_iter().collect();
+    pyjson::to_string_indent4(&Json::Object(sorted))
+}
+
+/// What an MLX folder holds besides its tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct MlxFolder<'a> {
+    /// config.json's contents (written through [`config_json`]).
+    pub config: &'a Map<String, Json>,
+    /// The index's `total_parameters`: elements of the model's weights,
+    /// counting a quantized matrix by its unpacked size (mlx-lm's
+    /// `get_total_parameters`).
+    pub total_parameters: u64,
+    /// Other files (tokenizer, generation config, model card) as (name
+    /// relative to the folder, bytes).
+    pub extra_files: &'a [(String, Vec<u8>)],
+}
+
+/// Writes an MLX folder atomically, the way mlx-lm's `save` lays it out:
+/// tensors in the order given (the model's parameter order), cut into
+/// shards of at most 5 GiB (`model.safetensors`, or
+/// `model-00001-of-0000N.safetensors`), each with `__metadata__ {"format":
+/// "mlx"}`; `model.safetensors.index.json` (always, also for one shard)
+/// with `total_size`, `total_parameters` and the sorted weight map;
+/// config.json ([`config_json`]); then the extra files. `produce` is called
+/// once per tensor, in order. Returns the names of the files written.
 pub fn write_folder<'a>(
     dir: &Path,
-    config: &Map<String, Json>,
+    folder: &MlxFolder<'_>,
     specs: &[StTensorSpec],
-    extra_files: &[(String, Vec<u8>)],
-    produce: impl FnMut(&StTensorSpec) -> Result<Cow<'a, [u8]>>,
-) -> Result<()> {
+    mut produce: impl FnMut(&StTensorSpec) -> Result<Cow<'a, [u8]>>,
+) -> Result<Vec<String>> {
     let out = AtomicDir::create(dir)?;
     let metadata = BTreeMap::from([("format".to_string(), "mlx".to_string())]);
-    write_model(
-        out.path(),
-        specs,
-        Some(&metadata),
-        Some(MAX_SHARD_BYTES),
-        produce,
-    )?;
-    let mut text = serde_json::to_string_pretty(config).expect("JSON serializes");
-    text.push('\n');
-    out.write_file("config.json", text.as_bytes())?;
-    for (name, bytes) in extra_files {
-        out.write_file(name, bytes)?;
+    let shards = plan_shards(specs, MAX_SHARD_BYTES)?;
+    let n = shards.len();
+    let mut names = Vec::with_capacity(n + 2 + folder.extra_files.len());
+    let mut weight_map = BTreeMap::new();
+    let mut total_size = 0u64;
+    for (i, members) in shards.iter().enumerate() {
+        let name = shard_name(i, n);
+        let shard: Vec<StTensorSpec> = members.iter().map(|&j| specs[j].clone()).collect();
+        for s in &shard {
+            weight_map.insert(s.name.clone(), Json::String(name.clone()));
+            total_size += s.size()?;
+        }
+        write_file_in_order(
+            &out.path().join(&name),
+            &shard,
+            Some(&metadata),
+            &mut produce,
+        )?;
+        names.push(name);
     }
-    out.commit()
+    let index = serde_json::json!({
+        "metadata": {
+            "total_size": total_size,
+            "total_parameters": folder.total_parameters,
+        },
+        "weight_map": Json::Object(weight_map.into_iter().collect()),
+    });
+    out.write_file(INDEX_FILE, pyjson::to_string_indent4(&index).as_bytes())?;
+    names.push(INDEX_FILE.to_string());
+    out.write_file("config.json", config_json(folder.config).as_bytes())?;
+    names.push("config.json".to_string());
+    for (name, bytes) in folder.extra_files {
+        out.write_file(name, bytes)?;
+        names.push(name.clone());
+    }
+    out.commit()?;
+    Ok(names)
 }

@@ -10,6 +10,7 @@ pub mod hf;
 pub mod mlx;
 pub mod mmap;
 pub mod paths;
+pub mod pyjson;
 pub mod safetensors;
 
 pub use detect::{detect, ModelFormat};

@@ -97,3 +97,39 @@ def gpl3_text():
     if not path.is_file():
         raise RuntimeError(f"{path} is missing (Debian package base-files)")
     return path
+
+
+def run_oracle(cmd):
+    """Runs an oracle command; its output is shown only when it fails."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2, tmp_path_factory):
+    """A Hugging Face copy of SmolLM2 made by transformers' own GGUF loader
+    (dequantized to float32) and save_pretrained."""
+    out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+src = {str(smollm2.parent)!r}
+name = {smollm2.name!r}
+model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+model.hf_quantizer = None
+if hasattr(model.config, "quantization_config"):
+    del model.config.quantization_config
+model.save_pretrained({str(out)!r})
+AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained({str(out)!r})
+"""
+    run_oracle([os.environ["QFORGE_ORACLE_PYTHON"], "-c", code])
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_q8_0(smollm2, tmp_path_factory):
+    """SmolLM2 requantized to Q8_0 by llama-quantize, every tensor Q8_0 (--pure)."""
+    out = tmp_path_factory.mktemp("q8") / "smollm2-q8_0.gguf"
+    run_oracle([llama_tool("llama-quantize"), "--allow-requantize", "--pure", smollm2, out, "Q8_0", "2"])
+    return out

@@ -25,6 +25,7 @@ import pytest
 from safetensors.numpy import load_file as st_load_file
 
 from conftest import ROOT, llama_tool
+from test_tokenizer import BETTER_THAN_SCRIPT
 
 FIXTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
 OUTTYPES = ["f32", "f16", "bf16", "q8_0"]
@@ -112,32 +113,26 @@ def summary(path):
     return fields, tensors
 
 
-def has_tokenizer(fields):
-    return "tokenizer.ggml.model" in fields
-
-
-def assert_matches_script(ours, ref):
-    """Tensors byte-identical, in the same order; every key of the script's
-    present with the same type and value. Tokenizer keys are compared as
-    soon as qforge writes them; until then they must be absent altogether.
-    Returns the number of tokenizer keys not compared."""
+def assert_matches_script(ours, ref, better=frozenset()):
+    """Tensors byte-identical, in the same order; every key of the script's,
+    the tokenizer's included, present with the same type and value. Keys in
+    `better` are where the tokenizer module departs from the script on
+    purpose (test_tokenizer.py's BETTER_THAN_SCRIPT, which checks them
+    against llama.cpp): there only the type and the length must agree."""
     our_fields, our_tensors = summary(ours)
     ref_fields, ref_tensors = summary(ref)
     assert [t[:3] for t in our_tensors] == [t[:3] for t in ref_tensors]
     for (name, _, _, a), (_, _, _, b) in zip(our_tensors, ref_tensors):
         assert a == b, f"tensor {name} differs"
-
-    skipped = 0
+    assert any(k.startswith("tokenizer.ggml.") for k in ref_fields)
     for key, value in ref_fields.items():
-        if key.startswith("tokenizer.") and not has_tokenizer(our_fields):
-            assert key not in our_fields, key
-            skipped += 1
-            continue
         assert key in our_fields, f"missing key {key}"
+        if key in better:
+            assert our_fields[key][0] == value[0] and len(our_fields[key][1]) == len(value[1]), key
+            continue
         assert our_fields[key] == value, f"key {key}: ours {our_fields[key]!r}, script {value!r}"
     extra = {k for k in our_fields if k not in ref_fields}
-    assert all(k.startswith("qforge.") or k in EXTRA_KEYS for k in extra), extra
-    return skipped
+    assert all(k.startswith("qforge.") or k in EXTRA_KEYS or k in better for k in extra), extra
 
 
 @pytest.mark.parametrize("outtype", OUTTYPES)
@@ -148,36 +143,7 @@ def test_fixture_to_gguf_matches_the_script(qforge, reference, arch, outtype, tm
     ours = tmp_path / "ours.gguf"
     report = qforge_convert(qforge, src, ours, "--outtype", outtype, "--tokenizer-pre", pre)
     assert report["architecture"] == arch
-    assert_matches_script(ours, reference(src, outtype, pre))
-
-
-def with_tokenizer_keys(ours, ref, out):
-    """`ours` plus the script's tokenizer keys, for llama.cpp, which needs a
-    vocabulary to load a model. Only used while qforge writes no tokenizer
-    keys of its own (the tokenizer module is not merged yet)."""
-    our_fields, _ = summary(ours)
-    if has_tokenizer(our_fields):
-        return ours
-    src = gguf.GGUFReader(str(ours))
-    tok = gguf.GGUFReader(str(ref))
-    arch = src.fields["general.architecture"].contents()
-    w = gguf.GGUFWriter(str(out), arch)
-    for reader, keep in ((src, lambda k: True), (tok, lambda k: k.startswith("tokenizer."))):
-        for name, f in reader.fields.items():
-            if name.startswith("GGUF.") or name == "general.architecture" or not keep(name):
-                continue
-            vtype = f.types[0]
-            sub = f.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(name, f.contents(), vtype, sub_type=sub)
-    for t in src.tensors:
-        # The reader gives quantized data as bytes in numpy order, which is
-        # what add_tensor takes with raw_dtype.
-        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
+    assert_matches_script(ours, reference(src, outtype, pre), BETTER_THAN_SCRIPT.get(arch, frozenset()))
 
 
 def llama_cpp_logits(model, ids, kv_f32=True):
@@ -198,15 +164,14 @@ def llama_cpp_logits(model, ids, kv_f32=True):
 
 @pytest.mark.parametrize("outtype", OUTTYPES)
 @pytest.mark.parametrize("arch", FIXTURES)
-def test_llama_cpp_logits_match_transformers(qforge, reference, arch, outtype, tmp_path):
+def test_llama_cpp_logits_match_transformers(qforge, arch, outtype, tmp_path):
     src = fixture_dir(arch)
     pre = PRE_NAMES.get(arch, "unused")
     ours = tmp_path / "ours.gguf"
     qforge_convert(qforge, src, ours, "--outtype", outtype, "--tokenizer-pre", pre)
-    model = with_tokenizer_keys(ours, reference(src, outtype, pre), tmp_path / "tok.gguf")
     golden = st_load_file(str(src / "golden.safetensors"))
     ids, expect = golden["input_ids"], golden["logits"]
-    got = llama_cpp_logits(model, ids)
+    got = llama_cpp_logits(ours, ids)
     assert got.shape == expect.shape
     diff = float(np.abs(got - expect).max())
     top1 = float((got.argmax(-1) == expect.argmax(-1)).mean())
@@ -220,40 +185,11 @@ def test_llama_cpp_logits_match_transformers(qforge, reference, arch, outtype, t
 # SmolLM2, a real trained model
 
 
-@pytest.fixture(scope="session")
-def smollm2_hf(smollm2, tmp_path_factory):
-    """A Hugging Face copy of SmolLM2 made by transformers' own GGUF loader
-    (dequantized to float32) and save_pretrained."""
-    out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
-    code = f"""
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-src = {str(smollm2.parent)!r}
-name = {smollm2.name!r}
-model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-model.hf_quantizer = None
-if hasattr(model.config, "quantization_config"):
-    del model.config.quantization_config
-model.save_pretrained({str(out)!r})
-AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained({str(out)!r})
-"""
-    run([os.environ["QFORGE_ORACLE_PYTHON"], "-c", code])
-    return out
-
-
 @pytest.mark.parametrize("outtype", OUTTYPES)
 def test_smollm2_copy_to_gguf_matches_the_script(qforge, reference, smollm2_hf, outtype, tmp_path):
     ours = tmp_path / "ours.gguf"
     qforge_convert(qforge, smollm2_hf, ours, "--outtype", outtype, "--tokenizer-pre", "smollm")
     assert_matches_script(ours, reference(smollm2_hf, outtype, "smollm"))
-
-
-@pytest.fixture(scope="session")
-def smollm2_q8_0(smollm2, tmp_path_factory):
-    """SmolLM2 requantized to Q8_0 by llama-quantize, every tensor Q8_0 (--pure)."""
-    out = tmp_path_factory.mktemp("q8") / "smollm2-q8_0.gguf"
-    run([llama_tool("llama-quantize"), "--allow-requantize", "--pure", smollm2, out, "Q8_0", "2"])
-    return out
 
 
 def test_smollm2_q8_0_round_trips_through_hf(qforge, smollm2_q8_0, tmp_path):
@@ -326,10 +262,36 @@ np.save({str(tmp_path / "loader.npy")!r}, logits({str(smollm2_q8_0.parent)!r}, g
 
     f32 = tmp_path / "f32.gguf"
     qforge_convert(qforge, hf, f32, "--outtype", "f32")
-    f32 = with_tokenizer_keys(f32, smollm2_q8_0, tmp_path / "f32-tok.gguf")
     diff = float(np.abs(got - llama_cpp_logits(f32, ids)).max())
     print(f"smollm2: HF copy vs llama.cpp on its F32 GGUF max |logit diff| {diff:.3e}")
     assert diff <= SMOLLM2_HF_F32_TOLERANCE, diff
+
+
+def test_smollm2_gguf_to_hf_tokenizer_matches_llama_cpp(qforge, smollm2, gpl3_text, tmp_path):
+    """tokenizer.json rebuilt from the GGUF's keys tokenizes GPL-3 as
+    llama.cpp does, and the chat template comes along."""
+    import llama_cpp
+
+    hf = tmp_path / "hf"
+    qforge_convert(qforge, smollm2, hf, "--to", "safetensors", "--dtype", "bf16")
+    text = gpl3_text.read_text()
+    llm = llama_cpp.Llama(model_path=str(smollm2), vocab_only=True, verbose=False)
+    expect = llm.tokenize(text.encode(), add_bos=False, special=False)
+    llm.close()
+    out = tmp_path / "ids.json"
+    code = f"""
+import json
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(hf)!r})
+ids = tok(open({str(gpl3_text)!r}).read(), add_special_tokens=False)["input_ids"]
+chat = tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False)
+json.dump({{"ids": ids, "chat": chat}}, open({str(out)!r}, "w"))
+"""
+    run([os.environ["QFORGE_ORACLE_PYTHON"], "-c", code])
+    got = json.loads(out.read_text())
+    assert len(expect) > 5000
+    assert got["ids"] == list(expect)
+    assert "<|im_start|>user" in got["chat"], got["chat"]
 
 
 # Max |logit difference| between transformers on a fixture and transformers
@@ -339,8 +301,18 @@ np.save({str(tmp_path / "loader.npy")!r}, logits({str(smollm2_q8_0.parent)!r}, g
 ROUND_TRIP_TOLERANCE = 1e-4
 
 
+def golden_prompt(src):
+    from safetensors import safe_open
+
+    with safe_open(str(src / "golden.safetensors"), "np") as f:
+        return f.metadata()["prompt"]
+
+
 @pytest.mark.parametrize("arch", FIXTURES)
 def test_gguf_to_hf_loads_in_transformers(qforge, arch, tmp_path):
+    """The HF folder rebuilt from our GGUF loads in transformers; its
+    tokenizer (rebuilt from the GGUF keys) gives the fixture's ids for the
+    golden prompt and the model the golden logits."""
     src = fixture_dir(arch)
     gguf_path = tmp_path / "f32.gguf"
     qforge_convert(qforge, src, gguf_path, "--outtype", "f32", "--tokenizer-pre", PRE_NAMES.get(arch, "x"))
@@ -351,9 +323,13 @@ def test_gguf_to_hf_loads_in_transformers(qforge, arch, tmp_path):
     assert (hf / "model.safetensors.index.json").is_file() == bool(shards)
     assert json.loads((hf / "config.json").read_text())["dtype"] == "float32"
     golden = st_load_file(str(src / "golden.safetensors"))
+    prompt = golden_prompt(src)
     code = f"""
 import numpy as np, torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(hf)!r})
+ids = tok({prompt!r})["input_ids"]
+assert ids == {golden["input_ids"].tolist()}, ids
 m = AutoModelForCausalLM.from_pretrained({str(hf)!r}, dtype=torch.float32, attn_implementation="eager").eval()
 assert type(m).__name__ == {json.loads((src / "config.json").read_text())["architectures"][0]!r} \\
     or {arch!r} == "mistral", type(m).__name__
@@ -429,7 +405,7 @@ def test_rope_variants_match_the_script_and_come_back(qforge, variant, tmp_path)
     pre = PRE_NAMES.get(base, "unused")
     ours = tmp_path / "ours.gguf"
     qforge_convert(qforge, src, ours, "--outtype", "f32", "--tokenizer-pre", pre)
-    assert_matches_script(ours, script_convert(src, "f32", tmp_path / "ref.gguf", pre))
+    assert_matches_script(ours, script_convert(src, "f32", tmp_path / "ref.gguf", pre), BETTER_THAN_SCRIPT.get(base, frozenset()))
 
     hf = tmp_path / "hf"
     qforge_convert(qforge, ours, hf, "--to", "safetensors")

@@ -284,10 +284,16 @@ def test_mlx_folder_written_by_us_loads_in_mlx(write_formats, tmp_path):
     out = tmp_path / "mlx-model"
     spec = tmp_path / "spec.json"
     config = {"model_type": "llama", "quantization": {"group_size": 32, "bits": 4, "mode": "affine"}}
-    spec.write_text(json.dumps({"format": "mlx", "out": str(out), "tensors": specs, "config": config}))
+    spec.write_text(
+        json.dumps({"format": "mlx", "out": str(out), "tensors": specs, "config": config, "total_parameters": 576})
+    )
     subprocess.run([write_formats, spec], check=True)
 
-    assert json.loads((out / "config.json").read_text()) == config
+    # mlx-lm's save_config mirrors `quantization` as `quantization_config`.
+    assert json.loads((out / "config.json").read_text()) == {**config, "quantization_config": config["quantization"]}
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["metadata"] == {"total_size": sum(a.nbytes for a in arrays.values()), "total_parameters": 576}
+    assert set(index["weight_map"]) == set(arrays)
     loaded, meta = mx.load(str(out / "model.safetensors"), return_metadata=True)
     assert meta == {"format": "mlx"}
     for name, arr in arrays.items():
