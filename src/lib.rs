@@ -5,11 +5,13 @@ pub mod arch;
 pub mod cli;
 pub mod convert;
 pub mod device;
+pub mod engine;
 pub mod fetch;
 pub mod formats;
 pub mod hashing;
 pub mod quant;
 pub mod tokenizer;
+pub mod verify;
 
 /// The qforge version, as written into provenance metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

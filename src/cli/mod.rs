@@ -11,6 +11,7 @@ mod fetch;
 mod inspect;
 mod progress;
 mod quantize;
+mod verify;
 
 pub use progress::{FileBars, Progress};
 
@@ -28,6 +29,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Rewrite a model into another format or layout.
     Convert(convert::ConvertArgs),
+    /// Run the model: perplexity, KL divergence against a reference,
+    /// tokens/s, a greedy sample; exit 3 when a gate fails.
+    Verify(verify::VerifyArgs),
     /// Download a model from the Hugging Face Hub into the HF cache.
     Fetch(fetch::FetchArgs),
     /// Quantize a model to a llama.cpp quant mix (Q4_K_M, Q8_0, IQ4_XS ...).
@@ -43,6 +47,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Quantize(args) => quantize::run(args),
     };

@@ -17,6 +17,8 @@ use crate::ggml::reference;
 use crate::GgmlType;
 
 #[cfg(target_arch = "x86_64")]
+mod dot_x86;
+#[cfg(target_arch = "x86_64")]
 mod iq4;
 mod kquants;
 pub(crate) mod portable;
@@ -205,6 +207,30 @@ dot_versions! {
 /// change under vectorization). `None` for types without one.
 pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Option<f32> {
     use GgmlType as T;
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
+        // SAFETY: `level` never exceeds what `detect` found, so AVX2, FMA
+        // and F16C (and at Avx512, AVX-512F) are present; the kernels read whole blocks of `w` and
+        // `a` (`chunks_exact`), whose sizes `ggml::vec_dot` checked.
+        let fast = unsafe {
+            match ty {
+                T::Q4_0 => Some(dot_x86::vec_dot_q4_0_q8_0(n, w, a)),
+                T::Q4_1 => Some(dot_x86::vec_dot_q4_1_q8_1(n, w, a)),
+                T::Q5_0 => Some(dot_x86::vec_dot_q5_0_q8_0(n, w, a)),
+                T::Q8_0 => Some(dot_x86::vec_dot_q8_0_q8_0(n, w, a)),
+                T::Q2K => Some(dot_x86::vec_dot_q2_k_q8_k(n, w, a)),
+                T::Q3K => Some(dot_x86::vec_dot_q3_k_q8_k(n, w, a)),
+                T::Q4K => Some(dot_x86::vec_dot_q4_k_q8_k(n, w, a)),
+                T::Q6K => Some(dot_x86::vec_dot_q6_k_q8_k(n, w, a)),
+                // SAFETY (as above): AVX-512F is present at this level.
+                T::F16 if level >= Level::Avx512 => Some(dot_x86::vec_dot_f16(n, w, a)),
+                _ => None,
+            }
+        };
+        if fast.is_some() {
+            return fast;
+        }
+    }
     Some(match ty {
         T::F32 => vec_dot_f32::run(level, n, w, a),
         T::F16 => vec_dot_f16::run(level, n, w, a),

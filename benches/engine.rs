@@ -1,0 +1,148 @@
+//! Prompt (128 tokens) and generation (64 tokens) throughput of qforge's
+//! engine against llama.cpp's `llama-bench -p 128 -n 64 -t 2`, on the same
+//! machine, files and run, for SmolLM2-135M in F16, Q8_0, Q4_0 and Q4_K_M
+//! (made from the oracle's Q4_1 file with llama-quantize, cached under
+//! target/bench-models). Prints ratios qforge / llama.cpp and the load
+//! average around each measurement (the machine is shared: read ratios,
+//! and distrust rows taken at a load above the core count).
+//!
+//! ```sh
+//! source tests/interop/oracles.env
+//! cargo bench --bench engine              # all types
+//! cargo bench --bench engine -- F16 Q4_0  # some
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qforge::engine::{Artifact, Model};
+use qforge::verify::{measure_speed, NoProgress, VerifyOptions};
+
+const TYPES: [&str; 4] = ["F16", "Q8_0", "Q4_0", "Q4_K_M"];
+const THREADS: usize = 2;
+const REPS: usize = 5;
+
+fn env_path(key: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(key).unwrap_or_else(|| {
+        panic!("{key} is not set: source tests/interop/oracles.env (after tests/interop/setup.sh)")
+    }))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().next().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn model_file(dir: &Path, ty: &str) -> PathBuf {
+    let bin = env_path("QFORGE_LLAMA_BIN");
+    let src = env_path("QFORGE_SMOLLM2_GGUF");
+    let f16 = dir.join("smollm2-F16.gguf");
+    let quantize = |from: &Path, to: &Path, ty: &str, requant: bool| {
+        if to.is_file() {
+            return;
+        }
+        let mut cmd = Command::new(bin.join("llama-quantize"));
+        if requant {
+            cmd.arg("--allow-requantize");
+        }
+        let out = cmd.arg(from).arg(to).arg(ty).arg("2").output().unwrap();
+        assert!(out.status.success(), "llama-quantize {ty} failed");
+    };
+    quantize(&src, &f16, "F16", true);
+    let path = dir.join(format!("smollm2-{ty}.gguf"));
+    quantize(&f16, &path, ty, false);
+    path
+}
+
+/// llama-bench's average tokens/s of its pp and tg tests.
+fn llama_bench(model: &Path) -> (f64, f64) {
+    let out = Command::new(env_path("QFORGE_LLAMA_BIN").join("llama-bench"))
+        .args([
+            "-p",
+            "128",
+            "-n",
+            "64",
+            "-t",
+            &THREADS.to_string(),
+            "-r",
+            &REPS.to_string(),
+            "-o",
+            "json",
+            "-m",
+        ])
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "llama-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut pp = 0.0;
+    let mut tg = 0.0;
+    for r in rows.as_array().unwrap() {
+        let ts = r["avg_ts"].as_f64().unwrap();
+        if r["n_prompt"].as_u64() == Some(128) {
+            pp = ts;
+        } else {
+            tg = ts;
+        }
+    }
+    (pp, tg)
+}
+
+fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "SmolLM2-135M, {THREADS} threads, pp 128 / tg 64, mean of {REPS} runs after a warm-up (tokens/s)\n"
+    );
+    println!("| type | load | qforge pp | llama.cpp pp | pp ratio | qforge tg | llama.cpp tg | tg ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for ty in TYPES {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == ty) {
+            continue;
+        }
+        let path = model_file(&dir, ty);
+        let load_before = load_average();
+        let (lpp, ltg) = llama_bench(&path);
+        let artifact = Artifact::open(&path).unwrap();
+        let ours = match Model::load(&artifact) {
+            Ok(model) => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(THREADS)
+                    .build()
+                    .unwrap();
+                let opts = VerifyOptions {
+                    speed_reps: REPS,
+                    ..VerifyOptions::default()
+                };
+                Some(
+                    pool.install(|| measure_speed(&model, &opts, &NoProgress))
+                        .unwrap(),
+                )
+            }
+            Err(e) => {
+                eprintln!("{ty}: {e}");
+                None
+            }
+        };
+        let load = format!("{load_before}-{}", load_average());
+        match ours {
+            Some(s) => println!(
+                "| {ty} | {load} | {:.1} | {lpp:.1} | {:.2}x | {:.1} | {ltg:.1} | {:.2}x |",
+                s.prompt_tok_s,
+                s.prompt_tok_s / lpp,
+                s.gen_tok_s,
+                s.gen_tok_s / ltg
+            ),
+            None => println!("| {ty} | {load} | - | {lpp:.1} | - | - | {ltg:.1} | - |"),
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! Weight matrices read straight from their stored bytes, one storage kind
+//! per [`Weight`] implementation, and the one matrix-multiply driver they
+//! all share (rayon across output rows).
+//!
+//! GGUF matrices of every type go through quant-kernels' GGML dot products
+//! on the stored blocks, with activations quantized to the type's
+//! `vec_dot_type` as ggml's CPU backend does. Safetensors and MLX matrices
+//! are decoded a tile of rows at a time by quant-kernels' dequantizers and
+//! multiplied in f32, as their references compute.
+//!
+//! A weight of `rows x cols` maps `cols` inputs to `rows` outputs (the
+//! layout of transformers' `Linear.weight`, GGUF's `ne = [cols, rows]`).
+
+use std::ops::Range;
+
+use half::{bf16, f16};
+use quant_kernels::ggml;
+use quant_kernels::mlx::{self as qmlx, DequantPrecision, MlxParams, Scales};
+use quant_kernels::GgmlType;
+use rayon::prelude::*;
+
+use super::error::{EngineError, Result};
+use super::ops::dot;
+
+/// How a weight's dot product wants its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFormat {
+    /// f32 as computed (safetensors and MLX weights).
+    F32,
+    /// Converted to this GGML type (ggml's `vec_dot_type` of the weight:
+    /// Q8_0, Q8_1, Q8_K, or F32/F16/BF16 for float weights).
+    Ggml(GgmlType),
+}
+
+/// A batch of activations prepared for one [`ActFormat`]: `n_tok` rows of
+/// `cols` values.
+pub struct PreparedActs {
+    /// Token rows.
+    pub n_tok: usize,
+    /// Values per row.
+    pub cols: usize,
+    /// f32 rows ([`ActFormat::F32`]).
+    values: Vec<f32>,
+    /// Encoded rows ([`ActFormat::Ggml`]), `row_bytes` each.
+    bytes: Vec<u8>,
+    row_bytes: usize,
+}
+
+impl PreparedActs {
+    /// Prepares `x` (`n_tok` rows of `cols`) for `format`. Fails on a NaN
+    /// or infinite activation, which no GGML activation type can hold.
+    pub fn new(format: ActFormat, x: &[f32], cols: usize) -> Result<PreparedActs> {
+        let n_tok = x.len() / cols;
+        match format {
+            ActFormat::F32 => Ok(PreparedActs {
+                n_tok,
+                cols,
+                values: x.to_vec(),
+                bytes: Vec::new(),
+                row_bytes: 0,
+            }),
+            ActFormat::Ggml(vdt) => {
+                let row_bytes = ggml::row_size(vdt, cols).map_err(EngineError::kernel)?;
+                let mut bytes = vec![0u8; n_tok * row_bytes];
+                bytes
+                    .par_chunks_mut(row_bytes)
+                    .zip(x.par_chunks(cols))
+                    .try_for_each(|(dst, src)| ggml::quantize_activations(vdt, src, dst))
+                    .map_err(EngineError::kernel)?;
+                Ok(PreparedActs {
+                    n_tok,
+                    cols,
+                    values: Vec::new(),
+                    bytes,
+                    row_bytes,
+                })
+            }
+        }
+    }
+
+    /// Token `t`'s f32 row.
+    pub fn row(&self, t: usize) -> &[f32] {
+        &self.values[t * self.cols..(t + 1) * self.cols]
+    }
+
+    /// Token `t`'s encoded row.
+    pub fn encoded_row(&self, t: usize) -> &[u8] {
+        &self.bytes[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// A weight matrix in its stored form.
+pub trait Weight: Send + Sync {
+    /// Output rows.
+    fn rows(&self) -> usize;
+    /// Input columns.
+    fn cols(&self) -> usize;
+    /// Storage type, for messages (`F16`, `Q4_K`, `mlx 4-bit g64`).
+    fn type_name(&self) -> String;
+    /// How activations are prepared before the dot products.
+    fn act_format(&self) -> ActFormat;
+    /// Decodes rows `rows` into `out` (`rows.len() * cols` values).
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]);
+    /// Decodes row `row` into `out` (`cols` values).
+    fn row_to_f32(&self, row: usize, out: &mut [f32]) {
+        self.rows_to_f32(row..row + 1, out);
+    }
+    /// Dot products of rows `rows` with every activation row:
+    /// `out[t * rows.len() + i] = W[rows.start + i] . acts[t]`.
+    /// `scratch` is the caller's reusable buffer. The default decodes the
+    /// tile to f32 once and multiplies it with f32 activations.
+    fn tile(
+        &self,
+        rows: Range<usize>,
+        acts: &PreparedActs,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let n = rows.len();
+        let cols = self.cols();
+        if acts.n_tok <= 2 {
+            // Generation: each row is used once or twice; decode it into a
+            // buffer that stays in L1 and use it at once.
+            scratch.resize(cols, 0.0);
+            for (i, r) in rows.enumerate() {
+                self.row_to_f32(r, scratch);
+                for t in 0..acts.n_tok {
+                    out[t * n + i] = dot(scratch, acts.row(t));
+                }
+            }
+            return;
+        }
+        scratch.resize(n * cols, 0.0);
+        self.rows_to_f32(rows, scratch);
+        for t in 0..acts.n_tok {
+            let x = acts.row(t);
+            for i in 0..n {
+                out[t * n + i] = dot(&scratch[i * cols..(i + 1) * cols], x);
+            }
+        }
+    }
+}
+
+/// Rows per parallel task: enough work to amortize the task, enough tasks
+/// to balance the threads. Fixed by the shape only, so that results do not
+/// depend on the thread count.
+fn rows_per_task(rows: usize, n_tok: usize) -> usize {
+    let per = if n_tok == 1 { 64 } else { 16 };
+    per.min(rows.max(1))
+}
+
+/// `y = x W^T`: `x` is `n_tok` rows of `w.cols()`, `y` gets `n_tok` rows
+/// of `w.rows()`. Runs on the current rayon pool.
+pub fn matmul(w: &dyn Weight, x: &[f32], y: &mut [f32]) -> Result<()> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let n_tok = x.len() / cols;
+    debug_assert_eq!(x.len(), n_tok * cols);
+    debug_assert_eq!(y.len(), n_tok * rows);
+    let acts = PreparedActs::new(w.act_format(), x, cols)?;
+    let chunk = rows_per_task(rows, n_tok);
+    if n_tok == 1 {
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (c, out)| {
+                let r0 = c * chunk;
+                w.tile(r0..r0 + out.len(), &acts, out, scratch);
+            });
+        return Ok(());
+    }
+    let tiles: Vec<Vec<f32>> = (0..rows.div_ceil(chunk))
+        .into_par_iter()
+        .map_init(Vec::new, |scratch, c| {
+            let r = c * chunk..((c + 1) * chunk).min(rows);
+            let mut out = vec![0.0; r.len() * n_tok];
+            w.tile(r, &acts, &mut out, scratch);
+            out
+        })
+        .collect();
+    for (c, tile) in tiles.iter().enumerate() {
+        let r0 = c * chunk;
+        let n = tile.len() / n_tok;
+        for t in 0..n_tok {
+            y[t * rows + r0..t * rows + r0 + n].copy_from_slice(&tile[t * n..(t + 1) * n]);
+        }
+    }
+    Ok(())
+}
+
+/// Plain float storage types of safetensors weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseType {
+    /// f32.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl DenseType {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            DenseType::F32 => 4,
+            DenseType::F16 | DenseType::BF16 => 2,
+        }
+    }
+
+    fn ggml(self) -> GgmlType {
+        match self {
+            DenseType::F32 => GgmlType::F32,
+            DenseType::F16 => GgmlType::F16,
+            DenseType::BF16 => GgmlType::BF16,
+        }
+    }
+}
+
+/// Decodes little-endian f32/f16/bf16 bytes into f32 (quant-kernels'
+/// GGML float "dequantizers", which are exact).
+pub fn decode_dense(ty: DenseType, bytes: &[u8], out: &mut [f32]) {
+    ggml::dequantize(ty.ggml(), bytes, out).expect("callers pass whole values");
+}
+
+/// A row-major f32/f16/bf16 safetensors matrix, multiplied in f32.
+pub struct DenseWeight<'a> {
+    data: &'a [u8],
+    ty: DenseType,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> DenseWeight<'a> {
+    /// Wraps `data` (exactly `rows * cols` values of `ty`).
+    pub fn new(
+        name: &str,
+        data: &'a [u8],
+        ty: DenseType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let need = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(ty.size()));
+        if need != Some(data.len()) {
+            return Err(EngineError::BadTensor {
+                name: name.to_string(),
+                why: format!(
+                    "{} bytes do not hold {rows} x {cols} values of {ty:?}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(DenseWeight {
+            data,
+            ty,
+            rows,
+            cols,
+        })
+    }
+}
+
+impl Weight for DenseWeight<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn type_name(&self) -> String {
+        format!("{:?}", self.ty)
+    }
+
+    fn act_format(&self) -> ActFormat {
+        ActFormat::F32
+    }
+
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let row_bytes = self.cols * self.ty.size();
+        let bytes = &self.data[rows.start * row_bytes..rows.end * row_bytes];
+        decode_dense(self.ty, bytes, out);
+    }
+}
+
+/// A GGUF matrix of any GGML type with a dot product in quant-kernels:
+/// each output is `ggml::vec_dot` of a stored row with the activations
+/// quantized to the type's `vec_dot_type`, as ggml's CPU backend computes
+/// it.
+pub struct GgmlWeight<'a> {
+    data: &'a [u8],
+    ty: GgmlType,
+    vec_dot_type: GgmlType,
+    row_bytes: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> GgmlWeight<'a> {
+    /// Wraps `data` (exactly `rows` rows of `cols` values of `ty`).
+    pub fn new(name: &str, data: &'a [u8], ty: GgmlType, rows: usize, cols: usize) -> Result<Self> {
+        let bad = |why: String| EngineError::BadTensor {
+            name: name.to_string(),
+            why,
+        };
+        let vec_dot_type = ggml::vec_dot_type(ty).ok_or_else(|| {
+            EngineError::Unsupported(format!(
+                "tensor '{name}' is {ty}, a type without a dot product in quant-kernels"
+            ))
+        })?;
+        let row_bytes = ggml::row_size(ty, cols)
+            .map_err(|e| bad(format!("rows of {cols} values as {ty}: {e}")))?;
+        if rows.checked_mul(row_bytes) != Some(data.len()) {
+            return Err(bad(format!(
+                "{} bytes do not hold {rows} rows of {cols} values of {ty}",
+                data.len()
+            )));
+        }
+        Ok(GgmlWeight {
+            data,
+            ty,
+            vec_dot_type,
+            row_bytes,
+            rows,
+            cols,
+        })
+    }
+
+    fn row_bytes(&self, row: usize) -> &[u8] {
+        &self.data[row * self.row_bytes..(row + 1) * self.row_bytes]
+    }
+}
+
+impl Weight for GgmlWeight<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn type_name(&self) -> String {
+        self.ty.to_string()
+    }
+
+    fn act_format(&self) -> ActFormat {
+        ActFormat::Ggml(self.vec_dot_type)
+    }
+
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let bytes = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        ggml::dequantize(self.ty, bytes, out).expect("sizes checked when the weight was built");
+    }
+
+    fn tile(
+        &self,
+        rows: Range<usize>,
+        acts: &PreparedActs,
+        out: &mut [f32],
+        _scratch: &mut Vec<f32>,
+    ) {
+        let n = rows.len();
+        // Token-major: the tile's rows stay in L1 while every token passes.
+        for t in 0..acts.n_tok {
+            let a = acts.encoded_row(t);
+            for (i, r) in rows.clone().enumerate() {
+                out[t * n + i] = ggml::vec_dot(self.ty, self.row_bytes(r), a, self.cols)
+                    .expect("sizes checked when the weight was built");
+            }
+        }
+    }
+}
+
+/// Scales or biases of an MLX matrix, as stored.
+fn mlx_scales(ty: DenseType, bytes: &[u8]) -> ScaleVec {
+    match ty {
+        DenseType::F32 => ScaleVec::F32(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        DenseType::F16 => ScaleVec::F16(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+        DenseType::BF16 => ScaleVec::BF16(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+    }
+}
+
+enum ScaleVec {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl ScaleVec {
+    fn view(&self) -> Scales<'_> {
+        match self {
+            ScaleVec::F32(v) => Scales::F32(v),
+            ScaleVec::F16(v) => Scales::F16(v),
+            ScaleVec::BF16(v) => Scales::BF16(v),
+        }
+    }
+}
+
+/// An MLX affine-quantized matrix: packed unsigned `bits`-bit values, one
+/// scale and bias per `group` values, decoded a tile at a time by
+/// quant-kernels' MLX dequantizer in f32 (mlx-lm's evaluation after
+/// `set_dtype(float32)`, which holds f16/bf16 scales exactly).
+pub struct MlxAffineWeight<'a> {
+    packed: &'a [u8],
+    scales: &'a [u8],
+    biases: &'a [u8],
+    sb_type: DenseType,
+    params: MlxParams,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> MlxAffineWeight<'a> {
+    /// Wraps the three tensors of a quantized module.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        packed: &'a [u8],
+        scales: &'a [u8],
+        biases: &'a [u8],
+        sb_type: DenseType,
+        bits: u32,
+        group: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let bad = |why: String| EngineError::BadTensor {
+            name: name.to_string(),
+            why,
+        };
+        let params = MlxParams::affine(bits, group);
+        if params.validate().is_err()
+            || !cols.is_multiple_of(group)
+            || !(cols * bits as usize).is_multiple_of(32)
+        {
+            return Err(bad(format!(
+                "{cols} columns do not fit {bits}-bit groups of {group}"
+            )));
+        }
+        let row_bytes = cols * bits as usize / 8;
+        let groups = rows * (cols / group) * sb_type.size();
+        if packed.len() != rows * row_bytes || scales.len() != groups || biases.len() != groups {
+            return Err(bad(format!(
+                "sizes do not fit {rows} x {cols} at {bits} bits, group {group}: packed {}, scales {}, biases {} bytes",
+                packed.len(),
+                scales.len(),
+                biases.len()
+            )));
+        }
+        Ok(MlxAffineWeight {
+            packed,
+            scales,
+            biases,
+            sb_type,
+            params,
+            rows,
+            cols,
+        })
+    }
+}
+
+impl Weight for MlxAffineWeight<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn type_name(&self) -> String {
+        format!("mlx {}-bit g{}", self.params.bits, self.params.group_size)
+    }
+
+    fn act_format(&self) -> ActFormat {
+        ActFormat::F32
+    }
+
+    fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
+        let row_bytes = self.cols * self.params.bits as usize / 8;
+        let words: Vec<u32> = self.packed[rows.start * row_bytes..rows.end * row_bytes]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let sb_bytes = self.params.groups_per_row(self.cols) * self.sb_type.size();
+        let span = rows.start * sb_bytes..rows.end * sb_bytes;
+        let scales = mlx_scales(self.sb_type, &self.scales[span.clone()]);
+        let biases = mlx_scales(self.sb_type, &self.biases[span]);
+        qmlx::dequantize_into(
+            &words,
+            scales.view(),
+            Some(biases.view()),
+            self.cols,
+            &self.params,
+            DequantPrecision::F32,
+            out,
+        )
+        .expect("sizes checked when the weight was built");
+    }
+}

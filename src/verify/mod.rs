@@ -1,0 +1,444 @@
+//! The reference generation run behind `qforge verify`: perplexity as
+//! llama-perplexity computes it, KL divergence and top-1 agreement against
+//! a reference model (streamed window by window, no logit file), prompt and
+//! generation throughput, peak memory, a greedy sample, and gates.
+//!
+//! [`run`] is the library entry point the CLI and the manifest runner
+//! share; [`Gates::check`] decides pass/fail.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::engine::{self, Artifact, Model};
+
+mod gates;
+pub mod perplexity;
+pub mod text;
+
+pub use gates::{GateResult, Gates};
+use perplexity::{BaseLogProbs, KlStats, NllStats};
+use text::{bos_added, gguf_bos_added, gguf_eos, tokenizer_for};
+
+/// The prompt of the greedy sample.
+pub const SAMPLE_PROMPT: &str = "The capital of France is";
+
+/// What to measure and how.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Window size of perplexity and KL divergence (llama-perplexity's -c).
+    pub ctx: usize,
+    /// At most this many windows (llama-perplexity's --chunks).
+    pub chunks: Option<usize>,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Measure prompt and generation speed.
+    pub speed: bool,
+    /// Prompt length of the speed test (llama-bench -p).
+    pub prompt_tokens: usize,
+    /// Generated tokens of the speed test (llama-bench -n).
+    pub gen_tokens: usize,
+    /// Timed repetitions of each speed test (after one warm-up).
+    pub speed_reps: usize,
+    /// Tokens of the greedy sample (0: none).
+    pub sample_tokens: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            ctx: 512,
+            chunks: None,
+            threads: 0,
+            speed: true,
+            prompt_tokens: 128,
+            gen_tokens: 64,
+            speed_reps: 3,
+            sample_tokens: 24,
+        }
+    }
+}
+
+/// The evaluation text.
+#[derive(Debug, Clone)]
+pub enum EvalInput {
+    /// Text, tokenized with the artifact's tokenizer (special tokens on).
+    Text(String),
+    /// Token ids of the whole text, as the tokenizer would give them.
+    Tokens(Vec<u32>),
+    /// No perplexity run.
+    None,
+}
+
+/// Perplexity over the windows.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerplexityReport {
+    /// exp(mean nll).
+    pub ppl: f64,
+    /// llama-perplexity's "+/-".
+    pub ppl_error: f64,
+    /// Windows evaluated.
+    pub chunks: usize,
+    /// Window size.
+    pub ctx: usize,
+    /// Tokens scored.
+    pub scored_tokens: u64,
+    /// Tokens of the whole text.
+    pub text_tokens: usize,
+    /// BOS put at every window start, if any.
+    pub bos: Option<u32>,
+}
+
+/// The artifact against the reference on the same windows.
+#[derive(Debug, Clone, Serialize)]
+pub struct KlReport {
+    /// The reference model.
+    pub reference: PathBuf,
+    /// Perplexity of the reference.
+    pub reference_ppl: f64,
+    /// PPL(artifact) / PPL(reference).
+    pub ppl_ratio: f64,
+    /// Its uncertainty.
+    pub ppl_ratio_error: f64,
+    /// Mean KL divergence (reference || artifact) per token.
+    pub mean_kld: f64,
+    /// Its uncertainty.
+    pub mean_kld_error: f64,
+    /// 99th percentile of the per-token KL divergence.
+    pub kld_p99: f64,
+    /// Largest per-token KL divergence.
+    pub kld_max: f64,
+    /// Fraction of positions whose most likely token agrees.
+    pub same_top: f64,
+    /// Its uncertainty.
+    pub same_top_error: f64,
+}
+
+/// Throughput, measured as llama-bench measures it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedReport {
+    /// Prompt tokens per test.
+    pub prompt_tokens: usize,
+    /// Prompt tokens per second (one batch from an empty cache).
+    pub prompt_tok_s: f64,
+    /// Generated tokens per test.
+    pub gen_tokens: usize,
+    /// Generated tokens per second (one token at a time from an empty cache).
+    pub gen_tok_s: f64,
+}
+
+/// A short greedy continuation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleReport {
+    /// The prompt.
+    pub prompt: String,
+    /// The continuation's ids.
+    pub tokens: Vec<u32>,
+    /// The continuation as text.
+    pub text: String,
+}
+
+/// Everything a verify run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The artifact.
+    pub artifact: PathBuf,
+    /// Its format.
+    pub format: &'static str,
+    /// Its architecture.
+    pub architecture: &'static str,
+    /// Storage type of its feed-forward weights.
+    pub weight_type: String,
+    /// Bytes of its files.
+    pub file_bytes: u64,
+    /// Worker threads used.
+    pub threads: usize,
+    /// Perplexity, when a text was given.
+    pub perplexity: Option<PerplexityReport>,
+    /// KL divergence, when a reference was given.
+    pub kl: Option<KlReport>,
+    /// Throughput, when measured.
+    pub speed: Option<SpeedReport>,
+    /// Peak resident memory of the process (bytes), where the OS says.
+    pub peak_rss_bytes: Option<u64>,
+    /// Greedy sample, when a tokenizer is available.
+    pub sample: Option<SampleReport>,
+    /// Gate outcomes.
+    pub gates: Vec<GateResult>,
+    /// True when every gate holds.
+    pub pass: bool,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+}
+
+/// Progress of a run, for bars.
+pub trait Progress: Sync {
+    /// A phase starts with `total` steps.
+    fn start(&self, phase: &str, total: usize);
+    /// One step of the phase is done.
+    fn step(&self);
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: usize) {}
+    fn step(&self) {}
+}
+
+/// Runs the reference generation run on `artifact_path`.
+pub fn run(
+    artifact_path: &Path,
+    reference_path: Option<&Path>,
+    input: &EvalInput,
+    opts: &VerifyOptions,
+    gates: &Gates,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let start = Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .context("starting worker threads")?;
+    let threads = pool.current_num_threads();
+    let artifact = Artifact::open(artifact_path)
+        .with_context(|| format!("opening {}", artifact_path.display()))?;
+    let model =
+        Model::load(&artifact).with_context(|| format!("loading {}", artifact_path.display()))?;
+    // Token ids given on the command line need no tokenizer: a vocabulary
+    // qforge cannot rebuild then costs only the greedy sample.
+    let tokenizer = match (tokenizer_for(&artifact), input) {
+        (Ok(t), _) => t,
+        (Err(_), EvalInput::Tokens(_) | EvalInput::None) => None,
+        (Err(e), EvalInput::Text(_)) => return Err(e),
+    };
+    let (bos, eos) = match (&artifact, &tokenizer) {
+        (Artifact::Gguf(m), _) => (
+            tokenizer
+                .as_ref()
+                .map_or_else(|| gguf_bos_added(m.metadata()), bos_added),
+            gguf_eos(m.metadata()),
+        ),
+        (_, Some(t)) => (bos_added(t), t.eos_id().into_iter().collect()),
+        _ => (None, Vec::new()),
+    };
+    let reference = reference_path
+        .map(|p| Artifact::open(p).with_context(|| format!("opening {}", p.display())))
+        .transpose()?;
+    let ref_model = reference
+        .as_ref()
+        .map(|a| Model::load(a).context("loading the reference model"))
+        .transpose()?;
+    if let Some(r) = &ref_model {
+        if r.config().n_vocab != model.config().n_vocab {
+            bail!(
+                "the reference has a vocabulary of {} tokens, the artifact {}: they cannot be compared",
+                r.config().n_vocab,
+                model.config().n_vocab
+            );
+        }
+    }
+
+    let tokens = match input {
+        EvalInput::Text(text) => Some(match &tokenizer {
+            Some(t) => t.encode(text, true).context("tokenizing the text")?,
+            None => bail!(
+                "{} has no tokenizer.json: pass the token ids with --tokens FILE",
+                artifact_path.display()
+            ),
+        }),
+        EvalInput::Tokens(t) => Some(t.clone()),
+        EvalInput::None => None,
+    };
+
+    let (perplexity, kl) = pool.install(|| -> Result<_> {
+        let Some(tokens) = &tokens else {
+            return Ok((None, None));
+        };
+        if tokens.len() < 2 * opts.ctx {
+            bail!(
+                "the text has {} tokens; perplexity needs at least 2 x ctx = {} (use a longer text or a smaller --ctx)",
+                tokens.len(),
+                2 * opts.ctx
+            );
+        }
+        evaluate(&model, ref_model.as_ref(), tokens, bos, opts, progress, reference_path)
+    })?;
+
+    let speed = if opts.speed {
+        Some(pool.install(|| measure_speed(&model, opts, progress))?)
+    } else {
+        None
+    };
+
+    let sample = match (&tokenizer, opts.sample_tokens) {
+        (Some(t), n) if n > 0 => {
+            let prompt = t.encode(SAMPLE_PROMPT, true)?;
+            let ids = pool.install(|| engine::generate_greedy(&model, &prompt, n, &eos))?;
+            Some(SampleReport {
+                prompt: SAMPLE_PROMPT.to_string(),
+                text: t.decode(&ids, true)?,
+                tokens: ids,
+            })
+        }
+        _ => None,
+    };
+
+    let mut report = VerifyReport {
+        artifact: artifact_path.to_path_buf(),
+        format: artifact.format().name(),
+        architecture: model.config().arch.gguf_name(),
+        weight_type: model.weight_type(),
+        file_bytes: artifact.file_bytes(),
+        threads,
+        perplexity,
+        kl,
+        speed,
+        peak_rss_bytes: peak_rss_bytes(),
+        sample,
+        gates: Vec::new(),
+        pass: true,
+        seconds: 0.0,
+    };
+    report.gates = gates.check(&report);
+    report.pass = report.gates.iter().all(|g| g.pass);
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn evaluate(
+    model: &Model,
+    reference: Option<&Model>,
+    tokens: &[u32],
+    bos: Option<u32>,
+    opts: &VerifyOptions,
+    progress: &dyn Progress,
+    reference_path: Option<&Path>,
+) -> Result<(Option<PerplexityReport>, Option<KlReport>)> {
+    let n_ctx = opts.ctx;
+    let windows = perplexity::windows(tokens, n_ctx, opts.chunks, bos);
+    let first = perplexity::first_scored(n_ctx);
+    let vocab = model.config().n_vocab;
+    let mut nll = NllStats::default();
+    let mut kl = KlStats::default();
+    progress.start("perplexity", windows.len());
+    let mut cache = model.new_cache(n_ctx);
+    let mut ref_cache = reference.map(|r| r.new_cache(n_ctx));
+    for w in &windows {
+        cache.clear();
+        let logits = model.forward(&mut cache, w, first)?;
+        let ref_logits = match (reference, &mut ref_cache) {
+            (Some(r), Some(c)) => {
+                c.clear();
+                Some(r.forward(c, w, first)?)
+            }
+            _ => None,
+        };
+        for j in 0..n_ctx - 1 - first {
+            let tok = w[first + 1 + j] as usize;
+            let row = &logits[j * vocab..(j + 1) * vocab];
+            nll.add(perplexity::nll(row, tok));
+            if let Some(rl) = &ref_logits {
+                let base = BaseLogProbs::new(&rl[j * vocab..(j + 1) * vocab]);
+                kl.add(row, &base, tok);
+            }
+        }
+        progress.step();
+    }
+    let ppl = PerplexityReport {
+        ppl: nll.ppl(),
+        ppl_error: nll.ppl_error(),
+        chunks: windows.len(),
+        ctx: n_ctx,
+        scored_tokens: nll.count,
+        text_tokens: tokens.len(),
+        bos,
+    };
+    let kl = reference_path.filter(|_| kl.count() > 0).map(|p| {
+        let (mean_kld, mean_kld_error) = kl.mean_kld();
+        let (same_top, same_top_error) = kl.same_top();
+        let (ppl_ratio, ppl_ratio_error) = kl.ppl_ratio();
+        KlReport {
+            reference: p.to_path_buf(),
+            reference_ppl: kl.nll_base.ppl(),
+            ppl_ratio,
+            ppl_ratio_error,
+            mean_kld,
+            mean_kld_error,
+            kld_p99: kl.kld_percentile(0.99),
+            kld_max: kl.kld_percentile(1.0),
+            same_top,
+            same_top_error,
+        }
+    });
+    Ok((Some(ppl), kl))
+}
+
+/// Deterministic pseudo-random token ids (llama-bench feeds random ids).
+fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Prompt and generation throughput: a `prompt_tokens` batch from an empty
+/// cache (logits of the last position only), and `gen_tokens` single-token
+/// steps from an empty cache; one warm-up, then the mean of the timed
+/// repetitions (llama-bench's pp and tg tests).
+pub fn measure_speed(
+    model: &Model,
+    opts: &VerifyOptions,
+    progress: &dyn Progress,
+) -> Result<SpeedReport> {
+    let vocab = model.config().n_vocab;
+    let prompt = bench_tokens(opts.prompt_tokens.max(1), vocab);
+    let gen = bench_tokens(opts.gen_tokens.max(1), vocab);
+    let reps = opts.speed_reps.max(1);
+    progress.start("speed", 2 * (reps + 1));
+    let mut cache = model.new_cache(prompt.len().max(gen.len()));
+    let mut pp = 0f64;
+    for rep in 0..=reps {
+        cache.clear();
+        let t = Instant::now();
+        model.forward(&mut cache, &prompt, prompt.len() - 1)?;
+        if rep > 0 {
+            pp += t.elapsed().as_secs_f64();
+        }
+        progress.step();
+    }
+    let mut tg = 0f64;
+    for rep in 0..=reps {
+        cache.clear();
+        let t = Instant::now();
+        for &tok in &gen {
+            model.forward(&mut cache, &[tok], 0)?;
+        }
+        if rep > 0 {
+            tg += t.elapsed().as_secs_f64();
+        }
+        progress.step();
+    }
+    Ok(SpeedReport {
+        prompt_tokens: prompt.len(),
+        prompt_tok_s: (prompt.len() * reps) as f64 / pp,
+        gen_tokens: gen.len(),
+        gen_tok_s: (gen.len() * reps) as f64 / tg,
+    })
+}
+
+/// Peak resident set size of this process (Linux: VmHWM).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
