@@ -5,6 +5,7 @@ pub mod cli;
 pub mod fetch;
 pub mod formats;
 pub mod hashing;
+pub mod manifest;
 pub mod quant;
 pub mod tokenizer;
 
