@@ -10,6 +10,7 @@ mod convert;
 mod fetch;
 mod inspect;
 mod progress;
+mod run;
 
 pub use progress::Progress;
 
@@ -29,6 +30,13 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Download a model from the Hugging Face Hub into the HF cache.
     Fetch(fetch::FetchArgs),
+    /// Build, verify and report every artifact of a manifest.
+    Run(run::RunArgs),
+    /// List a manifest's artifacts as independent jobs (for CI matrices).
+    Plan(run::PlanArgs),
+    /// Write a manifest's report again, or gather the outputs of several
+    /// `run --only` jobs into one folder with one report and lockfile.
+    Report(run::ReportArgs),
 }
 
 /// Runs the command line and maps the outcome to an exit code: 0 on
@@ -40,6 +48,9 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => run::plan(args),
+        Command::Report(args) => run::report(args),
     };
     match result {
         Ok(code) => code,

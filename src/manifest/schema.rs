@@ -838,45 +838,72 @@ impl Parser<'_> {
                 "`artifacts` is empty: list at least one artifact".into(),
             );
         }
-        let mut out: Vec<ArtifactSpec> = Vec::new();
         // Output names taken so far, compared without case (macOS and
-        // Windows file systems), with the artifact that took each.
+        // Windows file systems), with the artifact that took each. Checked
+        // on the raw names, so a clash shows even beside other problems.
         let mut taken: Vec<(String, String, NodePath)> = Vec::new();
+        let mut clashes = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let Some(a) = self.artifact(item, &path.index(i)) else {
+            let path = path.index(i);
+            let Some(name) = item.get("name").and_then(Value::as_str) else {
                 continue;
             };
-            let mut clash = false;
-            for file in output_names(&a.name, a.format) {
-                let lower = file.to_lowercase();
-                if let Some((_, owner, owner_path)) = taken.iter().find(|(f, _, _)| *f == lower) {
+            if !portable_name(name) {
+                continue;
+            }
+            let format = match item.get("format").and_then(Value::as_str) {
+                Some(f) if f.eq_ignore_ascii_case("gguf") => ArtifactFormat::Gguf,
+                _ => ArtifactFormat::Mlx,
+            };
+            let files = output_names(name, format);
+            let same_name = taken
+                .iter()
+                .find(|(_, owner, _)| owner.eq_ignore_ascii_case(name))
+                .map(|(f, owner, p)| (f.clone(), owner.clone(), p.clone()));
+            let clash = same_name.or_else(|| {
+                files.iter().find_map(|file| {
+                    let lower = file.to_lowercase();
+                    taken
+                        .iter()
+                        .find(|(f, _, _)| *f == lower)
+                        .map(|(_, owner, owner_path)| {
+                            (file.clone(), owner.clone(), owner_path.clone())
+                        })
+                })
+            });
+            match clash {
+                Some((file, owner, owner_path)) => {
                     let first = locate(self.text, &owner_path.key("name"), At::Value);
-                    let msg = if *owner == a.name {
+                    let msg = if owner.eq_ignore_ascii_case(name) {
                         format!(
-                            "artifact name `{}` is used twice (first at line {})",
-                            a.name, first.line
+                            "artifact name `{name}` is used twice (first at line {})",
+                            first.line
                         )
                     } else {
                         format!(
-                            "artifact `{}` would write `{file}`, which artifact `{owner}` \
+                            "artifact `{name}` would write `{file}`, which artifact `{owner}` \
                              (line {}) writes too",
-                            a.name, first.line
+                            first.line
                         )
                     };
-                    self.problem(&a.path.key("name"), At::Value, msg);
-                    clash = true;
-                    break;
+                    self.problem(&path.key("name"), At::Value, msg);
+                    clashes.push(i);
+                }
+                None => {
+                    for file in files {
+                        taken.push((file.to_lowercase(), name.to_string(), path.clone()));
+                    }
                 }
             }
-            if clash {
-                continue;
-            }
-            for file in output_names(&a.name, a.format) {
-                taken.push((file.to_lowercase(), a.name.clone(), a.path.clone()));
-            }
-            out.push(a);
         }
-        out
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let a = self.artifact(item, &path.index(i))?;
+                (!clashes.contains(&i)).then_some(a)
+            })
+            .collect()
     }
 
     fn artifact(&mut self, v: &Value, path: &NodePath) -> Option<ArtifactSpec> {
@@ -972,12 +999,7 @@ impl Parser<'_> {
     /// Names become file and folder names in the output folder: keep them
     /// to a portable set so none can climb out of it or hide.
     fn check_name(&mut self, name: &str, path: &NodePath) -> bool {
-        let portable = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !portable || name.starts_with('.') || name.contains("..") {
+        if !portable_name(name) {
             let why = if name.contains('/') || name.contains('\\') || name.contains("..") {
                 "would write outside the output folder"
             } else {
@@ -1189,6 +1211,18 @@ impl Parser<'_> {
             ArtifactFormat::Safetensors => unreachable!("handled above"),
         }
     }
+}
+
+/// A name that is safe as a file or folder name in the output folder: a
+/// portable set of characters, no leading `.`, no `..`.
+fn portable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.')
+        && !name.contains("..")
 }
 
 fn short(v: &Value) -> String {

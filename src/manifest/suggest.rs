@@ -37,6 +37,15 @@ pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         return Some(c);
     }
     let lower = word.to_ascii_lowercase();
+    // A word cut short (`t-q8` for `t-q8_0`) names the one that starts so.
+    if word.chars().count() >= 3 {
+        let mut starting = candidates
+            .iter()
+            .filter(|c| c.to_ascii_lowercase().starts_with(&lower));
+        if let (Some(c), None) = (starting.next(), starting.next()) {
+            return Some(c);
+        }
+    }
     let limit = (word.chars().count() / 3).clamp(1, 3);
     let scored: Vec<(usize, &str)> = candidates
         .iter()
@@ -76,5 +85,7 @@ mod tests {
         );
         assert_eq!(did_you_mean("Q4_KM", &["Q4_K_M", "Q4_K_S"]), Some("Q4_K_M"));
         assert_eq!(did_you_mean("mixed_3_5", &["mixed_3_4", "mixed_3_6"]), None);
+        assert_eq!(did_you_mean("t-q8", &["t-q8_0", "t-mlx"]), Some("t-q8_0"));
+        assert_eq!(did_you_mean("mixed", &["mixed_3_4", "mixed_3_6"]), None);
     }
 }

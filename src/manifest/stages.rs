@@ -1,0 +1,415 @@
+//! The pipeline stages a manifest run drives, as four small traits, and
+//! the real implementations behind them.
+//!
+//! The runner ([`super::runner`]) decides which steps make an artifact
+//! ([`super::steps`]); each step is one call of one trait here. A stage
+//! writes its output atomically under the final name it is given (temp
+//! name, fsync, rename), so a failed step never leaves half an artifact.
+//!
+//! [`Stages::real`] is the one place the real stages plug in. Tests run the
+//! runner with fakes (tests/manifest_run.rs).
+
+use std::path::{Path, PathBuf};
+
+use super::resolve::HubSource;
+use super::schema::Dtype;
+use crate::formats::gguf::Value;
+use crate::formats::ModelFormat;
+
+/// What went wrong in a stage, in a sentence a user can act on (the
+/// stage's own error chain, flattened).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageError(pub String);
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StageError {}
+
+impl StageError {
+    /// An error and its causes as one sentence.
+    pub fn from_error(e: &(dyn std::error::Error + 'static)) -> StageError {
+        let mut msg = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let s = c.to_string();
+            if !msg.contains(&s) {
+                msg.push_str(": ");
+                msg.push_str(&s);
+            }
+            cause = c.source();
+        }
+        StageError(msg)
+    }
+}
+
+/// Result of a stage.
+pub type StageResult<T> = Result<T, StageError>;
+
+/// Hears how a stage is getting on; the CLI draws it on a terminal.
+pub trait StageProgress: Sync {
+    /// Work on `what` starts, `total` bytes of it if known.
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    /// `bytes` more are done.
+    fn advance(&self, _bytes: u64) {}
+    /// The current piece of work is done.
+    fn finish(&self) {}
+}
+
+/// A progress listener that hears nothing.
+pub struct NoProgress;
+impl StageProgress for NoProgress {}
+
+/// One input file and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Path relative to the model (folder) or the file name.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A Hub model brought onto disk.
+#[derive(Debug, Clone)]
+pub struct FetchedModel {
+    /// The commit the revision resolved to.
+    pub commit: String,
+    /// The model on disk: the snapshot folder, or the one file asked for.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: ModelFormat,
+    /// The files fetched, with their hashes.
+    pub files: Vec<InputFile>,
+}
+
+/// Brings `hf://` models onto disk.
+pub trait Fetch: Sync {
+    /// Fetches `source` (pinning its revision to a commit).
+    fn fetch(&self, source: &HubSource, progress: &dyn StageProgress) -> StageResult<FetchedModel>;
+}
+
+/// What a conversion writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConvertTarget {
+    /// A GGUF file whose matrices are `outtype` (convert_hf_to_gguf.py's
+    /// `--outtype`: F32, F16, BF16 or Q8_0), the rest F32.
+    Gguf {
+        /// F32, F16, BF16 or Q8_0.
+        outtype: &'static str,
+    },
+    /// An mlx-lm folder, quantized as mlx_lm.convert does, or plain.
+    Mlx {
+        /// How its linear layers are quantized; `None` leaves them float.
+        quantize: Option<MlxQuant>,
+        /// Float type of the unquantized tensors (default: the source's).
+        dtype: Option<Dtype>,
+    },
+    /// A Hugging Face safetensors folder.
+    Safetensors {
+        /// Float type (default: the source's; f32 for quantized sources).
+        dtype: Option<Dtype>,
+    },
+}
+
+/// MLX quantization of a conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlxQuant {
+    /// Every quantizable layer at `bits` (mlx_lm.convert -q).
+    Affine {
+        /// Bits per weight.
+        bits: u8,
+        /// Weights per scale/bias pair.
+        group_size: u32,
+    },
+    /// One of mlx-lm's mixed recipes (`--quant-predicate`).
+    Recipe {
+        /// `mixed_3_6` and the like.
+        recipe: &'static str,
+        /// Weights per scale/bias pair.
+        group_size: u32,
+    },
+}
+
+/// One conversion.
+pub struct ConvertRequest<'a> {
+    /// The model read: a GGUF file, an HF or MLX folder.
+    pub input: &'a Path,
+    /// Its format.
+    pub input_format: ModelFormat,
+    /// The final path: a file for GGUF, a folder for MLX and safetensors.
+    pub output: &'a Path,
+    /// What to write.
+    pub target: ConvertTarget,
+    /// GGUF metadata to set (replacing the conversion's own under the same
+    /// key); empty for intermediates.
+    pub gguf_metadata: &'a [(String, Value)],
+    /// A Jinja chat template to write into a folder's tokenizer_config.json.
+    pub chat_template: Option<&'a str>,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Progress.
+    pub progress: &'a dyn StageProgress,
+}
+
+/// Converts between formats.
+pub trait Convert: Sync {
+    /// Writes `req.output` from `req.input`.
+    fn convert(&self, req: &ConvertRequest<'_>) -> StageResult<()>;
+}
+
+/// One GGUF quantization.
+pub struct QuantizeRequest<'a> {
+    /// The model read (a GGUF file, or any format qforge reads).
+    pub input: &'a Path,
+    /// Its format.
+    pub input_format: ModelFormat,
+    /// The final GGUF path.
+    pub output: &'a Path,
+    /// The llama-quantize file type (`Q4_K_M`).
+    pub file_type: &'static str,
+    /// An importance matrix file.
+    pub imatrix: Option<&'a Path>,
+    /// Requantize an input that is already quantized.
+    pub allow_requantize: bool,
+    /// GGUF metadata to set.
+    pub gguf_metadata: &'a [(String, Value)],
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Progress.
+    pub progress: &'a dyn StageProgress,
+}
+
+/// Quantizes to GGUF file types.
+pub trait Quantize: Sync {
+    /// Writes `req.output` from `req.input`.
+    fn quantize(&self, req: &QuantizeRequest<'_>) -> StageResult<()>;
+}
+
+/// One reference generation run.
+pub struct VerifyRequest<'a> {
+    /// The artifact (GGUF file, MLX or safetensors folder).
+    pub artifact: &'a Path,
+    /// The model it is compared with.
+    pub reference: &'a Path,
+    /// The text perplexity is measured on.
+    pub text: &'a Path,
+    /// Context window.
+    pub ctx: u32,
+    /// Windows to score (`None`: all).
+    pub chunks: Option<u32>,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Progress.
+    pub progress: &'a dyn StageProgress,
+}
+
+/// What a verification measured. Fields a run could not measure are `None`
+/// (a gate on one of them fails).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Measurements {
+    /// Perplexity on the text.
+    pub ppl: Option<f64>,
+    /// Its standard error.
+    pub ppl_err: Option<f64>,
+    /// Mean KL divergence from the reference.
+    pub kld_mean: Option<f64>,
+    /// 99th percentile of the KL divergence.
+    pub kld_p99: Option<f64>,
+    /// Top-1 agreement with the reference, a fraction.
+    pub top1: Option<f64>,
+    /// Perplexity over the reference's.
+    pub ppl_ratio: Option<f64>,
+    /// Prompt processing, tokens/s.
+    pub prompt_tok_s: Option<f64>,
+    /// Generation, tokens/s.
+    pub gen_tok_s: Option<f64>,
+    /// Peak resident memory of the run, bytes.
+    pub peak_rss: Option<u64>,
+    /// A short greedy continuation of a fixed prompt.
+    pub sample: Option<String>,
+}
+
+/// Runs reference generations.
+pub trait Verify: Sync {
+    /// Measures `req.artifact` against `req.reference`.
+    fn verify(&self, req: &VerifyRequest<'_>) -> StageResult<Measurements>;
+}
+
+/// The four stages a run uses.
+#[derive(Clone, Copy)]
+pub struct Stages<'a> {
+    /// Hub downloads.
+    pub fetch: &'a dyn Fetch,
+    /// Conversions.
+    pub convert: &'a dyn Convert,
+    /// GGUF quantization.
+    pub quantize: &'a dyn Quantize,
+    /// Reference generation runs.
+    pub verify: &'a dyn Verify,
+}
+
+impl Stages<'static> {
+    /// The stages of this build of qforge.
+    pub fn real() -> Stages<'static> {
+        Stages {
+            fetch: &real::HubFetch,
+            convert: &real::RealConvert,
+            quantize: &real::RealQuantize,
+            verify: &real::RealVerify,
+        }
+    }
+}
+
+/// The real stages: each adapter maps a request onto its module's library
+/// entry point.
+pub mod real {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fetch::{self, FetchObserver, FetchOptions, FileFilter, HubConfig};
+    use crate::formats::detect;
+
+    /// [`crate::fetch`] into the standard HF cache.
+    pub struct HubFetch;
+
+    /// Fetch progress, carried from the fetch's worker threads (whose
+    /// observer must be `'static`) to the run's listener.
+    enum Heard {
+        Planned(u64),
+        Bytes(u64),
+    }
+
+    struct Bridge(std::sync::Mutex<std::sync::mpsc::Sender<Heard>>);
+
+    impl FetchObserver for Bridge {
+        fn planned(&self, files: &[fetch::PlannedFile]) {
+            let total = files
+                .iter()
+                .filter(|f| !f.cached)
+                .filter_map(|f| f.size)
+                .sum();
+            if let Ok(tx) = self.0.lock() {
+                let _ = tx.send(Heard::Planned(total));
+            }
+        }
+        fn file_progress(&self, _path: &str, bytes: u64) {
+            if let Ok(tx) = self.0.lock() {
+                let _ = tx.send(Heard::Bytes(bytes));
+            }
+        }
+    }
+
+    impl Fetch for HubFetch {
+        fn fetch(
+            &self,
+            source: &HubSource,
+            progress: &dyn StageProgress,
+        ) -> StageResult<FetchedModel> {
+            let hub = HubConfig::from_env().map_err(|e| StageError::from_error(&e))?;
+            let mut options = FetchOptions::new(hub);
+            let filter = FileFilter {
+                include: source.file.iter().cloned().collect(),
+                exclude: Vec::new(),
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            options.observer = Arc::new(Bridge(std::sync::Mutex::new(tx)));
+            let snap = std::thread::scope(|s| {
+                let listener = s.spawn(move || {
+                    let mut started = false;
+                    for heard in rx {
+                        match heard {
+                            Heard::Planned(total) => {
+                                started = true;
+                                progress.start("fetching", Some(total));
+                            }
+                            Heard::Bytes(n) => progress.advance(n),
+                        }
+                    }
+                    if started {
+                        progress.finish();
+                    }
+                });
+                let r = fetch::fetch(&source.repo.repo, &source.repo.revision, &filter, &options);
+                // The last sender goes with the options; the listener ends.
+                drop(options);
+                let _ = listener.join();
+                r
+            })
+            .map_err(|e| StageError::from_error(&e))?;
+            let path = match &source.file {
+                Some(f) => snap.dir.join(f),
+                None => snap.dir.clone(),
+            };
+            let path = match (&source.file, single_gguf(&snap)) {
+                (None, Some(g)) => snap.dir.join(g),
+                _ => path,
+            };
+            let format = detect(&path).map_err(|e| StageError::from_error(&e))?;
+            Ok(FetchedModel {
+                commit: snap.commit,
+                path,
+                format,
+                files: snap
+                    .files
+                    .iter()
+                    .map(|f| InputFile {
+                        path: f.path.clone(),
+                        size: f.size,
+                        sha256: f.sha256.clone(),
+                    })
+                    .collect(),
+            })
+        }
+    }
+
+    /// The one GGUF of a snapshot holding GGUF files and no safetensors.
+    fn single_gguf(snap: &fetch::FetchedSnapshot) -> Option<String> {
+        let ggufs: Vec<&str> = snap
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .filter(|p| p.ends_with(".gguf"))
+            .collect();
+        let has_st = snap.files.iter().any(|f| f.path.ends_with(".safetensors"));
+        (ggufs.len() == 1 && !has_st).then(|| ggufs[0].to_string())
+    }
+
+    fn not_wired(stage: &str, issue: u32) -> StageError {
+        StageError(format!(
+            "this build of qforge has no {stage} stage yet (issue {issue}); \
+             `qforge run` wires it as soon as it lands"
+        ))
+    }
+
+    /// `crate::convert` (issue 4).
+    pub struct RealConvert;
+
+    impl Convert for RealConvert {
+        fn convert(&self, _req: &ConvertRequest<'_>) -> StageResult<()> {
+            Err(not_wired("convert", 4))
+        }
+    }
+
+    /// `crate::quant` (issue 5).
+    pub struct RealQuantize;
+
+    impl Quantize for RealQuantize {
+        fn quantize(&self, _req: &QuantizeRequest<'_>) -> StageResult<()> {
+            Err(not_wired("quantize", 5))
+        }
+    }
+
+    /// `crate::verify` (issue 6).
+    pub struct RealVerify;
+
+    impl Verify for RealVerify {
+        fn verify(&self, _req: &VerifyRequest<'_>) -> StageResult<Measurements> {
+            Err(not_wired("verify", 6))
+        }
+    }
+}
