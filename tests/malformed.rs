@@ -28,7 +28,7 @@ impl Raw {
         self.u64(s.len() as u64).bytes(s.as_bytes())
     }
     fn pad_to(mut self, align: usize) -> Self {
-        while self.0.len() % align != 0 {
+        while !self.0.len().is_multiple_of(align) {
             self.0.push(0);
         }
         self

@@ -8,7 +8,9 @@
 
 mod error;
 pub mod float;
+pub mod ggml;
 pub mod mlx;
+mod simd;
 mod types;
 
 pub use error::KernelError;

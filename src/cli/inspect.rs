@@ -217,7 +217,13 @@ fn hf_facts(config: &Map<String, Json>) -> (Option<String>, Vec<(&'static str, S
         ("dtype", "torch_dtype"),
         ("dtype", "dtype"),
     ] {
-        if let Some(v) = config.get(key).filter(|v| !v.is_null()) {
+        // transformers 5 moved rope_theta into rope_parameters.
+        let value = config.get(key).filter(|v| !v.is_null()).or_else(|| {
+            (key == "rope_theta")
+                .then(|| config.get("rope_parameters")?.get("rope_theta"))
+                .flatten()
+        });
+        if let Some(v) = value {
             facts.push((label, v.to_string().trim_matches('"').to_string()));
         }
     }

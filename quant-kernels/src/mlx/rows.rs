@@ -176,7 +176,7 @@ pub fn dequantize_ref(
 
 fn check_row_length(cols: usize, params: &MlxParams) -> Result<(), KernelError> {
     params.validate()?;
-    if cols == 0 || cols % params.group_size != 0 {
+    if cols == 0 || !cols.is_multiple_of(params.group_size) {
         return Err(KernelError::BadLength(format!(
             "MLX {} needs a row length that is a positive multiple of the group size {}, got {cols}",
             params.mode.name(),
@@ -188,7 +188,7 @@ fn check_row_length(cols: usize, params: &MlxParams) -> Result<(), KernelError> 
 
 fn check_cols(len: usize, cols: usize, params: &MlxParams) -> Result<usize, KernelError> {
     check_row_length(cols, params)?;
-    if len % cols != 0 {
+    if !len.is_multiple_of(cols) {
         return Err(KernelError::BadLength(format!(
             "{len} values do not form rows of {cols}: the input length must be a multiple of the row length"
         )));
@@ -444,7 +444,7 @@ fn check_quantized(
     check_row_length(cols, params)?;
     let wpr = params.words_per_row(cols);
     let gpr = params.groups_per_row(cols);
-    if scales.len() % gpr != 0 {
+    if !scales.len().is_multiple_of(gpr) {
         return Err(KernelError::BadLength(format!(
             "{} scales do not form rows of {gpr} (row length {cols}, group size {})",
             scales.len(),

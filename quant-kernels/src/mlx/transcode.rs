@@ -162,14 +162,14 @@ pub fn ggml_to_mlx(
     cols: usize,
     scale_dtype: MlxDtype,
 ) -> Result<Transcoded<MlxQuantized>, KernelError> {
-    if cols == 0 || cols % 32 != 0 {
+    if cols == 0 || !cols.is_multiple_of(32) {
         return Err(KernelError::BadLength(format!(
             "{} rows must hold whole blocks of 32, got a row length of {cols}",
             kind.name()
         )));
     }
     let bb = kind.block_bytes();
-    if blocks.len() % bb != 0 || (blocks.len() / bb) % (cols / 32) != 0 {
+    if !blocks.len().is_multiple_of(bb) || !(blocks.len() / bb).is_multiple_of(cols / 32) {
         return Err(KernelError::BadLength(format!(
             "{} bytes are not whole rows of {} blocks of {bb} bytes ({} with rows of {cols})",
             blocks.len(),
@@ -255,7 +255,7 @@ pub fn mlx_to_ggml(
     let bits = if kind == GgmlBlock::Q8_0 { 8 } else { 4 };
     let params = MlxParams::affine(bits, group_size);
     params.validate()?;
-    if cols == 0 || cols % group_size != 0 {
+    if cols == 0 || !cols.is_multiple_of(group_size) {
         return Err(KernelError::BadLength(format!(
             "MLX rows of {cols} do not hold whole groups of {group_size}"
         )));
@@ -268,7 +268,7 @@ pub fn mlx_to_ggml(
     let groups = scales.len();
     let rows = groups / params.groups_per_row(cols);
     if biases.len() != groups
-        || groups % params.groups_per_row(cols) != 0
+        || !groups.is_multiple_of(params.groups_per_row(cols))
         || weight.len() != rows * params.words_per_row(cols)
     {
         return Err(KernelError::BadLength(format!(

@@ -1,0 +1,506 @@
+//! Kernels written for the auto-vectorizer: fixed-size blocks, lane-wise
+//! arithmetic, reductions that are exact in any order (max, min). The
+//! multiversioning in `simd::mod` compiles each of them once per instruction
+//! set level (baseline, AVX2, AVX-512, NEON), so one source gives every
+//! SIMD width. They are safe code and must give the scalar reference's
+//! bits: Rust never contracts `a*b + c` into an FMA nor reorders float
+//! sums, so vectorizing lane-wise code cannot change a value.
+
+// Kernels index blocks the way the C they transcribe does.
+#![allow(clippy::needless_range_loop)]
+
+use crate::float::{f32_to_bf16, read_f16, write_f16};
+use crate::ggml::reference::{cvtt, KVALUES_IQ4NL};
+
+/// Blocks of `B` bytes and `N` values, as fixed-size arrays.
+#[inline(always)]
+fn blocks<'a, const B: usize, const N: usize>(
+    x: &'a [u8],
+    y: &'a mut [f32],
+) -> impl Iterator<Item = (&'a [u8; B], &'a mut [f32; N])> {
+    x.chunks_exact(B)
+        .map(|b| b.try_into().unwrap())
+        .zip(y.chunks_exact_mut(N).map(|b| b.try_into().unwrap()))
+}
+
+#[inline(always)]
+fn qblocks<'a, const N: usize, const B: usize>(
+    x: &'a [f32],
+    y: &'a mut [u8],
+) -> impl Iterator<Item = (&'a [f32; N], &'a mut [u8; B])> {
+    x.chunks_exact(N)
+        .map(|b| b.try_into().unwrap())
+        .zip(y.chunks_exact_mut(B).map(|b| b.try_into().unwrap()))
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    read_f16(&b[i..i + 2])
+}
+
+// ------------------------------------------------------------ dequantize
+
+#[inline(always)]
+pub(crate) fn dequantize_q4_0(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<18, 32>(x, y) {
+        let d = f16_at(xb, 0);
+        let (lo, hi) = yb.split_at_mut(16);
+        for j in 0..16 {
+            let q = xb[2 + j];
+            lo[j] = (i32::from(q & 0xF) - 8) as f32 * d;
+            hi[j] = (i32::from(q >> 4) - 8) as f32 * d;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q4_1(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<20, 32>(x, y) {
+        let d = f16_at(xb, 0);
+        let m = f16_at(xb, 2);
+        let (lo, hi) = yb.split_at_mut(16);
+        for j in 0..16 {
+            let q = xb[4 + j];
+            lo[j] = f32::from(q & 0xF) * d + m;
+            hi[j] = f32::from(q >> 4) * d + m;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q5_0(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<22, 32>(x, y) {
+        let d = f16_at(xb, 0);
+        let qh = u32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
+        let (lo, hi) = yb.split_at_mut(16);
+        for j in 0..16 {
+            let q = xb[6 + j];
+            let h0 = ((qh >> j) & 1) << 4;
+            let h1 = ((qh >> (j + 16)) & 1) << 4;
+            lo[j] = ((u32::from(q & 0xF) | h0) as i32 - 16) as f32 * d;
+            hi[j] = ((u32::from(q >> 4) | h1) as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q5_1(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<24, 32>(x, y) {
+        let d = f16_at(xb, 0);
+        let m = f16_at(xb, 2);
+        let qh = u32::from_le_bytes([xb[4], xb[5], xb[6], xb[7]]);
+        let (lo, hi) = yb.split_at_mut(16);
+        for j in 0..16 {
+            let q = xb[8 + j];
+            let h0 = ((qh >> j) & 1) << 4;
+            let h1 = ((qh >> (j + 16)) & 1) << 4;
+            lo[j] = (u32::from(q & 0xF) | h0) as f32 * d + m;
+            hi[j] = (u32::from(q >> 4) | h1) as f32 * d + m;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q8_0(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<34, 32>(x, y) {
+        let d = f16_at(xb, 0);
+        for j in 0..32 {
+            yb[j] = f32::from(xb[2 + j] as i8) * d;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q2_k(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<84, 256>(x, y) {
+        let d = f16_at(xb, 80);
+        let min = f16_at(xb, 82);
+        // The 2-bit levels in value order: value 128n + 32s + k is bits
+        // 2s..2s+1 of qs[32n + k].
+        let mut l = [0u8; 256];
+        for n in 0..2 {
+            let q: &[u8; 32] = xb[16 + 32 * n..48 + 32 * n].try_into().unwrap();
+            for k in 0..32 {
+                l[128 * n + k] = q[k] & 3;
+                l[128 * n + 32 + k] = (q[k] >> 2) & 3;
+                l[128 * n + 64 + k] = (q[k] >> 4) & 3;
+                l[128 * n + 96 + k] = q[k] >> 6;
+            }
+        }
+        let mut dl = [0f32; 16];
+        let mut ml = [0f32; 16];
+        for j in 0..16 {
+            dl[j] = d * f32::from(xb[j] & 0xF);
+            ml[j] = min * f32::from(xb[j] >> 4);
+        }
+        for j in 0..16 {
+            let (dl, ml) = (dl[j], ml[j]);
+            let lv: &[u8; 16] = l[16 * j..16 * j + 16].try_into().unwrap();
+            let out: &mut [f32; 16] = (&mut yb[16 * j..16 * j + 16]).try_into().unwrap();
+            for k in 0..16 {
+                out[k] = dl * f32::from(lv[k]) - ml;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn q3k_scales(s: &[u8]) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (j, o) in out.iter_mut().enumerate() {
+        let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+        *o = ((lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8).wrapping_sub(32);
+    }
+    out
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q3_k(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<110, 256>(x, y) {
+        let hm: &[u8; 32] = xb[0..32].try_into().unwrap();
+        let d_all = f16_at(xb, 108);
+        let scales = q3k_scales(&xb[96..108]);
+        for (n, out) in yb.chunks_exact_mut(128).enumerate() {
+            let q: &[u8; 32] = xb[32 + 32 * n..64 + 32 * n].try_into().unwrap();
+            for (s, out) in out.chunks_exact_mut(32).enumerate() {
+                let shift = 2 * s;
+                let m = 1u8 << (4 * n + s);
+                for half in 0..2 {
+                    let dl = d_all * f32::from(scales[8 * n + 2 * s + half]);
+                    for k in 0..16 {
+                        let i = 16 * half + k;
+                        let lo = i32::from((q[i] >> shift) & 3);
+                        let hi = if hm[i] & m != 0 { 0 } else { 4 };
+                        out[i] = dl * (lo - hi) as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = s[j] & 63;
+            m[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+            m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+    (sc, m)
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q4_k(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<144, 256>(x, y) {
+        let d = f16_at(xb, 0);
+        let min = f16_at(xb, 2);
+        let (sc, m) = k4_scales(&xb[4..16]);
+        for (n, out) in yb.chunks_exact_mut(64).enumerate() {
+            let q: &[u8; 32] = xb[16 + 32 * n..48 + 32 * n].try_into().unwrap();
+            let d1 = d * f32::from(sc[2 * n]);
+            let m1 = min * f32::from(m[2 * n]);
+            let d2 = d * f32::from(sc[2 * n + 1]);
+            let m2 = min * f32::from(m[2 * n + 1]);
+            let (lo, hi) = out.split_at_mut(32);
+            for k in 0..32 {
+                lo[k] = d1 * f32::from(q[k] & 0xF) - m1;
+                hi[k] = d2 * f32::from(q[k] >> 4) - m2;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q5_k(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<176, 256>(x, y) {
+        let d = f16_at(xb, 0);
+        let min = f16_at(xb, 2);
+        let (sc, m) = k4_scales(&xb[4..16]);
+        let qh: &[u8; 32] = xb[16..48].try_into().unwrap();
+        for (n, out) in yb.chunks_exact_mut(64).enumerate() {
+            let ql: &[u8; 32] = xb[48 + 32 * n..80 + 32 * n].try_into().unwrap();
+            let d1 = d * f32::from(sc[2 * n]);
+            let m1 = min * f32::from(m[2 * n]);
+            let d2 = d * f32::from(sc[2 * n + 1]);
+            let m2 = min * f32::from(m[2 * n + 1]);
+            let (lo, hi) = out.split_at_mut(32);
+            for k in 0..32 {
+                let h1 = ((qh[k] >> (2 * n)) & 1) << 4;
+                let h2 = ((qh[k] >> (2 * n + 1)) & 1) << 4;
+                lo[k] = d1 * f32::from((ql[k] & 0xF) | h1) - m1;
+                hi[k] = d2 * f32::from((ql[k] >> 4) | h2) - m2;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_q6_k(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<210, 256>(x, y) {
+        let d = f16_at(xb, 208);
+        let mut ds = [0f32; 16];
+        for (i, v) in ds.iter_mut().enumerate() {
+            *v = d * f32::from(xb[192 + i] as i8);
+        }
+        for (half, out) in yb.chunks_exact_mut(128).enumerate() {
+            let ql: &[u8; 64] = xb[64 * half..64 * half + 64].try_into().unwrap();
+            let qh: &[u8; 32] = xb[128 + 32 * half..160 + 32 * half].try_into().unwrap();
+            let ds = &ds[8 * half..8 * half + 8];
+            let (o12, o34) = out.split_at_mut(64);
+            let (o1, o2) = o12.split_at_mut(32);
+            let (o3, o4) = o34.split_at_mut(32);
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = i32::from((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
+                let q2 = i32::from((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                o1[l] = ds[is] * q1 as f32;
+                o2[l] = ds[is + 2] * q2 as f32;
+                o3[l] = ds[is + 4] * q3 as f32;
+                o4[l] = ds[is + 6] * q4 as f32;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_iq4_nl(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<18, 32>(x, y) {
+        let d = f16_at(xb, 0);
+        let (lo, hi) = yb.split_at_mut(16);
+        for j in 0..16 {
+            let q = xb[2 + j];
+            lo[j] = d * f32::from(KVALUES_IQ4NL[usize::from(q & 0xF)]);
+            hi[j] = d * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_iq4_xs(x: &[u8], y: &mut [f32]) {
+    for (xb, yb) in blocks::<136, 256>(x, y) {
+        let d = f16_at(xb, 0);
+        let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
+        let mut dl = [0f32; 8];
+        for (ib, dl) in dl.iter_mut().enumerate() {
+            let ls = i32::from((xb[4 + ib / 2] >> (4 * (ib % 2))) & 0xF)
+                | (i32::from((scales_h >> (2 * ib)) & 3) << 4);
+            *dl = d * (ls - 32) as f32;
+        }
+        let qs: &[u8; 128] = xb[8..136].try_into().unwrap();
+        for (ib, out) in yb.chunks_exact_mut(32).enumerate() {
+            let (lo, hi) = out.split_at_mut(16);
+            let dl = dl[ib];
+            for j in 0..16 {
+                let q = qs[16 * ib + j];
+                lo[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q & 0xF)]);
+                hi[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dequantize_bf16(x: &[u8], y: &mut [f32]) {
+    for (b, v) in x.chunks_exact(2).zip(y.iter_mut()) {
+        *v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+    }
+}
+
+#[cfg_attr(target_endian = "little", allow(dead_code))]
+#[inline(always)]
+pub(crate) fn dequantize_f32(x: &[u8], y: &mut [f32]) {
+    for (b, v) in x.chunks_exact(4).zip(y.iter_mut()) {
+        *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+// ------------------------------------------------------------ quantize
+
+/// Largest |x| of a block: max is exact in any order, so 8 lanes then a
+/// tree give the sequential loop's value.
+#[inline(always)]
+fn amax<const N: usize>(x: &[f32; N]) -> f32 {
+    let mut m = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for l in 0..8 {
+            let a = c[l].abs();
+            m[l] = if m[l] > a { m[l] } else { a };
+        }
+    }
+    m.into_iter().fold(0.0, |a, b| if a > b { a } else { b })
+}
+
+#[inline(always)]
+fn min_max<const N: usize>(x: &[f32; N]) -> (f32, f32) {
+    let mut mn = [f32::MAX; 8];
+    let mut mx = [-f32::MAX; 8];
+    for c in x.chunks_exact(8) {
+        for l in 0..8 {
+            mn[l] = if c[l] < mn[l] { c[l] } else { mn[l] };
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+        }
+    }
+    let mut lo = f32::MAX;
+    let mut hi = -f32::MAX;
+    for l in 0..8 {
+        lo = if mn[l] < lo { mn[l] } else { lo };
+        hi = if mx[l] > hi { mx[l] } else { hi };
+    }
+    (lo, hi)
+}
+
+/// The first element whose magnitude is the block's largest (ggml's
+/// "max with its sign, first on ties"), or +0 for an all-zero block.
+/// Branch-free: the value is +amax or -amax, whichever occurs first.
+#[inline(always)]
+fn signed_absmax<const N: usize>(x: &[f32; N]) -> f32 {
+    let a = amax(x);
+    if a == 0.0 {
+        return 0.0;
+    }
+    let mut first_pos = [N as u32; 8];
+    let mut first_neg = [N as u32; 8];
+    for (c, chunk) in x.chunks_exact(8).enumerate() {
+        for l in 0..8 {
+            let i = (8 * c + l) as u32;
+            let p = if chunk[l] == a { i } else { N as u32 };
+            let q = if chunk[l] == -a { i } else { N as u32 };
+            first_pos[l] = first_pos[l].min(p);
+            first_neg[l] = first_neg[l].min(q);
+        }
+    }
+    let p = first_pos.into_iter().min().unwrap_or(N as u32);
+    let q = first_neg.into_iter().min().unwrap_or(N as u32);
+    if p < q {
+        a
+    } else {
+        -a
+    }
+}
+
+/// `roundf`: half away from zero, exact for every float (the fraction
+/// `x - trunc(x)` is exact), written so it vectorizes.
+#[inline(always)]
+fn round_away(x: f32) -> f32 {
+    let t = x.trunc();
+    if (x - t).abs() >= 0.5 {
+        t + 1.0f32.copysign(x)
+    } else {
+        t
+    }
+}
+
+#[inline(always)]
+pub(crate) fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in qblocks::<32, 34>(x, y) {
+        let amax = amax(xb);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[0..2], d);
+        let q: &mut [u8; 32] = (&mut yb[2..34]).try_into().unwrap();
+        for j in 0..32 {
+            q[j] = cvtt(round_away(xb[j] * id)) as u8;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in qblocks::<32, 18>(x, y) {
+        let max = signed_absmax(xb);
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[0..2], d);
+        let q: &mut [u8; 16] = (&mut yb[2..18]).try_into().unwrap();
+        for j in 0..16 {
+            let xi0 = (cvtt(xb[j] * id + 8.5) as i8).min(15) as u8;
+            let xi1 = (cvtt(xb[16 + j] * id + 8.5) as i8).min(15) as u8;
+            q[j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn quantize_q4_1(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in qblocks::<32, 20>(x, y) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[0..2], d);
+        write_f16(&mut yb[2..4], min);
+        let q: &mut [u8; 16] = (&mut yb[4..20]).try_into().unwrap();
+        for j in 0..16 {
+            let xi0 = (cvtt((xb[j] - min) * id + 0.5) as i8).min(15) as u8;
+            let xi1 = (cvtt((xb[16 + j] - min) * id + 0.5) as i8).min(15) as u8;
+            q[j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+#[inline(always)]
+fn pack_q5(l: &[u8; 32], qh_out: &mut [u8], qs_out: &mut [u8]) {
+    let mut qh = 0u32;
+    for j in 0..32 {
+        qh |= u32::from((l[j] >> 4) & 1) << j;
+    }
+    for j in 0..16 {
+        qs_out[j] = (l[j] & 0xF) | ((l[j + 16] & 0xF) << 4);
+    }
+    qh_out[..4].copy_from_slice(&qh.to_le_bytes());
+}
+
+#[inline(always)]
+pub(crate) fn quantize_q5_0(x: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; 32];
+    for (xb, yb) in qblocks::<32, 22>(x, y) {
+        let max = signed_absmax(xb);
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[0..2], d);
+        for j in 0..32 {
+            l[j] = (cvtt(xb[j] * id + 16.5) as i8).min(31) as u8;
+        }
+        let (qh, qs) = yb[2..].split_at_mut(4);
+        pack_q5(&l, qh, qs);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn quantize_q5_1(x: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; 32];
+    for (xb, yb) in qblocks::<32, 24>(x, y) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[0..2], d);
+        write_f16(&mut yb[2..4], min);
+        for j in 0..32 {
+            l[j] = cvtt((xb[j] - min) * id + 0.5) as u8;
+        }
+        let (qh, qs) = yb[4..].split_at_mut(4);
+        pack_q5(&l, qh, qs);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn quantize_bf16(x: &[f32], y: &mut [u8]) {
+    for (v, b) in x.iter().zip(y.chunks_exact_mut(2)) {
+        b.copy_from_slice(&f32_to_bf16(*v).to_bits().to_le_bytes());
+    }
+}
+
+#[cfg_attr(target_endian = "little", allow(dead_code))]
+#[inline(always)]
+pub(crate) fn quantize_f32(x: &[f32], y: &mut [u8]) {
+    for (v, b) in x.iter().zip(y.chunks_exact_mut(4)) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}

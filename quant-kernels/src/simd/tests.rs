@@ -1,0 +1,185 @@
+//! Every SIMD kernel at every level this CPU runs, bit for bit against the
+//! scalar reference, on random and adversarial rows.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ggml::reference;
+
+/// Rows of 512 values that stress the rounding and degenerate paths, one
+/// pattern per block of 32.
+pub(crate) fn adversarial_rows() -> Vec<Vec<f32>> {
+    let mut rows = Vec::new();
+    let patterns: Vec<Box<dyn Fn(usize) -> f32>> = vec![
+        Box::new(|_| 0.0),
+        Box::new(|i| {
+            if i == 7 {
+                1e4
+            } else {
+                (i as f32 - 16.0) * 1e-4
+            }
+        }),
+        Box::new(|_| 0.5),
+        Box::new(|_| -3.25),
+        Box::new(|i| (i as f32 - 16.0) * 0.5),
+        Box::new(|i| if i == 0 { 127.0 } else { i as f32 - 15.5 }),
+        Box::new(|i| (i as f32 - 16.0) * 1e-16),
+        Box::new(|i| f32::from_bits(i as u32 * 977) * if i % 2 == 0 { 1.0 } else { -1.0 }),
+        Box::new(|i| {
+            if i == 3 {
+                2e-38
+            } else {
+                (i as f32 - 16.0) * 1e-39
+            }
+        }),
+        Box::new(|i| {
+            if i == 0 {
+                65504.0
+            } else {
+                (i as f32 * 2047.0) - 32000.0
+            }
+        }),
+        Box::new(|i| (i as f32 - 16.0) * 6250.0),
+        Box::new(|i| if i == 5 { -2.0 } else { 0.0 }),
+        Box::new(|i| if i % 2 == 0 { 1.0 } else { -1.0 }),
+        Box::new(|i| -f32::MIN_POSITIVE * (i as f32 + 1.0)),
+        Box::new(|i| 1.0 + i as f32 * f32::EPSILON),
+        Box::new(|i| (i as f32 - 16.0) * 1e-15),
+    ];
+    let mut row = Vec::with_capacity(512);
+    for pattern in &patterns {
+        for i in 0..32 {
+            row.push(pattern(i));
+        }
+    }
+    rows.push(row);
+    rows.push(vec![0.0; 512]);
+    rows.push(vec![1.0; 512]);
+    rows.push(vec![-7.0; 512]);
+    rows.push((0..512).map(|i| f32::from_bits(1 + i as u32)).collect());
+    rows.push(
+        (0..512)
+            .map(|i| if i == 100 { 3e4 } else { 1e-3 })
+            .collect(),
+    );
+    rows.push((0..512).map(|i| ((i % 33) as f32 - 16.0) / 8.0).collect());
+    rows
+}
+
+fn finite_row() -> impl Strategy<Value = Vec<f32>> {
+    let value = prop_oneof![
+        4 => -1.0f32..1.0,
+        1 => -1e4f32..1e4,
+        1 => -1e-30f32..1e-30,
+        1 => Just(0.0f32),
+        1 => -65504.0f32..65504.0,
+        1 => any::<f32>().prop_filter("finite", |v| v.is_finite()),
+    ];
+    proptest::collection::vec(value, 512)
+}
+
+fn check_quantize(ty: GgmlType, x: &[f32]) {
+    let n = ty.row_size(x.len() as u64).unwrap() as usize;
+    let mut want = vec![0u8; n];
+    reference::quantize_row(ty, x, &mut want, None).unwrap();
+    for level in available_levels() {
+        let mut got = vec![0u8; n];
+        if quantize_at(level, ty, x, &mut got) || quantize_iq4_at(level, ty, x, &mut got, None) {
+            assert_eq!(got, want, "{ty} quantize at {level:?}");
+        }
+    }
+    // The importance-weighted paths that have fast kernels.
+    let w: Vec<f32> = (0..x.len())
+        .map(|i| ((i * 7919) % 97) as f32 / 13.0)
+        .collect();
+    reference::quantize_row(ty, x, &mut want, Some(&w)).unwrap();
+    for level in available_levels() {
+        let mut got = vec![0u8; n];
+        if quantize_iq4_at(level, ty, x, &mut got, Some(&w)) {
+            assert_eq!(got, want, "{ty} quantize with imatrix at {level:?}");
+        }
+    }
+}
+
+fn check_dequantize(ty: GgmlType, q: &[u8]) {
+    let n = q.len() / ty.type_size() as usize * ty.block_size() as usize;
+    let mut want = vec![0f32; n];
+    reference::dequantize_row(ty, q, &mut want).unwrap();
+    for level in available_levels() {
+        let mut got = vec![0f32; n];
+        if dequantize_at(level, ty, q, &mut got) {
+            for i in 0..n {
+                assert!(
+                    got[i].to_bits() == want[i].to_bits() || (got[i].is_nan() && want[i].is_nan()),
+                    "{ty} dequantize at {level:?}: value {i} is {} want {}",
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
+const TYPES: &[GgmlType] = crate::ggml::QUANTIZABLE;
+
+#[test]
+fn adversarial_rows_match_the_reference() {
+    for x in adversarial_rows() {
+        // 18 blocks: the IQ4_NL kernel's groups of 8 plus a remainder.
+        let x576: Vec<f32> = x.iter().chain(&x[..64]).copied().collect();
+        for ty in [
+            GgmlType::IQ4NL,
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q5_1,
+        ] {
+            check_quantize(ty, &x576);
+        }
+        for &ty in TYPES {
+            check_quantize(ty, &x);
+            let mut q = vec![0u8; ty.row_size(512).unwrap() as usize];
+            reference::quantize_row(ty, &x, &mut q, None).unwrap();
+            check_dequantize(ty, &q);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn random_rows_match_the_reference(x in finite_row()) {
+        for &ty in TYPES {
+            check_quantize(ty, &x);
+        }
+    }
+
+    #[test]
+    fn random_bytes_dequantize_like_the_reference(bytes in proptest::collection::vec(any::<u8>(), 2048)) {
+        for &ty in TYPES {
+            let n = ty.row_size(256).unwrap() as usize;
+            check_dequantize(ty, &bytes[..n]);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn dot_products_match_the_reference_at_every_level(w in finite_row(), x in finite_row()) {
+        for &ty in TYPES {
+            let vdt = reference::vec_dot_type(ty).unwrap();
+            let mut wq = vec![0u8; ty.row_size(512).unwrap() as usize];
+            reference::quantize_row(ty, &w, &mut wq, None).unwrap();
+            let mut aq = vec![0u8; vdt.row_size(512).unwrap() as usize];
+            reference::quantize_activations_row(vdt, &x, &mut aq).unwrap();
+            let want = reference::vec_dot(ty, 512, &wq, &aq).unwrap();
+            for level in available_levels() {
+                let got = vec_dot_at(level, ty, 512, &wq, &aq).unwrap();
+                prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{} at {:?}: {} vs {}", ty, level, got, want);
+            }
+        }
+    }
+}
