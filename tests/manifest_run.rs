@@ -459,3 +459,85 @@ fn an_unknown_only_name_is_refused_with_a_suggestion() {
     );
     assert!(!Path::new(&s.out()).exists(), "nothing ran");
 }
+
+/// The real stages where they exist today: a GGUF source rewritten as
+/// its own type with the manifest's metadata; other paths say which stage
+/// is missing, and name the artifact.
+#[test]
+fn real_stages_rewrite_a_gguf_source_and_name_what_is_missing() {
+    use qforge::formats::gguf::{GgufModel, GgufWriter, Metadata, TensorSpec, Value};
+    use qforge::manifest::Stages;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.gguf");
+    {
+        let mut meta = Metadata::default();
+        meta.set("general.architecture", Value::String("llama".into()));
+        meta.set("general.file_type", Value::U32(0));
+        meta.set("general.name", Value::String("Old name".into()));
+        let specs = vec![TensorSpec {
+            name: "token_embd.weight".into(),
+            dims: vec![8],
+            ggml_type: quant_kernels::GgmlType::F32,
+        }];
+        let mut f = fs::File::create(&src).unwrap();
+        let mut w = GgufWriter::new(&mut f, 3, &meta, &specs).unwrap();
+        w.write_tensor("token_embd.weight", &[1u8; 32]).unwrap();
+        w.finish().unwrap();
+    }
+    let manifest = tmp.path().join("m.yaml");
+    fs::write(
+        &manifest,
+        "name: New name\nfrom: ./src.gguf\nparameters: {top_k: 20, stop: \"</s>\"}\n\
+         artifacts:\n  - name: same\n    format: gguf\n    quantization: F32\n\
+         \x20 - name: q8\n    format: gguf\n    quantization: {type: Q8_0, allow_requantize: true}\n",
+    )
+    .unwrap();
+    let m = qforge::manifest::load_resolved(&manifest, None).unwrap();
+    let o = run(
+        &m,
+        &RunOptions::default(),
+        Stages::real(),
+        &Quiet,
+        &NoProgress,
+    )
+    .unwrap();
+    let same = o.report.artifact("same").unwrap();
+    assert!(same.pass, "{same:?}");
+    let q8 = o.report.artifact("q8").unwrap();
+    assert_eq!(q8.status, Status::Failed);
+    assert_eq!(
+        q8.error.as_deref(),
+        Some(
+            "quantizing to Q8_0: this build of qforge has no quantize stage yet (issue 5); \
+             `qforge run` wires it as soon as it lands"
+        )
+    );
+
+    let out = GgufModel::open(m.output.join("same.gguf")).unwrap();
+    let meta = out.metadata();
+    assert_eq!(meta.get_str("general.name"), Some("New name"));
+    assert_eq!(meta.get("general.sampling.top_k"), Some(&Value::I32(20)));
+    assert_eq!(meta.get_str("qforge.command"), Some("run"));
+    let (t, data) = out.tensors().next().unwrap();
+    assert_eq!(
+        (t.name.as_str(), data),
+        ("token_embd.weight", &[1u8; 32][..])
+    );
+    let modelfile = fs::read_to_string(m.output.join("same.Modelfile")).unwrap();
+    assert!(modelfile.ends_with("FROM ./same.gguf\nPARAMETER top_k 20\nPARAMETER stop </s>\n"));
+
+    // Rebuilding nothing is the same with the real stages.
+    let o = run(
+        &m,
+        &RunOptions {
+            only: vec!["same".into()],
+            ..RunOptions::default()
+        },
+        Stages::real(),
+        &Quiet,
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(o.nothing_rebuilt());
+}

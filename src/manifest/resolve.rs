@@ -361,17 +361,12 @@ pub fn resolve(
     env: &dyn Fn(&str) -> Option<String>,
     output: Option<&Path>,
 ) -> Result<ResolvedManifest, ManifestError> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
+    // Relative stays relative (to the working folder), so messages and
+    // reports show paths as the user gave them.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     };
-    let dir = abs
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let mut r = Resolver {
         manifest: &manifest,
         dir: dir.clone(),
@@ -383,7 +378,7 @@ pub fn resolve(
         (Some(o), _) => Some(o.to_path_buf()),
         (None, Some(o)) => r.path(o, "output"),
         (None, None) => {
-            let stem = abs
+            let stem = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "manifest".into());

@@ -386,13 +386,68 @@ pub mod real {
         ))
     }
 
+    /// Conversions. Wired today: a GGUF rewritten as the same file type
+    /// with the manifest's metadata (formats::gguf). The rest is
     /// `crate::convert` (issue 4).
     pub struct RealConvert;
 
     impl Convert for RealConvert {
-        fn convert(&self, _req: &ConvertRequest<'_>) -> StageResult<()> {
-            Err(not_wired("convert", 4))
+        fn convert(&self, req: &ConvertRequest<'_>) -> StageResult<()> {
+            match (&req.target, req.input_format) {
+                (ConvertTarget::Gguf { outtype }, ModelFormat::Gguf) => rewrite_gguf(req, outtype),
+                _ => Err(not_wired("convert", 4)),
+            }
         }
+    }
+
+    /// Rewrites a GGUF file (any part of a split set) as one file with the
+    /// same tensors, `req.gguf_metadata` set and `qforge.*` provenance.
+    fn rewrite_gguf(req: &ConvertRequest<'_>, outtype: &str) -> StageResult<()> {
+        use crate::formats::atomic::AtomicFile;
+        use crate::formats::gguf::{self, keys, GgufModel, GgufWriter, TensorSpec};
+        use crate::quant::ftype::file_type_name;
+
+        let err = |e: crate::formats::FormatError| StageError::from_error(&e);
+        let model = GgufModel::open(req.input).map_err(err)?;
+        let file_type = model
+            .metadata()
+            .get_u64(keys::FILE_TYPE)
+            .and_then(file_type_name);
+        if !file_type.is_some_and(|t| t.eq_ignore_ascii_case(outtype)) {
+            return Err(StageError(format!(
+                "{} is {}, not {outtype}: changing a GGUF's types is quantizing, not converting",
+                req.input.display(),
+                file_type.unwrap_or("of an unknown file type")
+            )));
+        }
+        let mut meta = model.metadata().clone();
+        for key in [keys::SPLIT_NO, keys::SPLIT_COUNT, keys::SPLIT_TENSORS_COUNT] {
+            meta.remove(key);
+        }
+        for (k, v) in req.gguf_metadata {
+            meta.set(k.clone(), v.clone());
+        }
+        meta.set("qforge.version", Value::String(crate::VERSION.into()));
+        meta.set("qforge.command", Value::String("run".into()));
+        let specs: Vec<TensorSpec> = model.tensors().map(|(t, _)| TensorSpec::from(t)).collect();
+        let total: u64 = specs
+            .iter()
+            .map(|s| gguf::tensor_size(&s.dims, s.ggml_type).unwrap_or(0))
+            .sum();
+        req.progress.start("writing", Some(total));
+        let mut out = AtomicFile::create(req.output).map_err(err)?;
+        let version = model.files()[0].header().version;
+        let mut w = GgufWriter::new(&mut out, version, &meta, &specs)
+            .map_err(|e| err(e.in_file(req.output)))?;
+        for (t, data) in model.tensors() {
+            w.write_tensor(&t.name, data)
+                .map_err(|e| err(e.in_file(req.output)))?;
+            req.progress.advance(t.size);
+        }
+        w.finish().map_err(|e| err(e.in_file(req.output)))?;
+        out.commit().map_err(err)?;
+        req.progress.finish();
+        Ok(())
     }
 
     /// `crate::quant` (issue 5).
