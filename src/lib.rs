@@ -1,7 +1,9 @@
 //! qforge: convert, quantize and verify language models across GGUF, MLX
 //! and safetensors.
 
+pub mod arch;
 pub mod cli;
+pub mod convert;
 pub mod fetch;
 pub mod formats;
 pub mod hashing;

@@ -1,5 +1,6 @@
 //! `qforge convert IN OUT --to FORMAT`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -8,9 +9,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{parse_size, print_json, Progress};
+use super::{parse_size, print_json, FileBars, Progress};
+use crate::convert::{
+    self, gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, tokenizer_bridge, write_gguf,
+    write_safetensors, ErrorStats, FloatType, GgufMetadataOptions, GgufOutType, ModelView,
+    Provenance, WriteOptions, DEFAULT_MAX_SHARD_BYTES,
+};
 use crate::formats::atomic::AtomicFile;
-use crate::formats::gguf::{self, GgufModel, GgufWriter, Metadata, SplitBy, TensorSpec, Value};
+use crate::formats::gguf::{self, GgufModel, GgufWriter, SplitBy, TensorSpec};
+use crate::formats::hf::HfModel;
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::{sha256_file, HashingWriter};
 
@@ -21,15 +28,65 @@ pub(crate) enum TargetFormat {
     Safetensors,
 }
 
+/// GGUF tensor types of a conversion (convert_hf_to_gguf.py's `--outtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutType {
+    /// The source's 16-bit float type (F16 for F32 sources).
+    Auto,
+    F32,
+    F16,
+    #[value(name = "bf16")]
+    BF16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+/// Float types of a safetensors output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Dtype {
+    F32,
+    F16,
+    #[value(name = "bf16")]
+    BF16,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ConvertArgs {
-    /// The model to read: a GGUF file, a safetensors file or folder, an MLX folder.
+    /// The model to read: a GGUF file, a Hugging Face model folder, an MLX folder.
     input: PathBuf,
-    /// Where to write: a file for GGUF, a folder for MLX and safetensors.
+    /// Where to write: a file for GGUF, a new folder for MLX and safetensors.
     output: PathBuf,
     /// Output format (default: from the output name; `.gguf` means GGUF).
     #[arg(long, value_enum)]
     to: Option<TargetFormat>,
+    /// GGUF tensor type for matrices (norms and 1-D tensors stay F32), as
+    /// convert_hf_to_gguf.py's --outtype: auto, f32, f16, bf16, q8_0.
+    #[arg(
+        long = "type",
+        visible_alias = "outtype",
+        value_enum,
+        ignore_case = true
+    )]
+    gguf_type: Option<OutType>,
+    /// Float type of a safetensors output (default: the source's float
+    /// type; f32 for quantized sources, which holds their values exactly).
+    #[arg(long, value_enum, ignore_case = true)]
+    dtype: Option<Dtype>,
+    /// Largest safetensors shard (default 5GB, as save_pretrained).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_shard_size: Option<u64>,
+    /// `general.name` of a GGUF output.
+    #[arg(long, value_name = "NAME")]
+    model_name: Option<String>,
+    /// BPE pre-tokenizer name to write when the tokenizer's is not a known one.
+    #[arg(long, value_name = "NAME")]
+    tokenizer_pre: Option<String>,
+    /// Print the plan (every tensor: source, target type, lossless or not) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Measure and print the max and RMS error of every lossy tensor.
+    #[arg(long)]
+    report: bool,
     /// Write a split GGUF set with at most this many tensors per file.
     #[arg(long, value_name = "N", conflicts_with = "split_max_size")]
     split_max_tensors: Option<usize>,
@@ -51,40 +108,234 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
         ),
     };
     let from = detect(&args.input)?;
+    if to != TargetFormat::Gguf && args.gguf_type.is_some() {
+        bail!("--type applies to GGUF outputs; for safetensors use --dtype");
+    }
+    if to != TargetFormat::Safetensors && (args.dtype.is_some() || args.max_shard_size.is_some()) {
+        bail!("--dtype and --max-shard-size apply to safetensors outputs; for GGUF use --type");
+    }
+    let split = args.split_max_tensors.is_some() || args.split_max_size.is_some();
     match (from, to) {
-        (ModelFormat::Gguf, TargetFormat::Gguf) => gguf_to_gguf(&args),
+        (ModelFormat::Gguf, TargetFormat::Gguf) => {
+            if args.gguf_type.is_some() {
+                bail!("changing the tensor types of a GGUF file is requantizing: use `qforge quantize`");
+            }
+            gguf_to_gguf(&args)
+        }
+        (
+            ModelFormat::Safetensors | ModelFormat::Gguf,
+            TargetFormat::Gguf | TargetFormat::Safetensors,
+        ) => {
+            if split {
+                bail!(
+                    "--split-max-tensors/--split-max-size rewrite a GGUF file; convert first, \
+                     then split the result with `qforge convert OUT.gguf SPLIT.gguf --split-...`"
+                );
+            }
+            convert_view(&args, from, to)
+        }
         (from, to) => bail!(
-            "converting {} to {:?} is not available in this build of qforge; \
-             it reads and rewrites GGUF (--to gguf from a GGUF input)",
+            "converting {} to {:?} is not available in this build of qforge \
+             (it converts between Hugging Face folders and GGUF)",
             from.name(),
             to
         ),
     }
 }
 
-/// The provenance qforge adds to every GGUF it writes, under `qforge.`.
-fn provenance(meta: &mut Metadata, sources: &[(PathBuf, String)], command: &str) {
-    meta.set("qforge.version", Value::String(crate::VERSION.into()));
-    meta.set("qforge.command", Value::String(command.into()));
-    meta.set(
-        "qforge.source.files",
-        Value::Array(gguf::Array::String(
-            sources
-                .iter()
-                .map(|(p, _)| {
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                })
-                .collect(),
-        )),
+fn hash_sources(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
+    files
+        .iter()
+        .map(|p| {
+            let h = sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
+            Ok((p.clone(), h))
+        })
+        .collect()
+}
+
+/// Hugging Face folder <-> GGUF (and folder -> folder) through the
+/// canonical view.
+fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Result<ExitCode> {
+    let start = Instant::now();
+    let hf;
+    let gguf_model;
+    let view = match from {
+        ModelFormat::Gguf => {
+            gguf_model = GgufModel::open(&args.input)?;
+            ModelView::from_gguf(&gguf_model)?
+        }
+        _ => {
+            if !args.input.is_dir() {
+                bail!(
+                    "{} is a single safetensors file: give the model folder (config.json is needed)",
+                    args.input.display()
+                );
+            }
+            hf = HfModel::open(&args.input)?;
+            ModelView::from_hf(&hf)?
+        }
+    };
+    let plan = match to {
+        TargetFormat::Gguf => plan_gguf(&view, out_type(args.gguf_type))?,
+        _ => plan_safetensors(&view, args.dtype.map(float_type))?,
+    };
+
+    if args.dry_run {
+        if args.json {
+            print_json(&json!({
+                "input": args.input,
+                "output": args.output,
+                "architecture": view.arch.name(),
+                "dry_run": true,
+                "lossless": plan.lossless(),
+                "tensors": plan.tensors.iter().map(|t| t.to_json()).collect::<Vec<_>>(),
+            }))?;
+        } else {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{} ({}) -> {} ({} tensors, {})",
+                args.input.display(),
+                view.arch.name(),
+                args.output.display(),
+                plan.tensors.len(),
+                if plan.lossless() { "lossless" } else { "lossy" }
+            )?;
+            out.write_all(plan.table().as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let bars = FileBars::new(args.json);
+    let opts = WriteOptions {
+        measure: args.report,
+        progress: &bars,
+    };
+    let mut warnings = Vec::new();
+    let report = match to {
+        TargetFormat::Gguf => {
+            let provenance = Provenance {
+                command: "convert".into(),
+                sources: hash_sources(&view.files)?,
+            };
+            let (md, notes) = gguf_metadata(
+                &view,
+                &plan,
+                &GgufMetadataOptions {
+                    model_name: args.model_name.as_deref(),
+                    tokenizer_pre: args.tokenizer_pre.as_deref(),
+                    provenance: Some(&provenance),
+                },
+            )?;
+            warnings.extend(notes.warnings);
+            write_gguf(&view, &plan, &md, &args.output, &opts)?
+        }
+        _ => {
+            if view.gguf_metadata().is_some() && !tokenizer_bridge::TOKENIZER_WIRED {
+                warnings.push(
+                    "tokenizer.json is not written: this build has no tokenizer module yet \
+                     (the chat template is kept as chat_template.jinja)"
+                        .into(),
+                );
+            }
+            let side = hf_side_files(&view, &plan)?;
+            write_safetensors(
+                &view,
+                &plan,
+                &side,
+                &args.output,
+                args.max_shard_size.unwrap_or(DEFAULT_MAX_SHARD_BYTES),
+                &opts,
+            )?
+        }
+    };
+
+    if args.json {
+        let errors: std::collections::HashMap<&str, ErrorStats> = report
+            .tensors
+            .iter()
+            .filter_map(|t| t.error.map(|e| (t.name.as_str(), e)))
+            .collect();
+        let tensors: Vec<_> = plan
+            .tensors
+            .iter()
+            .map(|t| {
+                let mut j = t.to_json();
+                if let Some(e) = errors.get(t.name.as_str()) {
+                    j["error"] = json!({"max_abs": e.max_abs, "rms": e.rms});
+                }
+                j
+            })
+            .collect();
+        print_json(&json!({
+            "input": args.input,
+            "from": from.name(),
+            "to": target_name(to),
+            "architecture": view.arch.name(),
+            "files": report.files_json(),
+            "lossless": plan.lossless(),
+            "tensors": tensors,
+            "warnings": warnings,
+            "seconds": start.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if args.report {
+            print_error_table(&report);
+        }
+        for f in &report.files {
+            eprintln!("wrote {} ({} bytes)", f.path.display(), f.bytes);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_error_table(report: &convert::WriteReport) {
+    let lossy: Vec<_> = report
+        .tensors
+        .iter()
+        .filter_map(|t| t.error.map(|e| (t.name.as_str(), e)))
+        .collect();
+    if lossy.is_empty() {
+        eprintln!("every tensor was converted losslessly");
+        return;
+    }
+    let width = lossy.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    eprintln!(
+        "{:<width$}  {:>12}  {:>12}",
+        "lossy tensor", "max abs err", "rms err"
     );
-    meta.set(
-        "qforge.source.sha256",
-        Value::Array(gguf::Array::String(
-            sources.iter().map(|(_, h)| h.clone()).collect(),
-        )),
-    );
+    for (name, e) in lossy {
+        eprintln!("{name:<width$}  {:>12.4e}  {:>12.4e}", e.max_abs, e.rms);
+    }
+}
+
+fn target_name(t: TargetFormat) -> &'static str {
+    match t {
+        TargetFormat::Gguf => "gguf",
+        TargetFormat::Mlx => "mlx",
+        TargetFormat::Safetensors => "safetensors",
+    }
+}
+
+fn out_type(t: Option<OutType>) -> GgufOutType {
+    match t {
+        None | Some(OutType::Auto) => GgufOutType::Auto,
+        Some(OutType::F32) => GgufOutType::F32,
+        Some(OutType::F16) => GgufOutType::F16,
+        Some(OutType::BF16) => GgufOutType::BF16,
+        Some(OutType::Q8_0) => GgufOutType::Q8_0,
+    }
+}
+
+fn float_type(d: Dtype) -> FloatType {
+    match d {
+        Dtype::F32 => FloatType::F32,
+        Dtype::F16 => FloatType::F16,
+        Dtype::BF16 => FloatType::BF16,
+    }
 }
 
 fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
@@ -112,7 +363,11 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
         let prefix = strip_gguf(&args.output);
         // Provenance goes into the first file's metadata, which carries all keys.
         let mut meta = model.metadata().clone();
-        provenance(&mut meta, &sources, "convert");
+        Provenance {
+            command: "convert".into(),
+            sources: sources.clone(),
+        }
+        .write(&mut meta);
         let paths = gguf::split_file_with_metadata(&model, &meta, &prefix, by)?;
         for p in paths {
             let bytes = std::fs::metadata(&p)?.len();
@@ -127,7 +382,11 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
         ] {
             meta.remove(key);
         }
-        provenance(&mut meta, &sources, "convert");
+        Provenance {
+            command: "convert".into(),
+            sources: sources.clone(),
+        }
+        .write(&mut meta);
         let specs: Vec<TensorSpec> = model.tensors().map(|(t, _)| TensorSpec::from(t)).collect();
         let total: u64 = specs
             .iter()

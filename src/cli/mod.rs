@@ -12,7 +12,7 @@ mod inspect;
 mod progress;
 mod run;
 
-pub use progress::Progress;
+pub use progress::{FileBars, Progress};
 
 /// Convert, quantize and verify language models: GGUF, MLX, safetensors.
 #[derive(Debug, Parser)]

@@ -49,3 +49,59 @@ pub(crate) fn draw_target(quiet: bool) -> ProgressDrawTarget {
         ProgressDrawTarget::stderr()
     }
 }
+
+/// A [`ProgressSink`](crate::convert::ProgressSink) that draws one bar per
+/// output file, labelled with the file and showing the current tensor.
+pub struct FileBars {
+    quiet: bool,
+    bar: std::sync::Mutex<Option<Progress>>,
+}
+
+impl FileBars {
+    /// Bars on stderr (hidden when `quiet` or not a terminal).
+    pub fn new(quiet: bool) -> FileBars {
+        FileBars {
+            quiet,
+            bar: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&Progress)) {
+        if let Ok(guard) = self.bar.lock() {
+            if let Some(bar) = guard.as_ref() {
+                f(bar);
+            }
+        }
+    }
+}
+
+impl crate::convert::ProgressSink for FileBars {
+    fn file(&self, label: &str, total_bytes: u64) {
+        let name = std::path::Path::new(label)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| label.to_string());
+        if let Ok(mut guard) = self.bar.lock() {
+            if let Some(old) = guard.take() {
+                old.finish();
+            }
+            *guard = Some(Progress::bytes(total_bytes, &name, self.quiet));
+        }
+    }
+
+    fn tensor(&self, name: &str) {
+        self.with(|b| b.set_message(name));
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.with(|b| b.inc(bytes));
+    }
+
+    fn done(&self) {
+        if let Ok(mut guard) = self.bar.lock() {
+            if let Some(old) = guard.take() {
+                old.finish();
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod detect;
 pub mod error;
 pub mod gguf;
+pub mod hf;
 pub mod mlx;
 pub mod mmap;
 pub mod paths;

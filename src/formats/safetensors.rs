@@ -300,6 +300,12 @@ impl SafetensorsFile {
         self.map.bytes().len() as u64
     }
 
+    /// Lets the kernel drop the mapped pages under `data` (see
+    /// [`MappedFile::release`]).
+    pub fn release(&self, data: &[u8]) {
+        self.map.release(data);
+    }
+
     /// Zero-copy view of a tensor's bytes.
     pub fn tensor_data(&self, t: &StTensorInfo) -> &[u8] {
         let start = (self.header.data_offset + t.begin) as usize;
@@ -490,6 +496,12 @@ impl SafetensorsModel {
     /// Total bytes of all files.
     pub fn file_bytes(&self) -> u64 {
         self.files.iter().map(SafetensorsFile::file_len).sum()
+    }
+}
+
+impl super::mmap::ReleasePages for SafetensorsModel {
+    fn release(&self, data: &[u8]) {
+        self.files.iter().for_each(|f| f.release(data));
     }
 }
 

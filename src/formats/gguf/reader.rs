@@ -479,6 +479,12 @@ impl GgufFile {
         &self.map.bytes()[start..start + info.size as usize]
     }
 
+    /// Lets the kernel drop the mapped pages under `data` (see
+    /// [`MappedFile::release`]).
+    pub fn release(&self, data: &[u8]) {
+        self.map.release(data);
+    }
+
     /// The data of the tensor named `name`.
     pub fn tensor_data_by_name(&self, name: &str) -> Option<&[u8]> {
         self.header.tensor(name).map(|t| self.tensor_data(t))

@@ -198,6 +198,12 @@ impl GgufModel {
     }
 }
 
+impl crate::formats::mmap::ReleasePages for GgufModel {
+    fn release(&self, data: &[u8]) {
+        self.files.iter().for_each(|f| f.release(data));
+    }
+}
+
 fn split_count(f: &GgufFile) -> Result<usize> {
     match f.metadata().get(keys::SPLIT_COUNT) {
         None => Ok(1),
