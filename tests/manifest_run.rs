@@ -541,3 +541,83 @@ fn real_stages_rewrite_a_gguf_source_and_name_what_is_missing() {
     .unwrap();
     assert!(o.nothing_rebuilt());
 }
+
+/// The real converter: a fixture's HF folder to a GGUF and a safetensors
+/// folder, with the manifest's chat template and settings in both.
+#[test]
+fn real_stages_convert_an_hf_fixture_to_gguf_and_safetensors() {
+    use qforge::formats::gguf::{GgufModel, Value};
+    use qforge::manifest::Stages;
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("m.yaml");
+    fs::write(
+        &manifest,
+        format!(
+            "name: Tiny llama\nfrom: {}\nchat_template: \"{{{{ messages }}}}\"\n\
+             parameters: {{temperature: 0.5}}\nartifacts:\n\
+             \x20 - name: tiny-f16\n    format: gguf\n    quantization: F16\n\
+             \x20 - name: tiny-hf\n    format: safetensors\n    dtype: bf16\n",
+            fixture.display()
+        ),
+    )
+    .unwrap();
+    let m = qforge::manifest::load_resolved(&manifest, None).unwrap();
+    let o = run(
+        &m,
+        &RunOptions::default(),
+        Stages::real(),
+        &Quiet,
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(o.pass(), "{:#?}", o.report.artifacts);
+
+    let gguf = GgufModel::open(m.output.join("tiny-f16.gguf")).unwrap();
+    let meta = gguf.metadata();
+    assert_eq!(meta.get_str("general.name"), Some("Tiny llama"));
+    assert_eq!(
+        meta.get_str("tokenizer.chat_template"),
+        Some("{{ messages }}")
+    );
+    assert_eq!(meta.get("general.sampling.temp"), Some(&Value::F32(0.5)));
+    assert_eq!(meta.get_u64("general.file_type"), Some(1));
+
+    let hf = m.output.join("tiny-hf");
+    let template = match fs::read_to_string(hf.join("chat_template.jinja")) {
+        Ok(t) => t,
+        Err(_) => {
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&fs::read(hf.join("tokenizer_config.json")).unwrap())
+                    .unwrap();
+            cfg["chat_template"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(template, "{{ messages }}");
+    assert!(hf.join("config.json").is_file());
+
+    let again = run(
+        &m,
+        &RunOptions::default(),
+        Stages::real(),
+        &Quiet,
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(again.nothing_rebuilt());
+    let forced = run(
+        &m,
+        &RunOptions {
+            force: true,
+            ..RunOptions::default()
+        },
+        Stages::real(),
+        &Quiet,
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(forced.pass());
+    // Same settings, same bytes.
+    assert_eq!(forced.lock, o.lock);
+}

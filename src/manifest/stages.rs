@@ -386,18 +386,160 @@ pub mod real {
         ))
     }
 
-    /// Conversions. Wired today: a GGUF rewritten as the same file type
-    /// with the manifest's metadata (formats::gguf). The rest is
-    /// `crate::convert` (issue 4).
+    /// Conversions through [`crate::convert`]: Hugging Face folders and
+    /// GGUF files to GGUF (F32/F16/BF16/Q8_0) and to safetensors folders,
+    /// and a GGUF rewritten as its own file type with the manifest's
+    /// metadata. MLX output and MLX input are not in this build yet.
     pub struct RealConvert;
 
     impl Convert for RealConvert {
         fn convert(&self, req: &ConvertRequest<'_>) -> StageResult<()> {
             match (&req.target, req.input_format) {
                 (ConvertTarget::Gguf { outtype }, ModelFormat::Gguf) => rewrite_gguf(req, outtype),
-                _ => Err(not_wired("convert", 4)),
+                (ConvertTarget::Mlx { .. }, _) => Err(not_wired("MLX output for convert", 4)),
+                (_, ModelFormat::Mlx) => Err(not_wired("MLX input for convert", 4)),
+                _ => convert_view(req),
             }
         }
+    }
+
+    /// Hears a converter's progress and passes it on.
+    struct Sink<'a>(&'a dyn StageProgress);
+
+    impl crate::convert::ProgressSink for Sink<'_> {
+        fn file(&self, label: &str, total_bytes: u64) {
+            self.0.start(label, Some(total_bytes));
+        }
+        fn tensor(&self, _name: &str) {}
+        fn advance(&self, bytes: u64) {
+            self.0.advance(bytes);
+        }
+        fn done(&self) {
+            self.0.finish();
+        }
+    }
+
+    /// The chat template of a folder's side files replaced: in
+    /// chat_template.jinja when the folder has one, else in
+    /// tokenizer_config.json.
+    fn set_chat_template(side: &mut Vec<(String, Vec<u8>)>, template: &str) -> StageResult<()> {
+        if let Some((_, bytes)) = side.iter_mut().find(|(n, _)| n == "chat_template.jinja") {
+            *bytes = template.as_bytes().to_vec();
+            return Ok(());
+        }
+        let mut config = match side.iter().find(|(n, _)| n == "tokenizer_config.json") {
+            Some((_, b)) => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(b)
+                .map_err(|e| StageError(format!("tokenizer_config.json: {e}")))?,
+            None => serde_json::Map::new(),
+        };
+        config.insert("chat_template".into(), template.into());
+        let mut text = serde_json::to_string_pretty(&config).expect("JSON serializes");
+        text.push('\n');
+        side.retain(|(n, _)| n != "tokenizer_config.json");
+        side.push(("tokenizer_config.json".into(), text.into_bytes()));
+        Ok(())
+    }
+
+    fn convert_view(req: &ConvertRequest<'_>) -> StageResult<()> {
+        use crate::convert::{
+            gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, write_gguf,
+            write_safetensors, FloatType, GgufMetadataOptions, GgufOutType, ModelView, Provenance,
+            WriteOptions, DEFAULT_MAX_SHARD_BYTES,
+        };
+        use crate::formats::gguf::GgufModel;
+        use crate::formats::hf::HfModel;
+
+        let cerr = |e: crate::convert::ConvertError| StageError::from_error(&e);
+        let ferr = |e: crate::formats::FormatError| StageError::from_error(&e);
+        let (gguf_model, hf);
+        let view = match req.input_format {
+            ModelFormat::Gguf => {
+                gguf_model = GgufModel::open(req.input).map_err(ferr)?;
+                ModelView::from_gguf(&gguf_model).map_err(cerr)?
+            }
+            _ => {
+                hf = HfModel::open(req.input).map_err(ferr)?;
+                ModelView::from_hf(&hf).map_err(cerr)?
+            }
+        };
+        let sink = Sink(req.progress);
+        let opts = WriteOptions {
+            measure: false,
+            progress: &sink,
+        };
+        let float = |d: Dtype| match d {
+            Dtype::F32 => FloatType::F32,
+            Dtype::F16 => FloatType::F16,
+            Dtype::Bf16 => FloatType::BF16,
+        };
+        match &req.target {
+            ConvertTarget::Gguf { outtype } => {
+                let outtype = match *outtype {
+                    "F32" => GgufOutType::F32,
+                    "F16" => GgufOutType::F16,
+                    "BF16" => GgufOutType::BF16,
+                    "Q8_0" => GgufOutType::Q8_0,
+                    other => {
+                        return Err(StageError(format!(
+                            "converting writes F32, F16, BF16 or Q8_0, not {other}"
+                        )))
+                    }
+                };
+                let plan = plan_gguf(&view, outtype).map_err(cerr)?;
+                let sources = view
+                    .files
+                    .iter()
+                    .map(|p| {
+                        crate::hashing::sha256_file(p)
+                            .map(|h| (p.clone(), h))
+                            .map_err(|e| StageError(format!("hashing {}: {e}", p.display())))
+                    })
+                    .collect::<StageResult<Vec<_>>>()?;
+                let provenance = Provenance {
+                    command: "run".into(),
+                    sources,
+                };
+                let (mut md, _notes) = gguf_metadata(
+                    &view,
+                    &plan,
+                    &GgufMetadataOptions {
+                        model_name: None,
+                        tokenizer_pre: None,
+                        provenance: Some(&provenance),
+                    },
+                )
+                .map_err(cerr)?;
+                for (k, v) in req.gguf_metadata {
+                    md.set(k.clone(), v.clone());
+                }
+                write_gguf(&view, &plan, &md, req.output, &opts).map_err(cerr)?;
+            }
+            ConvertTarget::Safetensors { dtype } => {
+                let plan = plan_safetensors(&view, dtype.map(float)).map_err(cerr)?;
+                let mut side = hf_side_files(&view, &plan).map_err(cerr)?;
+                if let Some(t) = req.chat_template {
+                    set_chat_template(&mut side, t)?;
+                }
+                // The writer wants a new folder: write beside the old one,
+                // then swap.
+                let name = req
+                    .output
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let fresh = req.output.with_file_name(format!(".{name}.qforge-new"));
+                let _ = std::fs::remove_dir_all(&fresh);
+                write_safetensors(&view, &plan, &side, &fresh, DEFAULT_MAX_SHARD_BYTES, &opts)
+                    .map_err(cerr)?;
+                let io = |e: std::io::Error| StageError(format!("{}: {e}", req.output.display()));
+                if req.output.exists() {
+                    std::fs::remove_dir_all(req.output).map_err(io)?;
+                }
+                std::fs::rename(&fresh, req.output).map_err(io)?;
+            }
+            ConvertTarget::Mlx { .. } => unreachable!("refused above"),
+        }
+        Ok(())
     }
 
     /// Rewrites a GGUF file (any part of a split set) as one file with the
