@@ -95,6 +95,10 @@ pub struct ArtifactLock {
     pub settings_sha256: String,
     /// Inputs by role (`source`, `imatrix`): their SHA-256.
     pub inputs: BTreeMap<String, String>,
+    /// Inputs of its verification by role (`text`, `reference`): their
+    /// SHA-256. A change re-measures; it does not rebuild.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verify_inputs: BTreeMap<String, String>,
     /// The files written, relative to the output folder, sorted.
     pub outputs: Vec<FileLock>,
     /// The artifact's own hash: the GGUF file's SHA-256, or for a folder

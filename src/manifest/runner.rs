@@ -512,6 +512,7 @@ impl Runner<'_> {
             settings,
             settings_sha256,
             inputs,
+            verify_inputs: BTreeMap::new(),
             outputs,
             sha256,
         })
@@ -595,7 +596,7 @@ impl Runner<'_> {
                     && outputs_present(&output, e)
             });
         let final_path = artifact_path(&output, a);
-        let entry = if up_to_date {
+        let mut entry = if up_to_date {
             row.status = Status::UpToDate;
             self.observer.event(RunEvent::UpToDate(name));
             old_entry.clone().expect("up to date means an entry")
@@ -619,6 +620,7 @@ impl Runner<'_> {
         row.bits_per_weight = super::measure::bits_per_weight(&final_path).ok();
 
         let Some(v) = &a.verify else {
+            entry.verify_inputs.clear();
             row.pass = true;
             return (row, Some(entry));
         };
@@ -635,6 +637,10 @@ impl Runner<'_> {
                 )
             }
         };
+        entry.verify_inputs = BTreeMap::from([
+            ("reference".to_string(), ref_sha.clone()),
+            ("text".to_string(), text_sha.clone()),
+        ]);
         let key = json_sha256(&json!({
             "qforge_version": crate::VERSION,
             "artifact": entry.sha256,
