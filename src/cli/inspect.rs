@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value as Json};
 use super::{human_bytes, print_json};
 use crate::formats::gguf::{Array, GgufModel, Value};
 use crate::formats::mlx::MlxModel;
+use crate::formats::paths::{read_side_file, MAX_JSON_SIDE_FILE};
 use crate::formats::safetensors::{dtype_name, SafetensorsModel, StTensorInfo};
 use crate::formats::{detect, ModelFormat};
 use crate::quant::ftype::file_type_name;
@@ -232,12 +233,11 @@ fn hf_facts(config: &Map<String, Json>) -> (Option<String>, Vec<(&'static str, S
 
 fn read_config(dir: &Path) -> Result<Option<Map<String, Json>>> {
     let p = dir.join("config.json");
-    if !p.is_file() {
+    let Some(text) = read_side_file(dir, "config.json", MAX_JSON_SIDE_FILE)? else {
         return Ok(None);
-    }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    };
     let v =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
     Ok(Some(v))
 }
 

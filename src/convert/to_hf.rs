@@ -15,6 +15,7 @@ use super::view::{Encoding, ModelView, Source};
 use super::{FileReport, TensorReport, WriteOptions, WriteReport};
 use crate::formats::atomic::AtomicDir;
 use crate::formats::error::FormatError;
+use crate::formats::paths::{read_side_file, MAX_TOKENIZER_FILE};
 use crate::formats::safetensors::{plan_shards, shard_name, write_model, StTensorSpec, INDEX_FILE};
 use crate::hashing::sha256_file;
 
@@ -45,9 +46,7 @@ pub fn hf_side_files(view: &ModelView<'_>, plan: &Plan) -> Result<Vec<(String, V
     match &view.source {
         Source::Hf { dir, .. } | Source::Mlx { dir } => {
             for name in HF_TOKENIZER_FILES {
-                let p = dir.join(name);
-                if p.is_file() {
-                    let bytes = std::fs::read(&p).map_err(|e| FormatError::io(&p, e))?;
+                if let Some(bytes) = read_side_file(dir, name, MAX_TOKENIZER_FILE)? {
                     files.push((name.to_string(), bytes));
                 }
             }

@@ -225,10 +225,10 @@ fn relative_blob_target(path: &str, etag: &str) -> Result<PathBuf> {
 }
 
 /// A repo path as a relative file path: no root, no `..`, no empty or `.`
-/// parts, no backslashes (the Hub uses `/`).
+/// parts, no backslashes (the Hub uses `/`), no NUL or control characters.
 pub fn safe_relative_path(path: &str) -> Result<PathBuf> {
-    let bad = || FetchError::from(FetchErrorKind::UnsafePath(path.to_string()));
-    if path.is_empty() || path.contains('\\') || path.contains('\0') {
+    let bad = || FetchError::from(FetchErrorKind::UnsafePath(path.escape_debug().to_string()));
+    if path.is_empty() || path.contains('\\') || path.chars().any(char::is_control) {
         return Err(bad());
     }
     let mut out = PathBuf::new();
@@ -305,6 +305,10 @@ mod tests {
             "a//b",
             "./a",
             "a\\b",
+            "a\0b",
+            "a\nb.json",
+            "sub/\u{1b}[2Jx",
+            "a/.",
         ] {
             assert!(safe_relative_path(p).is_err(), "{p}");
         }

@@ -182,7 +182,7 @@ pub enum FetchErrorKind {
         sample: String,
     },
     /// A path from the Hub listing that would leave the snapshot folder.
-    #[error("refusing repo path '{0}': it is absolute, empty, or leaves the snapshot folder")]
+    #[error("refusing repo path '{0}': it is absolute, empty, has control characters, or leaves the snapshot folder")]
     UnsafePath(String),
     /// An operating-system error on a file.
     #[error("{}: {source}", .path.display())]

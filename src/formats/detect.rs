@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::error::{FormatError, Result};
 use super::gguf::MAGIC;
+use super::paths::{read_side_file, MAX_JSON_SIDE_FILE};
 use super::safetensors::{INDEX_FILE, SINGLE_FILE};
 
 /// The model formats qforge reads.
@@ -59,9 +60,8 @@ pub fn detect(path: &Path) -> Result<ModelFormat> {
 }
 
 fn detect_dir(dir: &Path) -> Result<ModelFormat> {
-    let config = dir.join("config.json");
-    if let Ok(text) = std::fs::read_to_string(&config) {
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+    if let Ok(Some(text)) = read_side_file(dir, "config.json", MAX_JSON_SIDE_FILE) {
+        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&text) {
             if json.get("quantization").is_some() {
                 return Ok(ModelFormat::Mlx);
             }

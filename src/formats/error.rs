@@ -109,6 +109,18 @@ pub enum FormatErrorKind {
         /// Why it is refused.
         why: &'static str,
     },
+    /// An input that another process changed while qforge was reading it.
+    #[error("the file changed while qforge was reading it ({what}); nothing was written under the output's name, run again once the file is complete")]
+    InputChanged {
+        /// What changed.
+        what: String,
+    },
+    /// An output that another live process is writing right now.
+    #[error("another process (pid {pid}) is writing this output now; wait for it to finish or choose another output name")]
+    OutputBusy {
+        /// The process holding the other temporary file.
+        pid: u32,
+    },
     /// Anything else, said in a sentence.
     #[error("{0}")]
     Other(String),

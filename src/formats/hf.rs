@@ -2,12 +2,12 @@
 //! model card, and the safetensors weights (one file or shards with an
 //! index), read by mmap.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
 use super::error::{FormatError, FormatErrorKind, Result};
+use super::paths::{read_side_file, MAX_JSON_SIDE_FILE};
 use super::safetensors::{SafetensorsModel, StTensorInfo};
 
 /// Name of the model configuration.
@@ -89,7 +89,8 @@ impl HfModel {
 
     /// The model card's text, when there is one.
     pub fn model_card(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join(MODEL_CARD_FILE)).ok()
+        let bytes = read_side_file(&self.dir, MODEL_CARD_FILE, MAX_JSON_SIDE_FILE).ok()??;
+        String::from_utf8(bytes).ok()
     }
 }
 
@@ -99,10 +100,25 @@ impl super::mmap::ReleasePages for HfModel {
     }
 }
 
-/// Reads a JSON file that must hold an object.
+/// Reads a JSON file that must hold an object: a side file of its folder,
+/// so a plain name that stays in it and at most [`MAX_JSON_SIDE_FILE`]
+/// bytes.
 pub fn read_json_object(path: &Path) -> Result<Map<String, Json>> {
-    let text = fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
-    match serde_json::from_str::<Json>(&text) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let text = read_side_file(dir, name, MAX_JSON_SIDE_FILE)?.ok_or_else(|| {
+        FormatError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
+        )
+    })?;
+    match serde_json::from_slice::<Json>(&text) {
         Ok(Json::Object(m)) => Ok(m),
         Ok(_) => Err(
             FormatError::new(FormatErrorKind::Json("expected a JSON object".into())).in_file(path),

@@ -6,13 +6,13 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
 use super::atomic::AtomicDir;
 use super::error::{FormatError, FormatErrorKind, Result};
+use super::paths::{read_side_file, MAX_JSON_SIDE_FILE};
 use super::safetensors::{write_model, Dtype, SafetensorsModel, StTensorInfo, StTensorSpec};
 
 /// Group sizes mlx's affine mode supports.
@@ -174,9 +174,13 @@ impl MlxModel {
     pub fn open(dir: impl AsRef<Path>) -> Result<MlxModel> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
-        let text =
-            fs::read_to_string(&config_path).map_err(|e| FormatError::io(&config_path, e))?;
-        let config: Map<String, Json> = serde_json::from_str(&text).map_err(|e| {
+        let text = read_side_file(dir, "config.json", MAX_JSON_SIDE_FILE)?.ok_or_else(|| {
+            FormatError::io(
+                &config_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
+            )
+        })?;
+        let config: Map<String, Json> = serde_json::from_slice(&text).map_err(|e| {
             FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&config_path)
         })?;
         let quantization = config

@@ -21,7 +21,7 @@ pub use safetensors::Dtype;
 use super::atomic::AtomicFile;
 use super::error::{FormatError, FormatErrorKind, Result};
 use super::mmap::MappedFile;
-use super::paths::safe_child;
+use super::paths::{read_side_file, safe_child, MAX_JSON_SIDE_FILE};
 
 /// Largest header the reference reader accepts.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -83,9 +83,25 @@ pub struct StHeader {
     pub data_offset: u64,
 }
 
-/// The raw JSON of a header, keeping order and catching duplicate keys
-/// (serde's maps would let a later entry silently replace an earlier one).
-struct RawHeader(Vec<(String, serde_json::Value)>);
+/// Most dimensions a tensor may have: numpy 2's NPY_MAXDIMS. The reference
+/// reader has no limit; without one a header of `[1,1,1,...]` would cost
+/// four times its size in memory.
+pub const MAX_RANK: usize = 64;
+
+/// Most `__metadata__` entries: real files carry one (`format`).
+pub const MAX_METADATA_ENTRIES: usize = 1 << 16;
+
+/// One value of the header object: `__metadata__` or a tensor entry.
+enum RawValue {
+    Metadata(BTreeMap<String, String>),
+    Entry(RawEntry),
+}
+
+/// The header's entries in file order, each deserialized straight into its
+/// type (no generic JSON tree, which costs many times the text's size),
+/// with duplicate keys caught (serde's maps would let a later entry
+/// silently replace an earlier one).
+struct RawHeader(Vec<(String, RawValue)>);
 
 impl<'de> Deserialize<'de> for RawHeader {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -105,7 +121,20 @@ impl<'de> Deserialize<'de> for RawHeader {
                     if !seen.insert(key.clone()) {
                         return Err(de::Error::custom(format!("duplicate entry '{key}'")));
                     }
-                    out.push((key, map.next_value()?));
+                    let value = if key == "__metadata__" {
+                        map.next_value::<BoundedMetadata>()
+                            .map(|m| RawValue::Metadata(m.0))
+                            .map_err(|e| {
+                                de::Error::custom(format!(
+                                    "__metadata__ must map strings to strings: {e}"
+                                ))
+                            })?
+                    } else {
+                        map.next_value::<RawEntry>()
+                            .map(RawValue::Entry)
+                            .map_err(|e| de::Error::custom(format!("tensor '{key}': {e}")))?
+                    };
+                    out.push((key, value));
                 }
                 Ok(RawHeader(out))
             }
@@ -118,8 +147,71 @@ impl<'de> Deserialize<'de> for RawHeader {
 #[serde(deny_unknown_fields)]
 struct RawEntry {
     dtype: String,
-    shape: Vec<u64>,
+    shape: BoundedShape,
     data_offsets: (u64, u64),
+}
+
+/// A shape of at most [`MAX_RANK`] dimensions, refused at the first one
+/// over.
+struct BoundedShape(Vec<u64>);
+
+impl<'de> Deserialize<'de> for BoundedShape {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BoundedShape;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a list of at most {MAX_RANK} dimensions")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<BoundedShape, A::Error> {
+                let mut dims = Vec::new();
+                while let Some(d) = seq.next_element::<u64>()? {
+                    if dims.len() == MAX_RANK {
+                        return Err(de::Error::custom(format!(
+                            "the shape has more than {MAX_RANK} dimensions"
+                        )));
+                    }
+                    dims.push(d);
+                }
+                Ok(BoundedShape(dims))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `__metadata__` with at most [`MAX_METADATA_ENTRIES`] entries.
+struct BoundedMetadata(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for BoundedMetadata {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BoundedMetadata;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object mapping strings to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<BoundedMetadata, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if out.len() == MAX_METADATA_ENTRIES {
+                        return Err(de::Error::custom(format!(
+                            "more than {MAX_METADATA_ENTRIES} entries"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(BoundedMetadata(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl StHeader {
@@ -170,18 +262,14 @@ impl StHeader {
         let mut metadata = None;
         let mut tensors = Vec::with_capacity(raw.0.len());
         for (key, value) in raw.0 {
-            if key == "__metadata__" {
-                let m: BTreeMap<String, String> = serde_json::from_value(value).map_err(|e| {
-                    FormatError::new(FormatErrorKind::Json(format!(
-                        "__metadata__ must map strings to strings: {e}"
-                    )))
-                })?;
-                metadata = Some(m);
-                continue;
-            }
-            let entry: RawEntry = serde_json::from_value(value).map_err(|e| {
-                FormatError::new(FormatErrorKind::Json(format!("bad entry: {e}"))).for_tensor(&key)
-            })?;
+            let entry = match value {
+                RawValue::Metadata(m) => {
+                    metadata = Some(m);
+                    continue;
+                }
+                RawValue::Entry(entry) => entry,
+            };
+            let shape = entry.shape.0;
             let dtype = parse_dtype(&entry.dtype).ok_or_else(|| {
                 FormatError::other(format!("unknown dtype '{}'", entry.dtype)).for_tensor(&key)
             })?;
@@ -192,30 +280,27 @@ impl StHeader {
                 )))
                 .for_tensor(&key));
             }
-            let bits = entry
-                .shape
+            let bits = shape
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .and_then(|n| n.checked_mul(dtype_bits(dtype)))
                 .ok_or_else(|| {
                     FormatError::new(FormatErrorKind::BadShape(format!(
-                        "shape {:?} overflows a byte count",
-                        entry.shape
+                        "shape {shape:?} overflows a byte count"
                     )))
                     .for_tensor(&key)
                 })?;
             if bits % 8 != 0 {
                 return Err(FormatError::new(FormatErrorKind::BadShape(format!(
-                    "shape {:?} of {} is not a whole number of bytes",
-                    entry.shape, entry.dtype
+                    "shape {shape:?} of {} is not a whole number of bytes",
+                    entry.dtype
                 )))
                 .for_tensor(&key));
             }
             if end - begin != bits / 8 {
                 return Err(FormatError::new(FormatErrorKind::BadLayout(format!(
-                    "data_offsets [{begin}, {end}] hold {} bytes but shape {:?} of {} needs {}",
+                    "data_offsets [{begin}, {end}] hold {} bytes but shape {shape:?} of {} needs {}",
                     end - begin,
-                    entry.shape,
                     entry.dtype,
                     bits / 8
                 )))
@@ -224,7 +309,7 @@ impl StHeader {
             tensors.push(StTensorInfo {
                 name: key,
                 dtype,
-                shape: entry.shape,
+                shape,
                 begin,
                 end,
             });
@@ -341,10 +426,8 @@ impl SafetensorsModel {
         let path = path.as_ref();
         let (root, file_names, index) = if path.is_dir() {
             let index_path = path.join(INDEX_FILE);
-            if index_path.is_file() {
-                let text =
-                    fs::read_to_string(&index_path).map_err(|e| FormatError::io(&index_path, e))?;
-                let index: ShardIndex = serde_json::from_str(&text).map_err(|e| {
+            if let Some(text) = read_side_file(path, INDEX_FILE, MAX_JSON_SIDE_FILE)? {
+                let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| {
                     FormatError::new(FormatErrorKind::Json(e.to_string())).in_file(&index_path)
                 })?;
                 let mut names: Vec<String> = Vec::new();
@@ -388,8 +471,13 @@ impl SafetensorsModel {
         let index_path = root.join(INDEX_FILE);
         let mut files = Vec::with_capacity(file_names.len());
         for name in &file_names {
+            // A name from the index, or a file found in a folder: either way
+            // it must stay inside the folder. The path of a single file was
+            // given by the user and is taken as it is.
             let p = if index.is_some() {
                 safe_child(&root, name).map_err(|e| e.in_file(&index_path))?
+            } else if path.is_dir() {
+                safe_child(&root, name).map_err(|e| e.in_file(&root.join(name)))?
             } else {
                 root.join(name)
             };

@@ -30,6 +30,10 @@ pub enum TokenizerErrorKind {
     /// A tokenizer kind this module does not handle.
     #[error("{0}")]
     Unsupported(String),
+    /// A file refused by the format layer: a name that leaves its folder,
+    /// a file over its size limit, an output that cannot be written.
+    #[error("{0}")]
+    Format(Box<crate::formats::FormatError>),
     /// An error from the `tokenizers` crate.
     #[error("tokenizers: {0}")]
     Tokenizers(String),
@@ -87,6 +91,12 @@ impl TokenizerError {
     }
 }
 
+impl From<crate::formats::FormatError> for TokenizerError {
+    fn from(e: crate::formats::FormatError) -> Self {
+        TokenizerError::new(TokenizerErrorKind::Format(Box::new(e)))
+    }
+}
+
 impl From<TokenizerErrorKind> for TokenizerError {
     fn from(kind: TokenizerErrorKind) -> Self {
         TokenizerError::new(kind)
@@ -106,6 +116,7 @@ impl std::error::Error for TokenizerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             TokenizerErrorKind::Io(e) => Some(e),
+            TokenizerErrorKind::Format(e) => Some(e.as_ref()),
             _ => None,
         }
     }

@@ -25,6 +25,7 @@ use super::pre::{hf_pre_tokenizer, known_pre_tokenizers, pre_tokenizer_info};
 use super::{keys, TokenType};
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{Array, Metadata, Value as GgufValue};
+use crate::formats::paths::safe_child;
 
 /// Hugging Face tokenizer files rebuilt from GGUF metadata.
 #[derive(Debug, Clone)]
@@ -92,7 +93,9 @@ impl HfTokenizerOutput {
             let extra = dir.join("additional_chat_templates");
             std::fs::create_dir_all(&extra).map_err(|e| TokenizerError::io(&extra, e))?;
             for (name, t) in &self.named_chat_templates {
-                write_file(&extra.join(format!("{name}.jinja")), t.as_bytes())?;
+                // The name comes from a GGUF key (tokenizer.chat_template.NAME).
+                let path = safe_child(&extra, &format!("{name}.jinja"))?;
+                write_file(&path, t.as_bytes())?;
             }
         }
         Ok(())
@@ -101,11 +104,10 @@ impl HfTokenizerOutput {
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let to_err = |e: crate::formats::FormatError| TokenizerError::json(e.to_string()).in_file(path);
-    let mut f = AtomicFile::create(path).map_err(to_err)?;
+    let mut f = AtomicFile::create(path)?;
     f.write_all(bytes)
         .map_err(|e| TokenizerError::io(path, e))?;
-    f.commit().map_err(to_err)
+    Ok(f.commit()?)
 }
 
 /// The tokenizer keys of a GGUF file, read and checked.
@@ -436,9 +438,21 @@ pub(crate) fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(Stri
         local.sort_by_key(|m| (m.0, m.1));
         merges.extend(local);
     }
+    // A total order on scores that agrees with `<` on every real one (so
+    // -0.0 == 0.0, as in Python): NaN, which no real vocabulary holds, sorts
+    // last instead of making the order inconsistent.
+    let key = |s: f32| {
+        if s.is_nan() {
+            f32::NEG_INFINITY
+        } else if s == 0.0 {
+            0.0
+        } else {
+            s
+        }
+    };
     merges.sort_by(|a, b| {
-        b.3.partial_cmp(&a.3)
-            .unwrap_or(std::cmp::Ordering::Equal)
+        key(b.3)
+            .total_cmp(&key(a.3))
             .then(b.4.cmp(&a.4))
             .then(b.5.cmp(&a.5))
     });
@@ -656,6 +670,18 @@ pub fn gguf_to_hf(md: &Metadata) -> Result<HfTokenizerOutput> {
         if let (Some(name), GgufValue::String(t)) =
             (key.strip_prefix("tokenizer.chat_template."), value)
         {
+            // The name becomes a file name (additional_chat_templates/NAME.jinja).
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.contains(['/', '\\'])
+                || name.chars().any(char::is_control)
+            {
+                return Err(TokenizerError::metadata(format!(
+                    "{key}: the template name {name:?} cannot be a file name \
+                     (empty, a path, or control characters)"
+                )));
+            }
             named.push((name.to_string(), t.clone()));
         }
     }

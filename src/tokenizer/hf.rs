@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::error::{Result, TokenizerError};
 use super::sentencepiece::SentencePieceModel;
+use crate::formats::paths::{read_side_file, MAX_JSON_SIDE_FILE, MAX_TOKENIZER_FILE};
 
 /// The tokenizer-related files of a model folder. Absent files are `None`;
 /// a file that exists but does not parse is an error.
@@ -48,7 +49,7 @@ impl HfTokenizerFiles {
                 dir.display()
             )));
         }
-        let tokenizer_json_text = read_text(&dir.join("tokenizer.json"))?;
+        let tokenizer_json_text = read_text(dir, "tokenizer.json", MAX_TOKENIZER_FILE)?;
         let tokenizer_json = match &tokenizer_json_text {
             Some(text) => Some(parse_json(text, &dir.join("tokenizer.json"))?),
             None => None,
@@ -57,36 +58,40 @@ impl HfTokenizerFiles {
         let extra = dir.join("additional_chat_templates");
         if extra.is_dir() {
             for entry in fs::read_dir(&extra).map_err(|e| TokenizerError::io(&extra, e))? {
-                let path = entry.map_err(|e| TokenizerError::io(&extra, e))?.path();
-                if path.extension().is_some_and(|e| e == "jinja") {
-                    let name = path
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let text = read_text(&path)?.unwrap_or_default();
-                    additional.push((name, text));
+                let entry = entry.map_err(|e| TokenizerError::io(&extra, e))?;
+                let file_name = entry.file_name();
+                let Some(file_name) = file_name.to_str() else {
+                    continue;
+                };
+                if let Some(name) = file_name.strip_suffix(".jinja") {
+                    let text =
+                        read_text(&extra, file_name, MAX_JSON_SIDE_FILE)?.unwrap_or_default();
+                    additional.push((name.to_string(), text));
                 }
             }
             additional.sort();
         }
-        let spm_path = dir.join("tokenizer.model");
+        let sentencepiece = match read_side_file(dir, "tokenizer.model", MAX_TOKENIZER_FILE)? {
+            Some(bytes) => Some(
+                SentencePieceModel::parse(&bytes)
+                    .map_err(|e| e.in_file(&dir.join("tokenizer.model")))?,
+            ),
+            None => None,
+        };
+        let json = |name: &str| read_json(dir, name);
         Ok(HfTokenizerFiles {
             dir: dir.to_path_buf(),
             tokenizer_json_text,
             tokenizer_json,
-            tokenizer_config: read_json(&dir.join("tokenizer_config.json"))?,
-            special_tokens_map: read_json(&dir.join("special_tokens_map.json"))?,
-            config: read_json(&dir.join("config.json"))?,
-            generation_config: read_json(&dir.join("generation_config.json"))?,
-            added_tokens: read_json(&dir.join("added_tokens.json"))?,
-            chat_template_jinja: read_text(&dir.join("chat_template.jinja"))?,
-            chat_template_json: read_json(&dir.join("chat_template.json"))?,
+            tokenizer_config: json("tokenizer_config.json")?,
+            special_tokens_map: json("special_tokens_map.json")?,
+            config: json("config.json")?,
+            generation_config: json("generation_config.json")?,
+            added_tokens: json("added_tokens.json")?,
+            chat_template_jinja: read_text(dir, "chat_template.jinja", MAX_JSON_SIDE_FILE)?,
+            chat_template_json: json("chat_template.json")?,
             additional_chat_templates: additional,
-            sentencepiece: if spm_path.is_file() {
-                Some(SentencePieceModel::open(&spm_path)?)
-            } else {
-                None
-            },
+            sentencepiece,
         })
     }
 
@@ -124,13 +129,15 @@ fn object_or_empty(v: Option<&Value>) -> Map<String, Value> {
     v.and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
-fn read_text(path: &Path) -> Result<Option<String>> {
-    match fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
+/// Side file `name` of `dir` as text (None when absent), through the
+/// format layer's checks: a plain name that stays in the folder, at most
+/// `max` bytes.
+fn read_text(dir: &Path, name: &str, max: u64) -> Result<Option<String>> {
+    match read_side_file(dir, name, max)? {
+        Some(bytes) => String::from_utf8(bytes)
             .map(Some)
-            .map_err(|_| TokenizerError::json("file is not valid UTF-8").in_file(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TokenizerError::io(path, e)),
+            .map_err(|_| TokenizerError::json("file is not valid UTF-8").in_file(&dir.join(name))),
+        None => Ok(None),
     }
 }
 
@@ -139,9 +146,9 @@ fn parse_json(text: &str, path: &Path) -> Result<Value> {
         .map_err(|e| TokenizerError::json(format!("invalid JSON: {e}")).in_file(path))
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    match read_text(path)? {
-        Some(text) => parse_json(&text, path).map(Some),
+fn read_json(dir: &Path, name: &str) -> Result<Option<Value>> {
+    match read_text(dir, name, MAX_JSON_SIDE_FILE)? {
+        Some(text) => parse_json(&text, &dir.join(name)).map(Some),
         None => Ok(None),
     }
 }

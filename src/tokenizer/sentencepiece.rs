@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use super::error::{Result, TokenizerError, TokenizerErrorKind};
+use crate::formats::paths::{read_capped, MAX_TOKENIZER_FILE};
 
 /// The type of a piece (`SentencePiece.Type` in the proto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,7 +123,8 @@ impl SentencePieceModel {
     /// Reads and parses a `tokenizer.model` file.
     pub fn open(path: impl AsRef<Path>) -> Result<SentencePieceModel> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| TokenizerError::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| TokenizerError::io(path, e))?;
+        let bytes = read_capped(file, path, MAX_TOKENIZER_FILE)?;
         Self::parse(&bytes).map_err(|e| e.in_file(path))
     }
 

@@ -7,6 +7,7 @@ test can never pass because its reference was absent.
 
 import os
 import pathlib
+import shutil
 import subprocess
 
 import pytest
@@ -42,6 +43,21 @@ def _load_oracle_env():
 
 
 _load_oracle_env()
+
+
+@pytest.fixture(autouse=True)
+def _free_tmp_path(request):
+    """Delete each test's tmp_path when the test ends.
+
+    Several tests write full-size SmolLM2 copies (hundreds of MB each); pytest
+    keeps every tmp_path until the session ends, which fills a CI disk. The
+    path is printed on failure by pytest's own report, and the failing test
+    can be rerun alone to keep its files.
+    """
+    yield
+    path = request.node.funcargs.get("tmp_path")
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def llama_tool(name):

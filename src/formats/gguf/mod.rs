@@ -29,6 +29,10 @@ pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const VERSION: u32 = 3;
 /// Alignment when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// Largest `general.alignment` accepted: real files use 32, a few a page
+/// (4 KiB to 64 KiB). A rewrite pads to the alignment, so a hostile value
+/// (2^31) would make qforge write gigabytes of padding for a tiny file.
+pub const MAX_ALIGNMENT: u64 = 1 << 16;
 /// Most dimensions a tensor may have (GGML_MAX_DIMS).
 pub const MAX_DIMS: usize = 4;
 /// Longest tensor name in bytes: ggml keeps 64 bytes including the NUL.
@@ -39,6 +43,13 @@ pub const MAX_STRING_LEN: u64 = 1 << 30;
 pub const MAX_ARRAY_LEN: u64 = 1 << 30;
 /// Deepest nesting of arrays in arrays that the reader accepts.
 pub const MAX_ARRAY_DEPTH: usize = 8;
+/// Most tensors in one file. Real models have at most a few thousand; each
+/// tensor info costs about 100 bytes of memory for its 24-byte minimum on
+/// disk, so a file of nothing but tensor infos would otherwise cost four
+/// times its size.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Most metadata pairs in one file. Real files have about fifty.
+pub const MAX_METADATA_PAIRS: u64 = 1 << 20;
 
 /// Well-known metadata keys.
 pub mod keys {

@@ -12,8 +12,8 @@ use quant_kernels::GgmlType;
 
 use super::value::{Array, Metadata, Value, ValueType};
 use super::{
-    TensorInfo, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS,
-    MAX_STRING_LEN, MAX_TENSOR_NAME_LEN,
+    TensorInfo, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, MAX_ALIGNMENT, MAX_ARRAY_DEPTH,
+    MAX_ARRAY_LEN, MAX_DIMS, MAX_METADATA_PAIRS, MAX_STRING_LEN, MAX_TENSORS, MAX_TENSOR_NAME_LEN,
 };
 use crate::formats::error::{FormatError, FormatErrorKind, Result};
 use crate::formats::mmap::MappedFile;
@@ -59,6 +59,19 @@ impl GgufHeader {
         let count_at = c.pos as u64;
         let n_tensors = c.u64("the tensor count")?;
         let n_kv = c.u64("the metadata count")?;
+        for (what, count, limit, at) in [
+            ("tensor count", n_tensors, MAX_TENSORS, count_at),
+            ("metadata count", n_kv, MAX_METADATA_PAIRS, count_at + 8),
+        ] {
+            if count > limit {
+                return Err(FormatError::new(FormatErrorKind::LimitExceeded {
+                    what,
+                    count,
+                    limit,
+                })
+                .at(at));
+            }
+        }
         // Smallest tensor info: empty name (8) + n_dims (4) + type (4) + offset (8).
         c.check_count("tensor count", n_tensors, 24)
             .map_err(|e| e.at(count_at))?;
@@ -96,6 +109,13 @@ impl GgufHeader {
 
         let alignment = match metadata.get(KEY_ALIGNMENT) {
             None => DEFAULT_ALIGNMENT,
+            Some(Value::U32(a)) if u64::from(*a) > MAX_ALIGNMENT => {
+                return Err(FormatError::new(FormatErrorKind::LimitExceeded {
+                    what: KEY_ALIGNMENT,
+                    count: u64::from(*a),
+                    limit: MAX_ALIGNMENT,
+                }))
+            }
             Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
             Some(Value::U32(a)) => {
                 return Err(FormatError::new(FormatErrorKind::BadMetadata(format!(

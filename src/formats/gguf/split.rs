@@ -10,8 +10,9 @@ use super::reader::GgufFile;
 use super::value::{Metadata, Value};
 use super::writer::{GgufWriter, TensorSpec};
 use super::{align_up, keys, TensorInfo, DEFAULT_ALIGNMENT, VERSION};
-use crate::formats::atomic::AtomicFile;
+use crate::formats::atomic::{commit_all, AtomicFile};
 use crate::formats::error::{FormatError, Result};
+use crate::formats::paths::safe_child;
 
 /// The path of split `index` (from 0) of `count` for a set named `prefix`
 /// (`prefix-00001-of-00003.gguf`, llama.cpp's `llama_split_path`).
@@ -104,7 +105,7 @@ impl GgufModel {
                 let f = if i == name.index {
                     GgufFile::open(path)?
                 } else {
-                    GgufFile::open(split_path(&name.prefix, i, count))?
+                    GgufFile::open(sibling(&name.prefix, i, count)?)?
                 };
                 let no = f.metadata().get_u64(keys::SPLIT_NO);
                 if no != Some(i as u64) {
@@ -198,6 +199,23 @@ impl GgufModel {
     }
 }
 
+/// Split `index` of the set next to the file the user named: its name is
+/// built here, but it may be a symlink, which must stay in the folder (as
+/// shards named by a safetensors index must).
+fn sibling(prefix: &Path, index: usize, count: usize) -> Result<PathBuf> {
+    let path = split_path(prefix, index, count);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("split_path ends in a UTF-8 name");
+    safe_child(dir, name).map_err(|e| e.in_file(&path))?;
+    Ok(path)
+}
+
 impl crate::formats::mmap::ReleasePages for GgufModel {
     fn release(&self, data: &[u8]) {
         self.files.iter().for_each(|f| f.release(data));
@@ -273,7 +291,10 @@ pub fn split_file_with_metadata(
     let plan = plan_splits(&infos, by)?;
     let count = plan.len();
 
+    // Every part is written before any is renamed into place: a failure
+    // leaves no part of the set under its final name.
     let mut paths = Vec::with_capacity(count);
+    let mut outs = Vec::with_capacity(count);
     for (i, members) in plan.iter().enumerate() {
         let mut meta = if i == 0 {
             metadata.clone()
@@ -302,9 +323,10 @@ pub fn split_file_with_metadata(
                 .map_err(|e| e.in_file(&path))?;
         }
         w.finish().map_err(|e| e.in_file(&path))?;
-        out.commit()?;
+        outs.push(out.finish()?);
         paths.push(path);
     }
+    commit_all(outs)?;
     Ok(paths)
 }
 
