@@ -9,6 +9,7 @@ pub mod engine;
 pub mod fetch;
 pub mod formats;
 pub mod hashing;
+pub mod manifest;
 pub mod quant;
 pub mod tokenizer;
 pub mod verify;

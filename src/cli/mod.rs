@@ -10,8 +10,9 @@ mod convert;
 mod fetch;
 mod inspect;
 mod progress;
-mod quantize;
-mod verify;
+pub(crate) mod quantize;
+mod run;
+pub(crate) mod verify;
 
 pub use progress::{FileBars, Progress};
 
@@ -37,6 +38,13 @@ enum Command {
     /// Quantize a model to a llama.cpp quant mix (Q4_K_M, Q8_0, IQ4_XS ...).
     #[command(visible_alias = "requantize")]
     Quantize(quantize::QuantizeArgs),
+    /// Build, verify and report every artifact of a manifest.
+    Run(run::RunArgs),
+    /// List a manifest's artifacts as independent jobs (for CI matrices).
+    Plan(run::PlanArgs),
+    /// Write a manifest's report again, or gather the outputs of several
+    /// `run --only` jobs into one folder with one report and lockfile.
+    Report(run::ReportArgs),
 }
 
 /// Runs the command line and maps the outcome to an exit code: 0 on
@@ -50,6 +58,9 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => run::plan(args),
+        Command::Report(args) => run::report(args),
     };
     match result {
         Ok(code) => code,

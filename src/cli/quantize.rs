@@ -94,6 +94,50 @@ pub(crate) struct QuantizeArgs {
     /// mixed_3_6, mixed_4_6).
     #[arg(long, value_name = "RECIPE")]
     quant_predicate: Option<String>,
+    /// Metadata set on the output after the quantizer's own (a manifest's
+    /// name, template and parameters); not a command-line option.
+    #[arg(skip)]
+    extra_metadata: Vec<(String, crate::formats::gguf::Value)>,
+    /// No summary on stderr and no progress bar (a caller reports).
+    #[arg(skip)]
+    quiet: bool,
+}
+
+/// `qforge quantize INPUT OUTPUT --type FILE_TYPE` for `qforge run`: the same
+/// code path as the command line, with `extra_metadata` set on the output
+/// and nothing printed.
+pub fn quantize_file(
+    input: &Path,
+    output: &Path,
+    file_type: &str,
+    imatrix: Option<&Path>,
+    allow_requantize: bool,
+    extra_metadata: &[(String, crate::formats::gguf::Value)],
+    threads: usize,
+) -> Result<()> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: QuantizeArgs,
+    }
+    let mut argv: Vec<std::ffi::OsString> = vec!["quantize".into(), input.into(), output.into()];
+    argv.extend(["--type".into(), file_type.into()]);
+    if let Some(m) = imatrix {
+        argv.extend(["--imatrix".into(), m.into()]);
+    }
+    if allow_requantize {
+        argv.push("--allow-requantize".into());
+    }
+    if threads > 0 {
+        argv.extend(["--threads".into(), threads.to_string().into()]);
+    }
+    let mut args = Wrap::try_parse_from(argv)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .args;
+    args.extra_metadata = extra_metadata.to_vec();
+    args.quiet = true;
+    run(args).map(|_| ())
 }
 
 fn parse_type_arg(s: &str) -> Result<quant_kernels::GgmlType, String> {
@@ -262,15 +306,18 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         }),
         _ => None,
     };
-    let meta = quantized_metadata(
+    let mut meta = quantized_metadata(
         &r.input.metadata,
         plan.file_type,
         note.as_ref(),
         &provenance,
     );
+    for (key, value) in &args.extra_metadata {
+        meta.set(key.clone(), value.clone());
+    }
     let paths = output_paths(output, plan, args.keep_split);
 
-    let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json);
+    let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json || args.quiet);
     let files = write_gguf(
         r.input.source.as_ref(),
         plan,
@@ -285,7 +332,9 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     progress.finish();
 
     let seconds = start.elapsed().as_secs_f64();
-    if args.json {
+    if args.quiet {
+        // The caller reports.
+    } else if args.json {
         print_json(&json!({
             "input": args.input,
             "type": plan.file_type.name(),

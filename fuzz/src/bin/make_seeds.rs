@@ -40,6 +40,20 @@ fn main() {
         }
     };
 
+    // Manifests: the committed examples and the malformed ones the parser
+    // tests name errors for.
+    for dir in [fuzz_dir.join("../manifests"), fuzz_dir.join("../tests/manifests")] {
+        let mut files: Vec<PathBuf> = walk(&dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        for p in files {
+            let name = p.strip_prefix(&dir).unwrap().to_string_lossy().replace('/', "_");
+            add("manifest", name, std::fs::read(&p).unwrap());
+        }
+    }
+
     // GGUF: tokenizer keys of each fixture plus a few small tensors of
     // several types; also each one split in two.
     for (i, m) in models.iter().enumerate() {
@@ -265,4 +279,18 @@ fn split_head(no: u16, count: u16) -> Vec<u8> {
     meta.set("split.count", Value::U16(count));
     meta.set("split.tensors.count", Value::I32(0));
     gguf(&meta, &[])
+}
+
+/// Every file under `dir`, recursively (nothing when it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
