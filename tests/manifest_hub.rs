@@ -56,7 +56,13 @@ fn a_hub_source_is_fetched_pinned_and_reused() {
         "model.safetensors",
     ]
     .iter()
-    .map(|f| HubFile::new(f, fs::read(fixture.join(f)).unwrap(), f.ends_with(".safetensors")))
+    .map(|f| {
+        HubFile::new(
+            f,
+            fs::read(fixture.join(f)).unwrap(),
+            f.ends_with(".safetensors"),
+        )
+    })
     .collect();
     let model_sha = files[5].sha256();
     let hub = FakeHub::start(Duration::from_secs(120));
@@ -68,7 +74,11 @@ fn a_hub_source_is_fetched_pinned_and_reused() {
         "from: hf://qforge-test/llama@main\nartifacts:\n  - name: llama-f16\n    format: gguf\n    quantization: F16\n",
     )
     .unwrap();
-    let out = json(&qforge(&hub, tmp.path(), &["run", "m.yaml", "--json"]).output().unwrap());
+    let out = json(
+        &qforge(&hub, tmp.path(), &["run", "m.yaml", "--json"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(out["pass"], true);
     assert_eq!(out["report"]["commit"], commit.as_str());
 
@@ -84,7 +94,11 @@ fn a_hub_source_is_fetched_pinned_and_reused() {
         .unwrap();
     assert_eq!(st["sha256"], model_sha.as_str());
 
-    let again = json(&qforge(&hub, tmp.path(), &["run", "m.yaml", "--json"]).output().unwrap());
+    let again = json(
+        &qforge(&hub, tmp.path(), &["run", "m.yaml", "--json"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(again["nothing_rebuilt"], true);
 
     hub.stop();
