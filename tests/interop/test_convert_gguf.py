@@ -14,9 +14,11 @@ in no table); it runs through convert_hf_to_gguf_pre.py, which answers the
 pre-tokenizer name and changes nothing else.
 """
 
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 
 import gguf
@@ -80,17 +82,54 @@ def qforge_convert(qforge, src, out, *args):
     return json.loads(proc.stdout)
 
 
+def script_cache_dir():
+    """Where the script's outputs are kept between runs: beside the oracle
+    build (tests/interop/setup.sh), which is keyed by the same pins."""
+    root = os.environ.get("QFORGE_ORACLE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qforge-oracles")
+    return pathlib.Path(root) / "convert_hf_to_gguf-outputs"
+
+
+def script_key(model_dir, outtype, pre):
+    """Every input of one script run: the llama.cpp tree (its folder name
+    carries the pinned version and build key), the wrapper, the options, and
+    each file of the model folder, name and bytes."""
+    h = hashlib.sha256()
+    for part in (os.environ["QFORGE_LLAMA_SRC"], WRAPPER.read_bytes(), pre, outtype):
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    for f in sorted(pathlib.Path(model_dir).rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(model_dir)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-    """convert_hf_to_gguf.py's output for (model dir, outtype), made once."""
+    """convert_hf_to_gguf.py's output for (model dir, outtype). The script
+    (the oracle) runs once per distinct input; its output is kept in the
+    oracle cache under a key of all its inputs, so reruns read the same
+    bytes the script wrote without paying for torch's start-up again."""
     cache = {}
     root = tmp_path_factory.mktemp("script")
+    kept = script_cache_dir()
 
     def get(model_dir, outtype, pre):
         key = (str(model_dir), outtype)
         if key not in cache:
-            out = root / f"{pathlib.Path(model_dir).name}-{outtype}.gguf"
-            cache[key] = script_convert(model_dir, outtype, out, pre)
+            stored = kept / f"{script_key(model_dir, outtype, pre)}.gguf"
+            if not stored.is_file():
+                out = root / f"{pathlib.Path(model_dir).name}-{outtype}.gguf"
+                script_convert(model_dir, outtype, out, pre)
+                kept.mkdir(parents=True, exist_ok=True)
+                tmp = stored.with_suffix(f".tmp{os.getpid()}")
+                shutil.move(out, tmp)
+                os.replace(tmp, stored)
+            cache[key] = stored
         return cache[key]
 
     return get
