@@ -442,6 +442,26 @@ pub mod real {
         Ok(())
     }
 
+    /// Writes a folder artifact with `write`, which wants a new folder:
+    /// into one beside `output`, then swapped in for the old one.
+    fn replace_folder(
+        output: &Path,
+        write: impl FnOnce(&Path) -> StageResult<()>,
+    ) -> StageResult<()> {
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let fresh = output.with_file_name(format!(".{name}.qforge-new"));
+        let _ = std::fs::remove_dir_all(&fresh);
+        write(&fresh)?;
+        let io = |e: std::io::Error| StageError(format!("{}: {e}", output.display()));
+        if output.exists() {
+            std::fs::remove_dir_all(output).map_err(io)?;
+        }
+        std::fs::rename(&fresh, output).map_err(io)
+    }
+
     fn convert_view(req: &ConvertRequest<'_>) -> StageResult<()> {
         use crate::convert::{
             gguf_metadata, hf_side_files, plan_gguf, plan_safetensors, write_gguf,
@@ -526,22 +546,11 @@ pub mod real {
                 if let Some(t) = req.chat_template {
                     set_chat_template(&mut side, t)?;
                 }
-                // The writer wants a new folder: write beside the old one,
-                // then swap.
-                let name = req
-                    .output
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let fresh = req.output.with_file_name(format!(".{name}.qforge-new"));
-                let _ = std::fs::remove_dir_all(&fresh);
-                write_safetensors(&view, &plan, &side, &fresh, DEFAULT_MAX_SHARD_BYTES, &opts)
-                    .map_err(cerr)?;
-                let io = |e: std::io::Error| StageError(format!("{}: {e}", req.output.display()));
-                if req.output.exists() {
-                    std::fs::remove_dir_all(req.output).map_err(io)?;
-                }
-                std::fs::rename(&fresh, req.output).map_err(io)?;
+                replace_folder(req.output, |fresh| {
+                    write_safetensors(&view, &plan, &side, fresh, DEFAULT_MAX_SHARD_BYTES, &opts)
+                        .map(drop)
+                        .map_err(cerr)
+                })?;
             }
             ConvertTarget::Mlx { quantize, dtype } => {
                 use crate::convert::{mlx_config, mlx_side_files, plan_mlx, write_mlx, MlxTarget};
@@ -565,21 +574,11 @@ pub mod real {
                 if let Some(t) = req.chat_template {
                     set_chat_template(&mut side, t)?;
                 }
-                // The writer wants a new folder: write beside the old one,
-                // then swap.
-                let name = req
-                    .output
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let fresh = req.output.with_file_name(format!(".{name}.qforge-new"));
-                let _ = std::fs::remove_dir_all(&fresh);
-                write_mlx(&view, &plan, &config, &side, &fresh, &opts).map_err(cerr)?;
-                let io = |e: std::io::Error| StageError(format!("{}: {e}", req.output.display()));
-                if req.output.exists() {
-                    std::fs::remove_dir_all(req.output).map_err(io)?;
-                }
-                std::fs::rename(&fresh, req.output).map_err(io)?;
+                replace_folder(req.output, |fresh| {
+                    write_mlx(&view, &plan, &config, &side, fresh, &opts)
+                        .map(drop)
+                        .map_err(cerr)
+                })?;
             }
         }
         Ok(())
