@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{parse_size, print_json, FileBars, Progress};
+use crate::convert::Encoding;
 use crate::convert::{
     self, device_work, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf,
     plan_mlx, plan_safetensors, write_gguf_on, write_mlx, write_safetensors, ErrorStats, FloatType,
@@ -23,6 +24,7 @@ use crate::formats::hf::HfModel;
 use crate::formats::mlx::{MlxModel, QuantParams};
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::{sha256_file, HashingWriter};
+use crate::quant::mlx_recipe::{MlxQuantArgs, MlxRecipe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum TargetFormat {
@@ -87,6 +89,12 @@ pub(crate) struct ConvertArgs {
     /// MLX output: elements per scale and bias (32, 64, 128; default 64).
     #[arg(long, value_name = "G")]
     group_size: Option<u32>,
+    /// MLX output: one of mlx-lm's mixed recipes (mixed_2_6, mixed_3_4,
+    /// mixed_3_6, mixed_4_6), as `mlx_lm.convert --quant-predicate`:
+    /// sensitive layers (v_proj and down_proj of some layers, lm_head) get
+    /// the high bits, the rest the low bits.
+    #[arg(long, value_name = "RECIPE")]
+    quant_predicate: Option<MlxRecipe>,
     /// Largest safetensors shard (default 5GB, as save_pretrained).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_shard_size: Option<u64>,
@@ -116,6 +124,43 @@ pub(crate) struct ConvertArgs {
     /// The bytes are the same on every device.
     #[arg(long, value_enum, ignore_case = true, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Refuse to requantize tensors that are already quantized (set by
+    /// `qforge quantize` without --allow-requantize).
+    #[arg(skip)]
+    refuse_requantize: bool,
+}
+
+impl ConvertArgs {
+    /// `qforge quantize`'s MLX output: the conversion of `input` to an MLX
+    /// folder with these quantization settings.
+    pub(crate) fn mlx_quantize(
+        input: PathBuf,
+        output: PathBuf,
+        quant: MlxQuantArgs,
+        allow_requantize: bool,
+        json: bool,
+    ) -> ConvertArgs {
+        ConvertArgs {
+            input,
+            output,
+            to: Some(TargetFormat::Mlx),
+            gguf_type: None,
+            dtype: None,
+            bits: quant.bits,
+            group_size: quant.group_size,
+            quant_predicate: quant.recipe,
+            max_shard_size: None,
+            model_name: None,
+            tokenizer_pre: None,
+            dry_run: false,
+            report: false,
+            split_max_tensors: None,
+            split_max_size: None,
+            json,
+            device: DeviceArg::Cpu,
+            refuse_requantize: !allow_requantize,
+        }
+    }
 }
 
 /// Resolves `--device` for `work` and prints its one line, if any.
@@ -146,8 +191,10 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
     if to != TargetFormat::Safetensors && args.max_shard_size.is_some() {
         bail!("--max-shard-size applies to safetensors outputs (MLX folders are cut at 5 GiB, as mlx-lm cuts them)");
     }
-    if to != TargetFormat::Mlx && (args.bits.is_some() || args.group_size.is_some()) {
-        bail!("--bits and --group-size apply to MLX outputs");
+    if to != TargetFormat::Mlx
+        && (args.bits.is_some() || args.group_size.is_some() || args.quant_predicate.is_some())
+    {
+        bail!("--bits, --group-size and --quant-predicate apply to MLX outputs");
     }
     let split = args.split_max_tensors.is_some() || args.split_max_size.is_some();
     match (from, to) {
@@ -183,16 +230,29 @@ fn hash_sources(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
         .collect()
 }
 
-/// What `--bits`, `--group-size` and `--dtype` ask of an MLX output.
+/// What `--bits`, `--group-size`, `--quant-predicate` and `--dtype` ask of
+/// an MLX output.
 fn mlx_target(args: &ConvertArgs) -> MlxTarget {
     let quantize = (args.bits.is_some() || args.group_size.is_some()).then(|| QuantParams {
         bits: args.bits.unwrap_or(DEFAULT_BITS),
         group_size: args.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
     });
+    let recipe = args.quant_predicate.map(|recipe| MlxQuantArgs {
+        bits: args.bits,
+        group_size: args.group_size,
+        recipe: Some(recipe),
+    });
     MlxTarget {
         quantize,
         dtype: args.dtype.map(float_type),
+        recipe,
     }
+}
+
+/// `qforge quantize`'s MLX output: an MLX folder from any input, MLX
+/// folders included (which `qforge convert` sends to `qforge quantize`).
+pub(crate) fn quantize_to_mlx(args: &ConvertArgs) -> Result<ExitCode> {
+    convert_view(args, detect(&args.input)?, TargetFormat::Mlx)
 }
 
 /// Any direction between Hugging Face folders, GGUF and MLX folders
@@ -226,6 +286,25 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
         TargetFormat::Mlx => Some(plan_mlx(&view, &mlx_target(args))?),
         _ => None,
     };
+    if let (true, Some(m)) = (args.refuse_requantize, &mlx_plan) {
+        let requantized: Vec<&str> = m
+            .plan
+            .tensors
+            .iter()
+            .filter(|t| !matches!(t.from, Encoding::Float(_)) && !t.lossless)
+            .map(|t| t.name.as_str())
+            .collect();
+        if let Some(first) = requantized.first() {
+            bail!(
+                "{}: {} tensors are already quantized and would be requantized ({first}{}), \
+                 which loses more than quantizing from 16 or 32 bits: pass --allow-requantize \
+                 to do it anyway",
+                args.input.display(),
+                requantized.len(),
+                if requantized.len() > 1 { ", ..." } else { "" }
+            );
+        }
+    }
     let other_plan;
     let plan = match (&mlx_plan, to) {
         (Some(m), _) => &m.plan,

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value as Json};
 
+use super::convert::{quantize_to_mlx, ConvertArgs};
 use super::{human_bytes, print_json, Progress};
 use crate::convert::ModelView;
 use crate::formats::gguf::GgufModel;
@@ -157,20 +158,12 @@ struct Resolved<'a> {
 
 pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
     if args.bits.is_some() || args.group_size.is_some() || args.quant_predicate.is_some() {
-        return mlx_plan(&args);
+        return mlx_output(&args);
     }
     let Some(file_type) = args.file_type else {
         bail!("pass --type TYPE (Q4_K_M, Q8_0, IQ4_XS, F16 ...)");
     };
-    let threads = match args.threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, usize::from),
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .context("starting the worker threads")?;
+    let pool = worker_pool(args.threads)?;
     match detect(&args.input)? {
         ModelFormat::Gguf => {
             let model = GgufModel::open(&args.input)?;
@@ -414,19 +407,13 @@ fn resolve<'a>(
     })
 }
 
-/// MLX output: the per-module choices `mlx_lm.convert` makes for a Hugging
-/// Face folder. Only `--dry-run` is available here; `qforge convert --to
-/// mlx` writes folders with plain `--bits`/`--group-size`.
-fn mlx_plan(args: &QuantizeArgs) -> Result<ExitCode> {
+/// MLX output: an MLX folder quantized as `mlx_lm.convert -q [--q-bits B
+/// --q-group-size G] [--quant-predicate RECIPE]` quantizes it, from any
+/// input qforge reads (written through `qforge convert`'s MLX writer);
+/// with `--dry-run`, the per-module choices for a Hugging Face folder.
+fn mlx_output(args: &QuantizeArgs) -> Result<ExitCode> {
     if args.file_type.is_some() {
         bail!("--type picks a GGUF mix; --bits, --group-size and --quant-predicate are for MLX output: give one or the other");
-    }
-    if !args.dry_run {
-        bail!(
-            "qforge quantize does not write MLX folders yet: --dry-run shows the per-module \
-             plan, and `qforge convert IN OUT --to mlx --bits B --group-size G` writes plain \
-             (not mixed) ones"
-        );
     }
     if let Some(b) = args.bits.filter(|b| !MLX_BITS.contains(b)) {
         bail!("--bits {b}: mlx's affine mode takes 2, 3, 4, 5, 6 or 8");
@@ -444,6 +431,9 @@ fn mlx_plan(args: &QuantizeArgs) -> Result<ExitCode> {
         group_size: args.group_size,
         recipe,
     };
+    if !args.dry_run {
+        return write_mlx(args, quant);
+    }
     if !matches!(detect(&args.input)?, ModelFormat::Safetensors) || !args.input.is_dir() {
         bail!(
             "{}: MLX plans are made for Hugging Face model folders",
@@ -529,6 +519,51 @@ fn mlx_plan(args: &QuantizeArgs) -> Result<ExitCode> {
     }
     println!("config.json \"quantization\": {quantization}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rayon pool of `--threads` (default: every core).
+fn worker_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let threads = match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("starting the worker threads")
+}
+
+/// Writes the MLX folder.
+fn write_mlx(args: &QuantizeArgs, quant: MlxQuantArgs) -> Result<ExitCode> {
+    let output = args
+        .output
+        .clone()
+        .expect("clap requires OUT without --dry-run");
+    let unused = [
+        (args.imatrix.is_some(), "--imatrix"),
+        (args.pure, "--pure"),
+        (args.keep_split, "--keep-split"),
+        (args.leave_output_tensor, "--leave-output-tensor"),
+        (!args.tensor_type.is_empty(), "--tensor-type"),
+        (args.output_tensor_type.is_some(), "--output-tensor-type"),
+        (
+            args.token_embedding_type.is_some(),
+            "--token-embedding-type",
+        ),
+    ];
+    if let Some((_, flag)) = unused.iter().find(|(set, _)| *set) {
+        bail!("{flag} applies to GGUF outputs (--type), not to MLX folders");
+    }
+    let pool = worker_pool(args.threads)?;
+    let convert = ConvertArgs::mlx_quantize(
+        args.input.clone(),
+        output,
+        quant,
+        args.allow_requantize,
+        args.json,
+    );
+    pool.install(|| quantize_to_mlx(&convert))
 }
 
 /// The plan's problems, one line per distinct message, naming the first

@@ -33,11 +33,9 @@ use crate::formats::mlx::{self as mlx_format, MlxFolder, QuantConfig, QuantParam
 use crate::formats::paths::{read_side_file, MAX_TOKENIZER_FILE};
 use crate::formats::safetensors::{Dtype, StTensorSpec};
 use crate::hashing::sha256_file;
+use crate::quant::mlx_recipe::{module_quant, MlxLayout, MlxQuantArgs};
 
-/// mlx-lm's affine defaults (`quantize_model`'s `defaults_for_mode`).
-pub const DEFAULT_BITS: u32 = 4;
-/// mlx-lm's default group size.
-pub const DEFAULT_GROUP_SIZE: u32 = 64;
+pub use crate::formats::mlx::{DEFAULT_BITS, DEFAULT_GROUP_SIZE};
 
 /// What an MLX output should be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +46,59 @@ pub struct MlxTarget {
     pub quantize: Option<QuantParams>,
     /// `--dtype`: the type of unquantized tensors and of scales and biases.
     pub dtype: Option<FloatType>,
+    /// One of mlx-lm's mixed recipes (`--quant-predicate`), with the
+    /// `--bits`/`--group-size` given beside it: each module's bits as
+    /// `mlx_lm.convert --quant-predicate` picks them. Takes the place of
+    /// `quantize`.
+    pub recipe: Option<MlxQuantArgs>,
+}
+
+/// A mixed recipe applied to one model: its layer layout and arguments.
+struct RecipePlan {
+    args: MlxQuantArgs,
+    layout: MlxLayout,
+}
+
+impl RecipePlan {
+    fn new(view: &ModelView<'_>, args: MlxQuantArgs) -> Result<RecipePlan> {
+        let layers = view.hparams.u64("num_hidden_layers").ok_or_else(|| {
+            ConvertError::Unsupported(
+                "config.json has no num_hidden_layers, which mlx-lm's mixed recipes need".into(),
+            )
+        })?;
+        let paths: Vec<&str> = view
+            .tensors
+            .iter()
+            .filter(|t| !dropped_by_mlx_lm(view, &t.name))
+            .filter_map(|t| t.name.strip_suffix(".weight"))
+            .collect();
+        let layout = MlxLayout::from_module_paths(paths, layers as usize)
+            .map_err(|e| ConvertError::Unsupported(e.to_string()))?;
+        Ok(RecipePlan { args, layout })
+    }
+
+    /// The module's parameters and its config.json entry, or `None` when
+    /// the recipe leaves the tensor as it is (not a quantizable matrix).
+    fn module(&self, name: &str, shape: &[u64]) -> Result<Option<(QuantParams, Json)>> {
+        let (Some(path), true) = (
+            name.strip_suffix(".weight"),
+            quantizable(name, shape, self.args.group_size()),
+        ) else {
+            return Ok(None);
+        };
+        let q = module_quant(path, shape, &self.args, Some(&self.layout))
+            .map_err(|e| ConvertError::Unsupported(e.to_string()))?;
+        Ok(q.map(|q| {
+            let params = QuantParams {
+                bits: q.bits,
+                group_size: q.group_size,
+            };
+            let entry = q.config_entry.unwrap_or_else(
+                || json!({"group_size": q.group_size, "bits": q.bits, "mode": "affine"}),
+            );
+            (params, entry)
+        }))
+    }
 }
 
 /// A plan for an MLX folder.
@@ -110,11 +161,29 @@ pub fn plan_mlx(view: &ModelView<'_>, target: &MlxTarget) -> Result<MlxPlan> {
         Source::Hf { raw_config, .. } => mlx_lm_default_dtype(raw_config),
         _ => None,
     });
+    let recipe = target
+        .recipe
+        .map(|args| RecipePlan::new(view, args))
+        .transpose()?;
+    let mut recipe_entries = Map::new();
     let mut steps = Vec::with_capacity(view.tensors.len());
     for (i, t) in view.tensors.iter().enumerate() {
         if dropped_by_mlx_lm(view, &t.name) {
             continue;
         }
+        // None: keep the tensor's own form (floats stay floats, GGUF blocks
+        // become their lossless MLX form); Some(None): a float; Some(Some):
+        // quantized so.
+        let wanted: Option<Option<QuantParams>> = match &recipe {
+            None => target.quantize.map(|q| {
+                (t.shape.len() >= 2 && quantizable(&t.name, &t.shape, q.group_size)).then_some(q)
+            }),
+            Some(r) => Some(r.module(&t.name, &t.shape)?.map(|(params, entry)| {
+                let path = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+                recipe_entries.insert(path.to_string(), entry);
+                params
+            })),
+        };
         let mut notes = Vec::new();
         let own_float = match t.encoding {
             Encoding::Float(FloatType::F64) => FloatType::F32,
@@ -135,34 +204,42 @@ pub fn plan_mlx(view: &ModelView<'_>, target: &MlxTarget) -> Result<MlxPlan> {
                     bits: mlx_exec::block_bits(b),
                     group_size: 32,
                 });
-                match (block, target.quantize) {
+                match (block, wanted) {
                     (Some(b), None) => quant(b),
-                    (Some(b), Some(q)) if q == b => quant(b),
-                    (_, q) => {
-                        let q = q.unwrap_or(QuantParams {
+                    (Some(b), Some(Some(q))) if q == b => quant(b),
+                    (_, Some(Some(q))) => {
+                        notes.push(format!(
+                            "{g} has no MLX equivalent at {} bits, group {}: requantized",
+                            q.bits, q.group_size
+                        ));
+                        quant(q)
+                    }
+                    (None, None)
+                        if t.shape.len() >= 2
+                            && quantizable(&t.name, &t.shape, DEFAULT_GROUP_SIZE) =>
+                    {
+                        let q = QuantParams {
                             bits: DEFAULT_BITS,
                             group_size: DEFAULT_GROUP_SIZE,
-                        });
-                        if t.shape.len() >= 2 && quantizable(&t.name, &t.shape, q.group_size) {
-                            notes.push(format!(
-                                "{g} has no MLX equivalent: requantized to {} bits, group {}",
-                                q.bits, q.group_size
-                            ));
-                            quant(q)
-                        } else {
-                            Encoding::Float(dtype)
-                        }
+                        };
+                        notes.push(format!(
+                            "{g} has no MLX equivalent: requantized to {} bits, group {}",
+                            q.bits, q.group_size
+                        ));
+                        quant(q)
                     }
+                    _ => Encoding::Float(dtype),
                 }
             }
             Encoding::MlxAffine {
                 bits, group_size, ..
-            } => match target.quantize {
-                Some(q) if q.bits != bits || q.group_size != group_size => quant(q),
-                _ => quant(QuantParams { bits, group_size }),
+            } => match wanted {
+                None => quant(QuantParams { bits, group_size }),
+                Some(Some(q)) => quant(q),
+                Some(None) => Encoding::Float(dtype),
             },
-            Encoding::Float(_) => match target.quantize {
-                Some(q) if quantizable(&t.name, &t.shape, q.group_size) => quant(q),
+            Encoding::Float(_) => match wanted {
+                Some(Some(q)) => quant(q),
                 _ => Encoding::Float(dtype),
             },
         };
@@ -191,7 +268,10 @@ pub fn plan_mlx(view: &ModelView<'_>, target: &MlxTarget) -> Result<MlxPlan> {
         });
     }
     steps.sort_by_cached_key(|s| parameter_order(&s.name));
-    let quantization = quantization_block(&steps, target.quantize);
+    let quantization = match &recipe {
+        None => quantization_block(&steps, target.quantize),
+        Some(r) => recipe_block(&steps, &r.args, recipe_entries),
+    };
     Ok(MlxPlan {
         plan: Plan {
             tensors: steps,
@@ -239,6 +319,47 @@ fn quantization_block(steps: &[TensorPlan], asked: Option<QuantParams>) -> Optio
         default,
         mode: "affine".into(),
         overrides,
+        verbatim: None,
+    })
+}
+
+/// config.json's `quantization` under a mixed recipe, as mlx-lm writes it:
+/// the run's header, then one entry per quantized module (in parameter
+/// order).
+fn recipe_block(
+    steps: &[TensorPlan],
+    args: &MlxQuantArgs,
+    mut entries: Map<String, Json>,
+) -> Option<QuantConfig> {
+    let mut block = args.config_header();
+    let mut overrides = std::collections::BTreeMap::new();
+    for s in steps {
+        let Encoding::MlxAffine {
+            bits, group_size, ..
+        } = s.to
+        else {
+            continue;
+        };
+        let path = s.name.strip_suffix(".weight").unwrap_or(&s.name);
+        if let Some(entry) = entries.remove(path) {
+            block.insert(path.to_string(), entry);
+        }
+        overrides.insert(
+            path.to_string(),
+            mlx_format::LayerOverride::Quantized(QuantParams { bits, group_size }),
+        );
+    }
+    if overrides.is_empty() {
+        return None;
+    }
+    Some(QuantConfig {
+        default: QuantParams {
+            bits: args.bits(),
+            group_size: args.group_size(),
+        },
+        mode: "affine".into(),
+        overrides,
+        verbatim: Some(Json::Object(block)),
     })
 }
 

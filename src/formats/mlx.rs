@@ -23,6 +23,10 @@ use super::safetensors::{
 pub const GROUP_SIZES: [u32; 3] = [32, 64, 128];
 /// Bit widths mlx's affine mode supports.
 pub const BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
+/// mlx's default bits of affine quantization (`defaults_for_mode`).
+pub const DEFAULT_BITS: u32 = 4;
+/// mlx's default group size of affine quantization.
+pub const DEFAULT_GROUP_SIZE: u32 = 64;
 /// mlx-lm's shard size cap (5 GiB).
 pub const MAX_SHARD_BYTES: u64 = 5 << 30;
 
@@ -53,6 +57,12 @@ pub struct QuantConfig {
     pub mode: String,
     /// Per-module overrides, by module path.
     pub overrides: BTreeMap<String, LayerOverride>,
+    /// The block exactly as config.json holds it, when it came from one or
+    /// must be written in a form the fields do not capture (mlx-lm's
+    /// recipes give every module an entry with `mode` and, when no group
+    /// size was asked for, `"group_size": null`). `None`: built from the
+    /// fields.
+    pub verbatim: Option<Json>,
 }
 
 impl QuantConfig {
@@ -87,11 +97,15 @@ impl QuantConfig {
             default,
             mode,
             overrides,
+            verbatim: Some(v.clone()),
         })
     }
 
     /// The JSON object for config.json.
     pub fn to_json(&self) -> Json {
+        if let Some(v) = &self.verbatim {
+            return v.clone();
+        }
         let mut m = Map::new();
         m.insert("group_size".into(), self.default.group_size.into());
         m.insert("bits".into(), self.default.bits.into());
@@ -129,8 +143,14 @@ fn params_from(obj: &Map<String, Json>, what: &str) -> Result<QuantParams> {
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(|| bad(&format!("{what}.{k} must be a positive integer")))
     };
+    // mlx-lm's recipes write `"group_size": null` for modules quantized
+    // with mlx's default group size when none was asked for.
+    let group_size = match obj.get("group_size") {
+        Some(Json::Null) => DEFAULT_GROUP_SIZE,
+        _ => get("group_size")?,
+    };
     let p = QuantParams {
-        group_size: get("group_size")?,
+        group_size,
         bits: get("bits")?,
     };
     if !BITS.contains(&p.bits) {
@@ -390,4 +410,29 @@ pub fn write_folder<'a>(
     }
     out.commit()?;
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_blocks_read_null_group_sizes_and_write_back_verbatim() {
+        // The shape of what `mlx_lm.convert --quant-predicate mixed_3_6` writes.
+        let block = serde_json::json!({
+            "group_size": 64,
+            "bits": 4,
+            "mode": "affine",
+            "model.layers.0.self_attn.v_proj": {"group_size": null, "bits": 6, "mode": "affine"},
+            "model.layers.0.self_attn.q_proj": {"group_size": null, "bits": 3, "mode": "affine"},
+        });
+        let q = QuantConfig::from_json(&block).unwrap();
+        let p = q.params_for("model.layers.0.self_attn.v_proj").unwrap();
+        assert_eq!((p.bits, p.group_size), (6, DEFAULT_GROUP_SIZE));
+        assert_eq!(q.params_for("model.norm").unwrap().bits, 4);
+        assert_eq!(q.to_json(), block);
+        let bad =
+            serde_json::json!({"group_size": 64, "bits": 4, "x": {"group_size": "64", "bits": 4}});
+        assert!(QuantConfig::from_json(&bad).is_err());
+    }
 }

@@ -389,17 +389,6 @@ pub mod real {
         fn convert(&self, req: &ConvertRequest<'_>) -> StageResult<()> {
             match (&req.target, req.input_format) {
                 (ConvertTarget::Gguf { outtype }, ModelFormat::Gguf) => rewrite_gguf(req, outtype),
-                (
-                    ConvertTarget::Mlx {
-                        quantize: Some(MlxQuant::Recipe { recipe, .. }),
-                        ..
-                    },
-                    _,
-                ) => Err(StageError(format!(
-                    "MLX recipe {recipe}: `qforge quantize --quant-predicate` plans mlx-lm's \
-                     mixed recipes, but writing them is not in this build; use bits and \
-                     group_size"
-                ))),
                 _ => convert_view(req),
             }
         }
@@ -554,19 +543,32 @@ pub mod real {
             }
             ConvertTarget::Mlx { quantize, dtype } => {
                 use crate::convert::{mlx_config, mlx_side_files, plan_mlx, write_mlx, MlxTarget};
-                let quantize = match quantize {
-                    None => None,
-                    Some(MlxQuant::Affine { bits, group_size }) => {
+                use crate::quant::mlx_recipe::{MlxQuantArgs, MlxRecipe};
+                let (quantize, recipe) = match quantize {
+                    None => (None, None),
+                    Some(MlxQuant::Affine { bits, group_size }) => (
                         Some(crate::formats::mlx::QuantParams {
                             bits: u32::from(*bits),
                             group_size: *group_size,
-                        })
+                        }),
+                        None,
+                    ),
+                    Some(MlxQuant::Recipe { recipe, group_size }) => {
+                        let recipe: MlxRecipe = recipe.parse().map_err(
+                            |e: crate::quant::mlx_recipe::RecipeError| StageError(e.to_string()),
+                        )?;
+                        let args = MlxQuantArgs {
+                            bits: None,
+                            group_size: Some(*group_size),
+                            recipe: Some(recipe),
+                        };
+                        (None, Some(args))
                     }
-                    Some(MlxQuant::Recipe { .. }) => unreachable!("refused above"),
                 };
                 let target = MlxTarget {
                     quantize,
                     dtype: dtype.map(float),
+                    recipe,
                 };
                 let plan = plan_mlx(&view, &target).map_err(cerr)?;
                 let config = mlx_config(&view, plan.quantization.as_ref());

@@ -116,10 +116,7 @@ pub struct MlxQuantArgs {
     pub recipe: Option<MlxRecipe>,
 }
 
-/// mlx's defaults for affine mode (`defaults_for_mode`).
-pub const DEFAULT_BITS: u32 = 4;
-/// See [`DEFAULT_BITS`].
-pub const DEFAULT_GROUP_SIZE: u32 = 64;
+pub use crate::formats::mlx::{DEFAULT_BITS, DEFAULT_GROUP_SIZE};
 
 impl MlxQuantArgs {
     /// The bits of modules the recipe does not single out.

@@ -99,6 +99,16 @@ def test_smollm2_copy_to_mlx_matches_mlx_lm(qforge, smollm2_hf, bits, group, tmp
     assert_same_config(ours, ref)
 
 
+def test_smollm2_copy_recipe_matches_mlx_lm(qforge, smollm2_hf, tmp_path):
+    """A mixed recipe on a real 30-layer model with tied embeddings."""
+    ref = tmp_path / "ref"
+    mlx_lm_convert(str(smollm2_hf), str(ref), quantize=True, quant_predicate="mixed_3_6")
+    ours = tmp_path / "ours"
+    qforge_convert(qforge, smollm2_hf, ours, "--to", "mlx", "--quant-predicate", "mixed_3_6")
+    assert_same_tensors(ours, ref)
+    assert_same_config(ours, ref)
+
+
 # ---------------------------------------------------------------------------
 # GGUF -> MLX
 

@@ -1,15 +1,20 @@
-"""qforge's MLX quantization choices against `mlx_lm.convert`: for every
-fixture, mlx-lm's mixed recipes (`--quant-predicate mixed_2_6 ...`) and
-plain `--q-bits`/`--q-group-size`, the per-module plan of `qforge quantize
---dry-run` quantizes the modules mlx-lm quantizes, with its bits and group
-size, and gives the `quantization` block mlx-lm writes into config.json.
+"""qforge's MLX quantization against `mlx_lm.convert`: for every fixture,
+mlx-lm's mixed recipes (`--quant-predicate mixed_2_6 ...`) and plain
+`--q-bits`/`--q-group-size`:
 
-What is not here yet: `qforge quantize` writing the MLX folder (tensors
-byte for byte); `qforge convert --to mlx` writes plain --bits folders and
-is tested in test_convert_mlx.py.
+- the per-module plan of `qforge quantize --dry-run` quantizes the modules
+  mlx-lm quantizes, with its bits and group size, and gives the
+  `quantization` block mlx-lm writes into config.json;
+- the folder `qforge quantize` writes holds the same tensors, byte for byte,
+  and the same config.json (but for the rope keys qforge adds on purpose).
+
+SmolLM2 under a recipe is in test_convert_mlx.py (`qforge convert --to mlx
+--quant-predicate`).
 """
 
+import hashlib
 import json
+import struct
 import subprocess
 import sys
 
@@ -33,22 +38,44 @@ CASES = {
 # test process): writes each requested folder's config.json and tensor
 # shapes as JSON lines.
 CONVERT = r"""
-import json, struct, sys, pathlib, contextlib, io
+import hashlib, json, struct, sys, pathlib, contextlib, io
 from mlx_lm.convert import convert
 for line in sys.stdin:
     job = json.loads(line)
     with contextlib.redirect_stdout(io.StringIO()):
         convert(job["hf"], job["out"], quantize=True, **job["kwargs"])
     out = pathlib.Path(job["out"])
-    shapes = {}
+    shapes, tensors = {}, {}
     for f in sorted(out.glob("*.safetensors")):
         b = f.read_bytes()
         (n,) = struct.unpack_from("<Q", b, 0)
         for name, info in json.loads(b[8:8 + n]).items():
             if name != "__metadata__":
                 shapes[name] = info["shape"]
-    print(json.dumps({"config": json.loads((out / "config.json").read_text()), "shapes": shapes}), flush=True)
+                begin, end = info["data_offsets"]
+                digest = hashlib.sha256(b[8 + n + begin:8 + n + end]).hexdigest()
+                tensors[name] = [info["dtype"], info["shape"], digest]
+    print(json.dumps({"config": json.loads((out / "config.json").read_text()), "shapes": shapes,
+                      "tensors": tensors}), flush=True)
 """
+
+# Top-level keys of qforge's config.json that mlx_lm.convert does not write
+# (see test_convert_mlx.py: mlx-lm 0.32 reads the rope base only there).
+ADDED_CONFIG_KEYS = {"rope_theta", "rope_local_base_freq", "rope_scaling"}
+
+
+def folder_tensors(folder):
+    """{name: [dtype, shape, sha256]} of every tensor of an MLX folder."""
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        b = f.read_bytes()
+        (n,) = struct.unpack_from("<Q", b, 0)
+        for name, info in json.loads(b[8:8 + n]).items():
+            if name != "__metadata__":
+                begin, end = info["data_offsets"]
+                digest = hashlib.sha256(b[8 + n + begin:8 + n + end]).hexdigest()
+                out[name] = [info["dtype"], info["shape"], digest]
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +122,51 @@ def test_plan_matches_mlx_lm(qforge, mlx_lm_outputs, arch, case):
         assert shapes[m["path"] + ".weight"] == [*rows, cols * m["bits"] // 32], m["path"]
         assert shapes[m["path"] + ".scales"] == [*rows, cols // m["group_size"]], m["path"]
         assert shapes[m["path"] + ".biases"] == [*rows, cols // m["group_size"]], m["path"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_folder_matches_mlx_lm(qforge, mlx_lm_outputs, arch, case, tmp_path):
+    ref = mlx_lm_outputs[(arch, case)]
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [str(qforge), "quantize", str(ROOT / "fixtures" / arch), str(out), *CASES[case][0]],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    ours = folder_tensors(out)
+    assert sorted(ours) == sorted(ref["tensors"])
+    for name, want in ref["tensors"].items():
+        assert ours[name] == want, f"{name}: ours {ours[name][:2]}, mlx-lm {want[:2]} (or bytes differ)"
+    config = json.loads((out / "config.json").read_text())
+    added = {k for k in config if k not in ref["config"]}
+    assert added <= ADDED_CONFIG_KEYS, added
+    assert {k: v for k, v in config.items() if k not in added} == ref["config"]
+
+
+def test_requantizing_an_mlx_folder_needs_allow_requantize(qforge, tmp_path):
+    four = tmp_path / "four"
+    r = subprocess.run([str(qforge), "quantize", str(ROOT / "fixtures" / "llama"), str(four), "--bits", "4"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    eight = tmp_path / "eight"
+    r = subprocess.run([str(qforge), "quantize", str(four), str(eight), "--bits", "8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "--allow-requantize" in r.stderr and "already quantized" in r.stderr
+    assert not eight.exists()
+    r = subprocess.run([str(qforge), "quantize", str(four), str(eight), "--bits", "8", "--allow-requantize",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    config = json.loads((eight / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 64, "bits": 8, "mode": "affine"}
+    # The 8-bit copy of the 4-bit values stays within a quarter of a 4-bit step of them (an
+    # 8-bit step is a 17th of it; the rest is bf16 rounding of the scales, biases and values).
+    import mlx.core as mx
+    a = mx.load(str(four / "model.safetensors"))
+    b = mx.load(str(eight / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj"
+    wa = mx.dequantize(a[name + ".weight"], a[name + ".scales"], a[name + ".biases"], group_size=64, bits=4)
+    wb = mx.dequantize(b[name + ".weight"], b[name + ".scales"], b[name + ".biases"], group_size=64, bits=8)
+    step = (a[name + ".scales"].astype(mx.float32)).max().item() / 4
+    assert mx.abs(wa.astype(mx.float32) - wb.astype(mx.float32)).max().item() <= step
