@@ -360,6 +360,12 @@ impl Device {
         "CPU".to_string()
     }
 
+    /// The open GPU, when one was chosen.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&Arc<quant_kernels::gpu::Gpu>> {
+        self.gpu.as_ref()
+    }
+
     /// Where `work` runs on this device.
     pub fn target(&self, work: Work) -> Target<'_> {
         #[cfg(feature = "gpu")]
