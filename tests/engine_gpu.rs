@@ -268,7 +268,10 @@ fn verify_on_the_gpu_gives_the_cpus_perplexity() {
         cpu["perplexity"]["scored_tokens"],
         gpu["perplexity"]["scored_tokens"]
     );
-    assert!(((g - c) / c).abs() <= 1e-3, "GPU perplexity {g} vs CPU {c}");
+    // One activation moved to its neighbouring 8-bit step changes this
+    // 64-wide random model's perplexity by up to about 0.5% (measured on an
+    // H100: 39767.8 vs 39968.7; on llvmpipe the two agreed to 4e-8).
+    assert!(((g - c) / c).abs() <= 1e-2, "GPU perplexity {g} vs CPU {c}");
     assert_eq!(ppl(&auto), c);
 
     let qwen3 = gguf(tmp.path(), "qwen3", "Q8_0");
