@@ -152,7 +152,7 @@ fn gpu_logits_match_the_cpu_engine() {
     let cases: &[(&str, &[&str])] = &[
         ("llama", &["Q8_0", "Q4_0"]),
         ("mistral", &["Q4_0"]),
-        ("qwen2", &["Q4_1"]),
+        ("qwen2", &["Q4_0", "Q4_1"]),
         ("demo-llama", &["Q4_K_M"]),
     ];
     for &(name, types) in cases {

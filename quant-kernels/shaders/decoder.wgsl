@@ -1,8 +1,13 @@
-// One token step of a llama-family decoder, kept on the GPU: appended to
+// Token steps of a llama-family decoder, kept on the GPU: appended to
 // softfloat.wgsl and matvec.wgsl (whose matvec_q8 / matvec_f32 run every
 // weight product, with `accumulate` for the residual adds). The host
-// records every kernel of a step into one command buffer; only the logits
-// come back (decoder.rs).
+// records every kernel of a batch of steps into one command buffer; only
+// the logits come back (decoder.rs).
+//
+// A batch is a run of consecutive tokens at positions state[0],
+// state[0] + 1, ...: every kernel runs all of them at once, the token
+// being the workgroup's y index, each with its own row in the work
+// buffers (the strides below); attention is causal within the batch.
 //
 // The kernels follow the CPU engine's arithmetic (src/engine/model.rs,
 // ops.rs) step for step, in f32:
@@ -50,8 +55,9 @@ struct DecParams {
     bias: u32,
     // tanh soft-capping of attention scores; 0 for none.
     softcap: f32,
-    pad0: u32,
-    pad1: u32,
+    // vec_quant: floats per token of vin and vout.
+    in_stride: u32,
+    out_stride: u32,
 }
 
 @group(0) @binding(4) var<uniform> dp: DecParams;
@@ -64,7 +70,7 @@ struct DecParams {
 @group(0) @binding(11) var<storage, read_write> kcache: array<f32>;
 @group(0) @binding(12) var<storage, read_write> vcache: array<f32>;
 @group(0) @binding(13) var<storage, read_write> scores: array<f32>;
-// state[0]: the position of the token being run.
+// state[0]: the position of the batch's first token.
 @group(0) @binding(14) var<storage, read> state: array<u32>;
 @group(0) @binding(15) var<storage, read> rope: array<f32>;
 
@@ -112,33 +118,48 @@ fn round_f16(x: f32) -> f32 {
     return bitcast<f32>(sf_from_f16(sf_to_f16(bitcast<u32>(x))));
 }
 
-// Value i of the vector vec_quant produces.
-fn vec_value(i: u32, scale: f32) -> f32 {
+// Value i of the vector vec_quant produces from the row at `row`.
+fn vec_value(row: u32, i: u32, scale: f32) -> f32 {
     switch (dp.mode) {
         case 1u: {
-            return (vin[i] * scale) * nw[i];
+            return (vin[row + i] * scale) * nw[i];
         }
         case 2u: {
-            let g = vin[i];
-            return g / (1.0 + exp(-g)) * vin[dp.n + i];
+            let g = vin[row + i];
+            return g / (1.0 + exp(-g)) * vin[row + dp.n + i];
         }
         case 3u: {
-            let x = vin[i];
+            let x = vin[row + i];
             // tanh saturates long before |t| = 10; clamping keeps drivers
             // that compute it through exp() away from inf/inf.
             let t = clamp(0.7978846 * (x + 0.044715 * x * x * x), -10.0, 10.0);
-            return 0.5 * x * (1.0 + tanh(t)) * vin[dp.n + i];
+            return 0.5 * x * (1.0 + tanh(t)) * vin[row + dp.n + i];
         }
         default: {
-            return vin[i];
+            return vin[row + i];
         }
     }
 }
 
-// Q8_0 (kind 0) or Q8_1 (kind 1) blocks of the 256 values of tile t, one
-// value per invocation (0 past the end). A tile is 8 blocks, 68 (Q8_0) or
-// 72 (Q8_1) whole words of the output.
-fn quant_tile_q8(t: u32, lid: u32, v: f32, kind: u32) {
+// Words per token of an encoding of dp.n values (rows padded to words).
+fn act_words(kind: u32) -> u32 {
+    switch (kind) {
+        case 0u: {
+            return (dp.n / 32u * 34u + 3u) / 4u;
+        }
+        case 1u: {
+            return dp.n / 32u * 9u;
+        }
+        default: {
+            return dp.n / 256u * 73u;
+        }
+    }
+}
+
+// Q8_0 (kind 0) or Q8_1 (kind 1) blocks of the 256 values of tile t of
+// the row starting at word `base`, one value per invocation (0 past the
+// end). A tile is 8 blocks, 68 (Q8_0) or 72 (Q8_1) whole words.
+fn quant_tile_q8(base: u32, t: u32, lid: u32, v: f32, kind: u32) {
     // Magnitudes compared as integers: no float unit flushes a subnormal.
     redi[lid] = bitcast<u32>(v) & 0x7fffffffu;
     workgroupBarrier();
@@ -149,14 +170,14 @@ fn quant_tile_q8(t: u32, lid: u32, v: f32, kind: u32) {
         workgroupBarrier();
     }
     let amax = redi[lid & ~31u];
-    let d = sf_div(amax, F32_127);
+    let d = sf_div_fast(amax, F32_127);
     var id = 0u;
     if ((amax & 0x7fffffffu) != 0u) {
-        id = sf_div(F32_127, amax);
+        id = sf_div_fast(F32_127, amax);
     }
     // cvtps2dq: nearest even, i32::MIN out of range (tiny blocks whose
     // 127/amax overflows), then saturated to i8 below.
-    let q = sf_cvtt(sf_rint(sf_mul(bitcast<u32>(v), id)));
+    let q = sf_cvtt(sf_rint(sf_mul_fast(bitcast<u32>(v), id)));
     tq[lid] = q;
     workgroupBarrier();
     if ((lid & 31u) == 0u) {
@@ -166,7 +187,7 @@ fn quant_tile_q8(t: u32, lid: u32, v: f32, kind: u32) {
             for (var j = 0u; j < 32u; j = j + 1u) {
                 sum = sum + tq[lid + j];
             }
-            h = h | (sf_to_f16(sf_mul(d, sf_from_i32(sum))) << 16u);
+            h = h | (sf_to_f16(sf_mul_fast(d, sf_from_i32(sum))) << 16u);
         }
         thdr[lid / 32u] = h;
     }
@@ -192,7 +213,7 @@ fn quant_tile_q8(t: u32, lid: u32, v: f32, kind: u32) {
             }
             w = w | (bv << (8u * k));
         }
-        let at = first * bsz / 4u + lid;
+        let at = base + first * bsz / 4u + lid;
         if (kind == 0u) {
             act_q8_0[at] = w;
         } else {
@@ -202,8 +223,8 @@ fn quant_tile_q8(t: u32, lid: u32, v: f32, kind: u32) {
     workgroupBarrier();
 }
 
-// The Q8_K block (256 values, 73 words) of tile t.
-fn quant_tile_q8k(t: u32, lid: u32, v: f32) {
+// The Q8_K block (256 values, 73 words) of tile t of the row at `base`.
+fn quant_tile_q8k(base: u32, t: u32, lid: u32, v: f32) {
     // The value of largest magnitude, the first one on ties, compared as
     // integers.
     redi[lid] = bitcast<u32>(v);
@@ -223,12 +244,12 @@ fn quant_tile_q8k(t: u32, lid: u32, v: f32) {
     let mx = redi[0];
     workgroupBarrier();
     let zero = (mx & 0x7fffffffu) == 0u;
-    let iscale = sf_div(F32_M127, mx);
+    let iscale = sf_div_fast(F32_M127, mx);
     var q = 0;
     var dbits = 0u;
     if (!zero) {
-        q = min(sf_nearest_int(sf_mul(bitcast<u32>(v), iscale)), 127);
-        dbits = sf_div(F32_ONE, iscale);
+        q = min(sf_nearest_int(sf_mul_fast(bitcast<u32>(v), iscale)), 127);
+        dbits = sf_div_fast(F32_ONE, iscale);
     }
     tq[lid] = q;
     workgroupBarrier();
@@ -255,21 +276,26 @@ fn quant_tile_q8k(t: u32, lid: u32, v: f32) {
             }
             w = w | (bv << (8u * k));
         }
-        act_q8_k[t * 73u + lid] = w;
+        act_q8_k[base + t * 73u + lid] = w;
     }
     workgroupBarrier();
 }
 
-// One workgroup: vout = norm / activation / copy of vin, then the
-// activation encodings act_mask asks for.
+// One workgroup per token: vout = norm / activation / copy of vin, then
+// the activation encodings act_mask asks for.
 @compute @workgroup_size(256)
-fn vec_quant(@builtin(local_invocation_index) lid: u32) {
+fn vec_quant(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
     let n = dp.n;
+    let tok = wid.y;
+    let row = tok * dp.in_stride;
     var scale = 1.0;
     if (dp.mode == 1u) {
         var ss = 0.0;
         for (var i = lid; i < n; i = i + DWG) {
-            let v = vin[i];
+            let v = vin[row + i];
             ss = ss + v * v;
         }
         let total = wg_sum(lid, ss);
@@ -280,24 +306,25 @@ fn vec_quant(@builtin(local_invocation_index) lid: u32) {
         let i = t * DWG + lid;
         var v = 0.0;
         if (i < n) {
-            v = vec_value(i, scale);
-            vout[i] = v;
+            v = vec_value(row, i, scale);
+            vout[tok * dp.out_stride + i] = v;
         }
         if ((dp.act_mask & 1u) != 0u) {
-            quant_tile_q8(t, lid, v, 0u);
+            quant_tile_q8(tok * act_words(0u), t, lid, v, 0u);
         }
         if ((dp.act_mask & 2u) != 0u) {
-            quant_tile_q8(t, lid, v, 1u);
+            quant_tile_q8(tok * act_words(1u), t, lid, v, 1u);
         }
         if ((dp.act_mask & 4u) != 0u) {
-            quant_tile_q8k(t, lid, v);
+            quant_tile_q8k(tok * act_words(2u), t, lid, v);
         }
     }
 }
 
-// One invocation per pair of values of q, k and v (vin holds them in
-// that order): bias, rope on the first n_rot dimensions of each q and k
-// head, f16 rounding, then q back in place and k, v into the cache.
+// One invocation per pair of values of q, k and v of a token (vin holds a
+// row of q|k|v per token): bias, rope on the first n_rot dimensions of
+// each q and k head, f16 rounding, then q back in place and k, v into the
+// cache at the token's position.
 @compute @workgroup_size(64)
 fn rope_store(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -310,7 +337,9 @@ fn rope_store(
     if (slot0 >= nq + 2u * nk) {
         return;
     }
-    let pos = state[0];
+    let tok = wid.y;
+    let pos = state[0] + tok;
+    let qkv_row = tok * (dp.q_dim + 2u * dp.kv_dim);
     var s = slot0;
     var part = 0u;
     var base = 0u;
@@ -341,8 +370,8 @@ fn rope_store(
     }
     let ia = head * dp.head_dim + a;
     let ib = head * dp.head_dim + b;
-    var x0 = vin[base + ia];
-    var x1 = vin[base + ib];
+    var x0 = vin[qkv_row + base + ia];
+    var x1 = vin[qkv_row + base + ib];
     if (dp.bias == 1u) {
         x0 = x0 + nw[base + ia];
         x1 = x1 + nw[base + ib];
@@ -361,8 +390,8 @@ fn rope_store(
         x1 = round_f16(x1);
     }
     if (part == 0u) {
-        vin[ia] = x0;
-        vin[ib] = x1;
+        vin[qkv_row + ia] = x0;
+        vin[qkv_row + ib] = x1;
     } else if (part == 1u) {
         kcache[pos * dp.kv_dim + ia] = x0;
         kcache[pos * dp.kv_dim + ib] = x1;
@@ -372,24 +401,26 @@ fn rope_store(
     }
 }
 
-// One workgroup per query head: scores over the cached keys, softmax,
-// and the weighted sum of the cached values into vout. vin holds q.
+// One workgroup per (query head, token): scores over the cached keys up
+// to the token's position, softmax, and the weighted sum of the cached
+// values into the token's row of vout. vin holds the q|k|v rows.
 @compute @workgroup_size(256)
 fn attention(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let h = wid.x;
+    let tok = wid.y;
     let hd = dp.head_dim;
     let kvh = h / (dp.n_head / dp.n_head_kv);
-    let pos = state[0];
+    let pos = state[0] + tok;
     var first = 0u;
     if (dp.window > 0u && pos + 1u > dp.window) {
         first = pos + 1u - dp.window;
     }
-    let qo = h * hd;
+    let qo = tok * (dp.q_dim + 2u * dp.kv_dim) + h * hd;
     let ko = kvh * hd;
-    let so = h * dp.cap;
+    let so = (tok * dp.n_head + h) * dp.cap;
     var mx = -3.0e38;
     for (var j = first + lid; j <= pos; j = j + DWG) {
         var s = 0.0;
@@ -437,6 +468,6 @@ fn attention(
         for (var p = 0u; p < parts; p = p + 1u) {
             o = o + red[p * hd + lid];
         }
-        vout[qo + lid] = o;
+        vout[tok * dp.q_dim + h * hd + lid] = o;
     }
 }

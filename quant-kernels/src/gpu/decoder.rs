@@ -2,8 +2,10 @@
 //! weights uploaded once in their stored GGML encoding, the KV cache in GPU
 //! memory, and every kernel of a step (norms, activation quantization,
 //! weight products, rope, attention, residual adds) recorded into one
-//! command buffer. Several steps go into one submission; only the logits
-//! of the positions asked for are read back.
+//! command buffer. The tokens of a prompt run as batches (up to 64 per
+//! submission, each kernel over all of them, attention causal within the
+//! batch); generation is a batch of one. Only the logits of the positions
+//! asked for are read back.
 //!
 //! What it covers: RMS norm, rope in either pairing (adjacent pairs or
 //! halves) on the first `n_rot` dimensions of each head, optional q/k/v
@@ -177,8 +179,8 @@ const MV_PARAMS: u64 = 64;
 const SLOT: u64 = 256;
 /// At most this many bytes of logits are read back per submission.
 const READBACK_BYTES: usize = 64 << 20;
-/// At most this many token steps per submission.
-const MAX_STEPS: usize = 64;
+/// At most this many tokens per batch (one submission).
+const MAX_BATCH: usize = 64;
 
 struct Dims {
     n_embd: usize,
@@ -246,6 +248,8 @@ pub struct Decoder {
     /// Bound where a kernel reads no vector (no biases, no norm).
     empty: wgpu::Buffer,
     weight_bytes: u64,
+    /// Tokens per batch the work buffers hold.
+    max_batch: usize,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -260,6 +264,7 @@ impl std::fmt::Debug for Decoder {
 
 /// One dispatch of a step.
 struct Op {
+    entry: &'static str,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind: wgpu::BindGroup,
     groups: u32,
@@ -275,12 +280,10 @@ pub struct DecoderCache {
     _buffers: Vec<wgpu::Buffer>,
     layer_ops: Vec<Op>,
     logit_ops: Vec<Op>,
-    /// Positions of the steps of one submission.
-    positions: wgpu::Buffer,
-    /// Embedding rows of the steps of one submission.
-    embeddings: wgpu::Buffer,
     readback: wgpu::Buffer,
-    max_steps: usize,
+    /// Tokens per batch (the decoder's, or fewer where the attention
+    /// scores of a long cache would not fit one binding).
+    max_batch: usize,
 }
 
 impl std::fmt::Debug for DecoderCache {
@@ -339,6 +342,8 @@ struct DecParams {
     attn_scale: f32,
     bias: u32,
     softcap: f32,
+    in_stride: u32,
+    out_stride: u32,
 }
 
 impl DecParams {
@@ -362,8 +367,8 @@ impl DecParams {
             self.attn_scale.to_bits(),
             self.bias,
             self.softcap.to_bits(),
-            0,
-            0,
+            self.in_stride,
+            self.out_stride,
         ]
     }
 }
@@ -546,11 +551,16 @@ impl Decoder {
         let output = upload(&spec.output, dims.n_vocab, d)?;
         let output_norm = vector("output norm", &spec.output_norm, d)?;
         let rw = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-        let floats = |label: &str, n: usize| gpu.storage(label, 4 * n as u64 + 16, rw);
         let widest = d.max(q_dim).max(f);
+        // Per token: the widest row of any work buffer, in bytes.
+        let row_bytes = 4 * dims.n_vocab.max(2 * f).max(q_dim + 2 * kv_dim).max(widest) + 16;
+        let max_batch =
+            (READBACK_BYTES.min(gpu.max_binding as usize) / row_bytes).clamp(1, MAX_BATCH);
+        let floats =
+            |label: &str, n: usize| gpu.storage(label, (4 * n * max_batch) as u64 + 16, rw);
         // Q8_1 is the widest encoding per value (36 bytes per 32); one
         // spare Q8_K block covers rounding and unaligned reads.
-        let act_bytes = (widest / 32 * 36 + 292 + 16) as u64;
+        let act_bytes = ((widest / 32 * 36 + 4) * max_batch + 292 + 16) as u64;
         let acts = [
             gpu.storage("activations q8_0", act_bytes, rw),
             gpu.storage("activations q8_1", act_bytes, rw),
@@ -563,6 +573,7 @@ impl Decoder {
             attn: floats("attention", q_dim),
             ff: floats("gate|up", 2 * f),
             logits: floats("logits", dims.n_vocab),
+            max_batch,
             acts,
             state: gpu.storage("state", 16, rw),
             empty: gpu.storage("empty", 16, rw),
@@ -610,18 +621,28 @@ impl Decoder {
         }
     }
 
+    /// The widest row of `h`.
+    fn widest(&self) -> usize {
+        let dm = &self.dims;
+        dm.n_embd.max(dm.q_dim()).max(dm.n_ff)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn vec_op(
         &self,
         mode: u32,
         n: usize,
         act_mask: u32,
         vin: &wgpu::Buffer,
+        in_stride: usize,
         weight: Option<&wgpu::Buffer>,
     ) -> OpDesc {
         let p = DecParams {
             n: n as u32,
             mode,
             act_mask,
+            in_stride: in_stride as u32,
+            out_stride: self.widest() as u32,
             ..self.base_params()
         };
         OpDesc {
@@ -640,13 +661,15 @@ impl Decoder {
         }
     }
 
-    /// The dispatches of `y[y_offset..] (+)= m x` with `x` the activation
-    /// encoding `m`'s type reads.
+    /// The dispatches of `y[t][y_offset..] (+)= m x[t]` for every token
+    /// `t` of a batch, with `x` the activation encoding `m`'s type reads
+    /// and `y_stride` floats per token in `y`.
     fn matvec_ops(
         &self,
         m: &GpuMatrix,
         y: &wgpu::Buffer,
         y_offset: usize,
+        y_stride: usize,
         accumulate: bool,
         out: &mut Vec<OpDesc>,
     ) {
@@ -657,7 +680,9 @@ impl Decoder {
         let row_bytes = ggml::row_size(ty, cols).expect("checked at upload") as u32;
         let act = &self.acts[act_index(act_bit(ty))];
         let vdt = ggml::vec_dot_type(ty).expect("decoder types have a vec_dot type");
-        let x_stride = (ggml::row_size(vdt, cols).expect("checked at upload") / 4) as u32;
+        let x_stride = ggml::row_size(vdt, cols)
+            .expect("checked at upload")
+            .div_ceil(4) as u32;
         for c in &m.chunks {
             let words: [u32; 16] = [
                 c.rows as u32,
@@ -667,7 +692,7 @@ impl Decoder {
                 0,
                 x_stride,
                 (y_offset + c.first_row) as u32,
-                m.rows() as u32,
+                y_stride as u32,
                 c.sb_offset,
                 c.bb_offset,
                 0,
@@ -715,13 +740,16 @@ impl Decoder {
             })?;
         let half_rot = dm.n_rot / 2;
         let table_len = self.ropes.len() * capacity * half_rot * 2;
-        if table_len as u64 * 4 > gpu.max_binding
-            || (dm.n_head * capacity) as u64 * 4 > gpu.max_binding
-        {
+        let scores_per_token = (dm.n_head * capacity) as u64 * 4;
+        if table_len as u64 * 4 > gpu.max_binding || scores_per_token > gpu.max_binding {
             return Err(bad(format!(
                 "a cache of {capacity} positions exceeds the GPU's largest binding"
             )));
         }
+        let max_batch = self
+            .max_batch
+            .min((gpu.max_binding / scores_per_token) as usize)
+            .max(1);
         // cos/sin as the CPU's RopeTable computes them (f64 angle, rounded
         // to f32 at the end).
         let mut table = Vec::with_capacity(table_len);
@@ -737,7 +765,7 @@ impl Decoder {
         }
         let rope = gpu.upload("rope table", bytemuck::cast_slice(&table));
         let rw = wgpu::BufferUsages::COPY_DST;
-        let scores = gpu.storage("scores", (dm.n_head * capacity) as u64 * 4, rw);
+        let scores = gpu.storage("scores", scores_per_token * max_batch as u64, rw);
         let mut buffers = vec![rope.clone(), scores.clone()];
         let mut layer_ops = Vec::new();
         let base = self.base_params();
@@ -747,15 +775,17 @@ impl Decoder {
             buffers.push(kc.clone());
             buffers.push(vc.clone());
             let qkv: Vec<&GpuMatrix> = l.qkv.iter().map(|(m, _)| m).collect();
+            let qkv_row = q_dim + 2 * kv_dim;
             layer_ops.push(self.vec_op(
                 MODE_RMS_NORM,
                 d,
                 Self::mask_of(&qkv),
                 &self.x,
+                d,
                 Some(&l.attn_norm),
             ));
             for (m, at) in &l.qkv {
-                self.matvec_ops(m, &self.qkv, *at, false, &mut layer_ops);
+                self.matvec_ops(m, &self.qkv, *at, qkv_row, false, &mut layer_ops);
             }
             let p = DecParams {
                 cap: capacity as u32,
@@ -793,34 +823,50 @@ impl Decoder {
                 params_binding: 4,
                 groups: dm.n_head as u32,
             });
-            layer_ops.push(self.vec_op(MODE_COPY, q_dim, Self::mask_of(&[&l.o]), &self.attn, None));
-            self.matvec_ops(&l.o, &self.x, 0, true, &mut layer_ops);
+            layer_ops.push(self.vec_op(
+                MODE_COPY,
+                q_dim,
+                Self::mask_of(&[&l.o]),
+                &self.attn,
+                q_dim,
+                None,
+            ));
+            self.matvec_ops(&l.o, &self.x, 0, d, true, &mut layer_ops);
             let gate_up: Vec<&GpuMatrix> = l.gate_up.iter().map(|(m, _)| m).collect();
             layer_ops.push(self.vec_op(
                 MODE_RMS_NORM,
                 d,
                 Self::mask_of(&gate_up),
                 &self.x,
+                d,
                 Some(&l.ffn_norm),
             ));
             for (m, at) in &l.gate_up {
-                self.matvec_ops(m, &self.ff, *at, false, &mut layer_ops);
+                self.matvec_ops(m, &self.ff, *at, 2 * f, false, &mut layer_ops);
             }
             let mode = match dm.activation {
                 GatedActivation::Silu => MODE_SILU,
                 GatedActivation::GeluTanh => MODE_GELU,
             };
-            layer_ops.push(self.vec_op(mode, f, Self::mask_of(&[&l.down]), &self.ff, None));
-            self.matvec_ops(&l.down, &self.x, 0, true, &mut layer_ops);
+            layer_ops.push(self.vec_op(mode, f, Self::mask_of(&[&l.down]), &self.ff, 2 * f, None));
+            self.matvec_ops(&l.down, &self.x, 0, d, true, &mut layer_ops);
         }
         let mut logit_ops = vec![self.vec_op(
             MODE_RMS_NORM,
             d,
             Self::mask_of(&[&self.output]),
             &self.x,
+            d,
             Some(&self.output_norm),
         )];
-        self.matvec_ops(&self.output, &self.logits, 0, false, &mut logit_ops);
+        self.matvec_ops(
+            &self.output,
+            &self.logits,
+            0,
+            dm.n_vocab,
+            false,
+            &mut logit_ops,
+        );
 
         // One parameter slot per dispatch, then the bind groups.
         let n_ops = layer_ops.len() + logit_ops.len();
@@ -862,6 +908,7 @@ impl Decoder {
                     entries: &entries,
                 });
                 ops.push(Op {
+                    entry: desc.entry,
                     pipeline,
                     bind,
                     groups: desc.groups,
@@ -873,20 +920,9 @@ impl Decoder {
         let layer_ops = record(layer_ops)?;
         let logit_ops = record(logit_ops)?;
         buffers.push(pbuf);
-        let max_steps = (READBACK_BYTES / (dm.n_vocab * 4).max(1)).clamp(1, MAX_STEPS);
-        let positions = gpu.storage(
-            "positions",
-            max_steps as u64 * 4,
-            wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        );
-        let embeddings = gpu.storage(
-            "embeddings",
-            (max_steps * d) as u64 * 4,
-            wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        );
         let readback = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("logits readback"),
-            size: (max_steps * dm.n_vocab * 4).max(4) as u64,
+            size: (max_batch * dm.n_vocab * 4).max(4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -899,10 +935,8 @@ impl Decoder {
             _buffers: buffers,
             layer_ops,
             logit_ops,
-            positions,
-            embeddings,
             readback,
-            max_steps,
+            max_batch,
         })
     }
 
@@ -910,6 +944,8 @@ impl Decoder {
     /// them to the cache. `embeddings` holds the tokens' input rows
     /// (`n_embd` values each). Returns the logits of steps `logits_from..`
     /// (`n_vocab` values each); steps before that skip the output matrix.
+    /// The tokens run in batches (one submission each) that do not straddle
+    /// `logits_from`.
     pub fn forward(
         &self,
         cache: &mut DecoderCache,
@@ -942,12 +978,18 @@ impl Decoder {
         let op = "decoder step";
         let mut t0 = 0;
         while t0 < n {
-            let m = (n - t0).min(cache.max_steps);
-            let positions: Vec<u32> = (0..m).map(|t| (cache.len + t) as u32).collect();
-            gpu.queue
-                .write_buffer(&cache.positions, 0, bytemuck::cast_slice(&positions));
+            let mut m = (n - t0).min(cache.max_batch);
+            if t0 < logits_from {
+                m = m.min(logits_from - t0);
+            }
+            let want = t0 >= logits_from;
             gpu.queue.write_buffer(
-                &cache.embeddings,
+                &self.state,
+                0,
+                bytemuck::cast_slice(&[cache.len as u32, 0, 0, 0]),
+            );
+            gpu.queue.write_buffer(
+                &self.x,
                 0,
                 bytemuck::cast_slice(&embeddings[t0 * d..(t0 + m) * d]),
             );
@@ -955,50 +997,87 @@ impl Decoder {
             let mut enc = gpu
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
-            let mut rows = 0u64;
-            for t in 0..m {
-                enc.copy_buffer_to_buffer(&cache.positions, 4 * t as u64, &self.state, 0, 4);
-                enc.copy_buffer_to_buffer(
-                    &cache.embeddings,
-                    (t * d * 4) as u64,
-                    &self.x,
-                    0,
-                    (d * 4) as u64,
-                );
-                let want = t0 + t >= logits_from;
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    let ops = cache.layer_ops.iter();
-                    let logit_ops = cache.logit_ops.iter().filter(|_| want);
-                    for o in ops.chain(logit_ops) {
-                        pass.set_pipeline(&o.pipeline);
-                        pass.set_bind_group(0, &o.bind, &[]);
-                        pass.dispatch_workgroups(o.groups, 1, 1);
-                    }
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                let logit_ops = cache.logit_ops.iter().filter(|_| want);
+                for o in cache.layer_ops.iter().chain(logit_ops) {
+                    pass.set_pipeline(&o.pipeline);
+                    pass.set_bind_group(0, &o.bind, &[]);
+                    pass.dispatch_workgroups(o.groups, m as u32, 1);
                 }
-                if want {
-                    let bytes = (vocab * 4) as u64;
-                    enc.copy_buffer_to_buffer(
-                        &self.logits,
-                        0,
-                        &cache.readback,
-                        rows * bytes,
-                        bytes,
-                    );
-                    rows += 1;
-                }
+            }
+            let bytes = (m * vocab * 4) as u64;
+            if want {
+                enc.copy_buffer_to_buffer(&self.logits, 0, &cache.readback, 0, bytes);
             }
             gpu.queue.submit([enc.finish()]);
             scope.check(op)?;
-            if rows > 0 {
-                let dst = &mut out[written..written + rows as usize * vocab];
+            if want {
+                let dst = &mut out[written..written + m * vocab];
                 gpu.read_back(&cache.readback, bytemuck::cast_slice_mut(dst), op)?;
-                written += rows as usize * vocab;
+                written += m * vocab;
             } else {
                 gpu.wait(op)?;
             }
             cache.len += m;
             t0 += m;
+        }
+        Ok(out)
+    }
+
+    /// For benchmarks: seconds per token step spent in each kernel (by
+    /// entry point: its dispatches of one step, run `reps` times in one
+    /// submission, at the cache's current position, batch of one), and in
+    /// the whole step with the output matrix. The values computed are
+    /// meaningless; only the time is.
+    #[doc(hidden)]
+    pub fn profile_step(
+        &self,
+        cache: &DecoderCache,
+        reps: usize,
+    ) -> Result<Vec<(&'static str, usize, f64)>, GpuError> {
+        let gpu = &self.gpu;
+        let all: Vec<&Op> = cache.layer_ops.iter().chain(&cache.logit_ops).collect();
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for o in &all {
+            if !kinds.contains(&o.entry) {
+                kinds.push(o.entry);
+            }
+        }
+        let mut out = Vec::new();
+        for kind in kinds.iter().copied().map(Some).chain([None]) {
+            let ops: Vec<&&Op> = all
+                .iter()
+                .filter(|o| kind.is_none_or(|k| o.entry == k))
+                .collect();
+            let run = || -> Result<f64, GpuError> {
+                gpu.queue.write_buffer(
+                    &self.state,
+                    0,
+                    bytemuck::cast_slice(&[cache.len as u32, 0, 0, 0]),
+                );
+                let start = std::time::Instant::now();
+                let mut enc = gpu
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    for _ in 0..reps {
+                        for o in &ops {
+                            pass.set_pipeline(&o.pipeline);
+                            pass.set_bind_group(0, &o.bind, &[]);
+                            pass.dispatch_workgroups(o.groups, 1, 1);
+                        }
+                    }
+                }
+                gpu.queue.submit([enc.finish()]);
+                gpu.wait("profiling")?;
+                Ok(start.elapsed().as_secs_f64() / reps as f64)
+            };
+            run()?;
+            let secs = (0..3).map(|_| run()).collect::<Result<Vec<_>, _>>()?;
+            let best = secs.into_iter().fold(f64::INFINITY, f64::min);
+            out.push((kind.unwrap_or("whole step"), ops.len(), best));
         }
         Ok(out)
     }
