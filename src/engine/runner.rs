@@ -8,7 +8,7 @@ use super::config::ModelConfig;
 use super::error::Result;
 use super::model::{KvCache, Model};
 use super::source::Artifact;
-use crate::device::{Device, DeviceArg, DeviceError, Selection, Work};
+use crate::device::{Device, DeviceArg, Selection, Work};
 
 /// A forward pass with a KV cache.
 pub trait Forward {
@@ -50,7 +50,9 @@ impl Forward for Model<'_> {
     }
 }
 
-/// A model on the device `--device` chose.
+/// A model on the device `--device` chose. (One per run: the variants'
+/// sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Runner<'a> {
     /// The CPU engine.
     Cpu(Model<'a>),
@@ -115,7 +117,7 @@ impl<'a> Runner<'a> {
             Ok(b) => b,
             Err(why) => {
                 if arg == DeviceArg::Gpu {
-                    return Err(DeviceError::NoGpu(format!("{why}")).into());
+                    return Err(crate::device::DeviceError::NoGpu(why.to_string()).into());
                 }
                 return cpu(Some(format!("device: CPU ({why})")));
             }
