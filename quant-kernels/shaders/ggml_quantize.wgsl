@@ -26,44 +26,42 @@ fn nibble_from(v: u32) -> u32 {
     return u32(min(i, 15)) & 0xffu;
 }
 
-// ------------------------------------------------------------------ staging
-
-// The legacy quantizers (Q8_0, Q4_0, Q4_1) read their input through
-// workgroup memory: an invocation's blocks are consecutive values, so
-// reading them straight from `src` makes the 32 lanes of a warp touch 32
-// different 128-byte lines per load. Instead, the workgroup loads the
-// values of 32 invocations at a time with consecutive lanes on
-// consecutive words, then each of those invocations reads its own row
-// (rows padded by one word, so that the lanes hit different banks). The
-// arithmetic is unchanged.
-var<workgroup> stage: array<u32, 2080>;
-
-// Loads the `per` values of each of invocations half*32 .. half*32+31 of
-// this workgroup (the first at value `wg_first`), noting non-finite ones.
-fn stage_half(wg_first: u32, half: u32, lid: u32, per: u32) {
-    let n_values = params.n_units * 32u;
-    let first = wg_first + half * 32u * per;
-    for (var k = lid; k < 32u * per; k = k + WG) {
-        let g = first + k;
-        var v = 0u;
-        if (g < n_values) {
-            v = src[g];
-            note_if_not_finite(g, v);
+// Largest-magnitude element with its sign (first on ties; the running
+// maximum starts at 0).
+fn signed_absmax(base: u32, n: u32) -> u32 {
+    var amax = 0u;
+    var vmax = 0u;
+    for (var j = 0u; j < n; j = j + 1u) {
+        let v = src[base + j];
+        note_if_not_finite(base + j, v);
+        if (sf_lt(amax, sf_abs(v))) {
+            amax = sf_abs(v);
+            vmax = v;
         }
-        stage[(k / per) * (per + 1u) + (k % per)] = v;
     }
+    return vmax;
 }
 
 // ------------------------------------------------------------------ Q8_0
 
-fn q8_0_pair(first: u32, row: u32) {
+@compute @workgroup_size(64)
+fn quantize_q8_0(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let first = invocation_index(wid, nwg, lid) * 2u;
+    if (first >= params.n_units) {
+        return;
+    }
     let count = min(2u, params.n_units - first);
     var w = ByteWriter(first / 2u * 17u, 0u, 0u);
     for (var b = 0u; b < count; b = b + 1u) {
-        let base = row * 65u + b * 32u;
+        let base = (first + b) * 32u;
         var amax = 0u;
         for (var j = 0u; j < 32u; j = j + 1u) {
-            let v = stage[base + j];
+            let v = src[base + j];
+            note_if_not_finite(base + j, v);
             // MAX(a, b) is `a > b ? a : b`.
             if (!sf_gt(amax, sf_abs(v))) {
                 amax = sf_abs(v);
@@ -76,49 +74,30 @@ fn q8_0_pair(first: u32, row: u32) {
         }
         bw_push_u16(&w, sf_to_f16(d));
         for (var j = 0u; j < 32u; j = j + 1u) {
-            let q = sf_cvtt(sf_round_away(sf_mul_fast(stage[base + j], id)));
+            let q = sf_cvtt(sf_round_away(sf_mul_fast(src[base + j], id)));
             bw_push(&w, u32(q));
         }
     }
     bw_flush(&w);
 }
 
+// ------------------------------------------------------------------ Q4_0
+
 @compute @workgroup_size(64)
-fn quantize_q8_0(
+fn quantize_q4_0(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let wg = wid.x + wid.y * nwg.x;
-    for (var half = 0u; half < 2u; half = half + 1u) {
-        workgroupBarrier();
-        stage_half(wg * WG * 64u, half, lid, 64u);
-        workgroupBarrier();
-        let first = (wg * WG + lid) * 2u;
-        if (lid / 32u == half && first < params.n_units) {
-            q8_0_pair(first, lid % 32u);
-        }
+    let first = invocation_index(wid, nwg, lid) * 2u;
+    if (first >= params.n_units) {
+        return;
     }
-}
-
-// ------------------------------------------------------------------ Q4_0
-
-fn q4_0_pair(first: u32, row: u32) {
     let count = min(2u, params.n_units - first);
     var w = ByteWriter(first / 2u * 9u, 0u, 0u);
     for (var b = 0u; b < count; b = b + 1u) {
-        let base = row * 65u + b * 32u;
-        // Largest-magnitude element with its sign (first on ties; the
-        // running maximum starts at 0).
-        var amax = 0u;
-        var vmax = 0u;
-        for (var j = 0u; j < 32u; j = j + 1u) {
-            let v = stage[base + j];
-            if (sf_lt(amax, sf_abs(v))) {
-                amax = sf_abs(v);
-                vmax = v;
-            }
-        }
+        let base = (first + b) * 32u;
+        let vmax = signed_absmax(base, 32u);
         let d = sf_div_fast(vmax, F_NEG_8);
         var id = 0u;
         if (!sf_eq(d, 0u)) {
@@ -126,8 +105,8 @@ fn q4_0_pair(first: u32, row: u32) {
         }
         bw_push_u16(&w, sf_to_f16(d));
         for (var j = 0u; j < 16u; j = j + 1u) {
-            let x0 = sf_mul_fast(stage[base + j], id);
-            let x1 = sf_mul_fast(stage[base + 16u + j], id);
+            let x0 = sf_mul_fast(src[base + j], id);
+            let x1 = sf_mul_fast(src[base + 16u + j], id);
             let xi0 = nibble_from(sf_add(x0, F_8_5));
             let xi1 = nibble_from(sf_add(x1, F_8_5));
             bw_push(&w, xi0 | (xi1 << 4u));
@@ -136,32 +115,24 @@ fn q4_0_pair(first: u32, row: u32) {
     bw_flush(&w);
 }
 
+// ------------------------------------------------------------------ Q4_1
+
 @compute @workgroup_size(64)
-fn quantize_q4_0(
+fn quantize_q4_1(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let wg = wid.x + wid.y * nwg.x;
-    for (var half = 0u; half < 2u; half = half + 1u) {
-        workgroupBarrier();
-        stage_half(wg * WG * 64u, half, lid, 64u);
-        workgroupBarrier();
-        let first = (wg * WG + lid) * 2u;
-        if (lid / 32u == half && first < params.n_units) {
-            q4_0_pair(first, lid % 32u);
-        }
+    let blk = invocation_index(wid, nwg, lid);
+    if (blk >= params.n_units) {
+        return;
     }
-}
-
-// ------------------------------------------------------------------ Q4_1
-
-fn q4_1_block(blk: u32, row: u32) {
-    let base = row * 33u;
+    let base = blk * 32u;
     var vmin = F_MAX;
     var vmax = F_MAX | 0x80000000u;
     for (var j = 0u; j < 32u; j = j + 1u) {
-        let v = stage[base + j];
+        let v = src[base + j];
+        note_if_not_finite(base + j, v);
         if (sf_lt(v, vmin)) {
             vmin = v;
         }
@@ -178,31 +149,13 @@ fn q4_1_block(blk: u32, row: u32) {
     bw_push_u16(&w, sf_to_f16(d));
     bw_push_u16(&w, sf_to_f16(vmin));
     for (var j = 0u; j < 16u; j = j + 1u) {
-        let x0 = sf_mul_fast(sf_sub(stage[base + j], vmin), id);
-        let x1 = sf_mul_fast(sf_sub(stage[base + 16u + j], vmin), id);
+        let x0 = sf_mul_fast(sf_sub(src[base + j], vmin), id);
+        let x1 = sf_mul_fast(sf_sub(src[base + 16u + j], vmin), id);
         let xi0 = nibble_from(sf_add(x0, F_HALF));
         let xi1 = nibble_from(sf_add(x1, F_HALF));
         bw_push(&w, xi0 | (xi1 << 4u));
     }
     bw_flush(&w);
-}
-
-@compute @workgroup_size(64)
-fn quantize_q4_1(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let wg = wid.x + wid.y * nwg.x;
-    for (var half = 0u; half < 2u; half = half + 1u) {
-        workgroupBarrier();
-        stage_half(wg * WG * 32u, half, lid, 32u);
-        workgroupBarrier();
-        let blk = wg * WG + lid;
-        if (lid / 32u == half && blk < params.n_units) {
-            q4_1_block(blk, lid % 32u);
-        }
-    }
 }
 
 // ------------------------------------------------------------------ Q4_K
