@@ -247,10 +247,10 @@ pub fn run(
     let ref_model = reference
         .as_ref()
         .map(|a| {
-            let arg = match &model {
-                Runner::Cpu(_) => DeviceArg::Cpu,
-                _ if reference_runs_on_gpu(a) => DeviceArg::Gpu,
-                _ => DeviceArg::Cpu,
+            let arg = if matches!(model, Runner::Cpu(_)) || !reference_runs_on_gpu(a) {
+                DeviceArg::Cpu
+            } else {
+                DeviceArg::Gpu
             };
             Runner::load(a, arg)
                 .map(|s| s.runner)
