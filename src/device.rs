@@ -1,5 +1,6 @@
 //! `--device auto|cpu|gpu`: where the kernels of a command run. One rule
-//! for every command (convert now; quantize and verify call the same):
+//! for every command (convert and quantize for quantizing, verify for the
+//! forward passes, through `engine::Runner`):
 //!
 //! 1. Parse: [`DeviceArg`], plain data from the command line.
 //! 2. Resolve: [`Device::select`] takes the work the command is about to do
@@ -87,8 +88,12 @@ impl Work {
     /// through wgpu's staging copies at 1–4 GB/s, while the CPU quantizes
     /// at 55–80 GB/s (Q8_0, Q4_0, Q4_1) and 5–9 GB/s (Q4_K, Q6_K, whose
     /// soft-float searches are also slower on the GPU than on 16 cores);
-    /// no size paid. A token's mat-vecs, with the weights uploaded once,
-    /// ran 2–2.7x faster on the GPU for SmolLM2-135M.
+    /// no size paid. Generation (BENCH-engine-gpu.md): with the weights
+    /// and the KV cache on the GPU, SmolLM2-135M (90 and 145 MB of
+    /// weights) generated 3x and processed prompts 14-16x faster than 16
+    /// CPU cores; the 64 MB threshold stays below the smallest size
+    /// measured to pay. (The GPU's time per token is mostly per-dispatch
+    /// latency, so much smaller models may pay too; not measured.)
     fn gpu_pays_from(self) -> Option<u64> {
         match self {
             Work::QuantizeGgml { .. } | Work::QuantizeMlx { .. } => None,
@@ -358,6 +363,12 @@ impl Device {
             return g.adapter().to_string();
         }
         "CPU".to_string()
+    }
+
+    /// The open GPU, when one was chosen.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&Arc<quant_kernels::gpu::Gpu>> {
+        self.gpu.as_ref()
     }
 
     /// Where `work` runs on this device.

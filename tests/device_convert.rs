@@ -1,6 +1,6 @@
-//! `--device`: conversions quantized on the GPU are byte-identical to the
-//! CPU's, through the CLI and through the executor, on whatever adapter the
-//! machine has (in CI: Mesa's software Vulkan driver, llvmpipe, which
+//! `--device`: conversions and `qforge quantize` runs quantized on the GPU
+//! are byte-identical to the CPU's, through the CLI and through the
+//! executor, on whatever adapter the machine has (in CI: Mesa's software Vulkan driver, llvmpipe, which
 //! `--device gpu` accepts). These tests never skip: without an adapter
 //! they fail, naming what to install.
 
@@ -81,6 +81,70 @@ fn cli_q8_0_on_the_gpu_writes_the_cpu_bytes() {
         );
         assert!(std::fs::read(&auto).unwrap() == want, "{name}: auto");
     }
+}
+
+/// `qforge quantize --device gpu` writes the CPU's bytes: the legacy types
+/// on the llama fixture (from F16, and requantized from Q8_0), Q4_K_M
+/// (Q4_K and Q6_K quantized on the GPU) on the trained fixture, whose rows
+/// of 256 and 512 fit K-quant blocks. `auto` keeps quantizing on the CPU
+/// and says so in one line.
+#[test]
+fn cli_quantize_on_the_gpu_writes_the_cpu_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quantize = |input: &Path, ty: &str, device: &str, extra: &[&str]| -> (Vec<u8>, String) {
+        let out = tmp.path().join(format!("out-{ty}-{device}.gguf"));
+        let mut args = vec![
+            "quantize",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+            "--device",
+            device,
+        ];
+        args.extend_from_slice(extra);
+        let o = qforge(&args);
+        (
+            std::fs::read(&out).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for (name, types) in [
+        ("llama", &["Q8_0", "Q4_0", "Q4_1"][..]),
+        ("demo-llama", &["Q4_K_M"][..]),
+    ] {
+        let f16 = tmp.path().join(format!("{name}-f16.gguf"));
+        qforge(&[
+            "convert",
+            fixture(name).to_str().unwrap(),
+            f16.to_str().unwrap(),
+            "--type",
+            "f16",
+        ]);
+        for &ty in types {
+            let (cpu, cpu_err) = quantize(&f16, ty, "cpu", &[]);
+            assert!(!cpu_err.contains("device"), "{cpu_err}");
+            let (gpu, _) = quantize(&f16, ty, "gpu", &[]);
+            assert!(
+                gpu == cpu,
+                "{name} {ty}: the GPU's GGUF differs from the CPU's"
+            );
+            let (auto, auto_err) = quantize(&f16, ty, "auto", &[]);
+            let lines: Vec<&str> = auto_err
+                .lines()
+                .filter(|l| l.starts_with("device:"))
+                .collect();
+            assert_eq!(lines.len(), 1, "{auto_err}");
+            assert!(lines[0].contains("CPU"), "{auto_err}");
+            assert!(auto == cpu, "{name} {ty}: auto");
+        }
+    }
+    // Requantizing: Q8_0 blocks decoded on the CPU, Q4_0 quantized on the GPU.
+    let q8 = tmp.path().join("llama-q8.gguf");
+    std::fs::copy(tmp.path().join("out-Q8_0-cpu.gguf"), &q8).unwrap();
+    let (cpu, _) = quantize(&q8, "Q4_0", "cpu", &["--allow-requantize"]);
+    let (gpu, _) = quantize(&q8, "Q4_0", "gpu", &["--allow-requantize"]);
+    assert!(gpu == cpu, "requantized Q4_0 differs");
 }
 
 #[test]

@@ -2,13 +2,20 @@
 //! device's copy bandwidth (both counting bytes read plus bytes written),
 //! the CPU path's bandwidth on the same data in the same run, the GPU's
 //! end-to-end rate with transfers (what `--device auto` weighs), and
-//! mat-vec time per token for SmolLM2-135M's shapes.
+//! mat-vec time per token for SmolLM2-135M's shapes, and the GPU decoder's
+//! token steps at those shapes (random weights), with the time of each of
+//! its kernels.
 //!
 //! `cargo bench -p quant-kernels --features gpu --bench gpu -- [--small]
-//! [--software]`; BENCH-gpu.md has the numbers and how they were taken.
+//! [--software] [--decoder-only]`; BENCH-gpu.md has the numbers and how
+//! they were taken.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use quant_kernels::gpu::decoder::{
+    Decoder, DecoderSpec, GatedActivation, LayerSpec, RopeSpec, WeightRef,
+};
 use quant_kernels::gpu::{Activations, Gpu, GpuOptions};
 use quant_kernels::mlx::{self, MlxInput, MlxParams};
 use quant_kernels::{ggml, GgmlType};
@@ -63,16 +70,22 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let small = args.iter().any(|a| a == "--small");
     let software = args.iter().any(|a| a == "--software");
-    let gpu = Gpu::new(&GpuOptions {
-        allow_software: software,
-        ..GpuOptions::default()
-    })
-    .unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    let gpu = Arc::new(
+        Gpu::new(&GpuOptions {
+            allow_software: software,
+            ..GpuOptions::default()
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }),
+    );
     println!("adapter: {}", gpu.adapter());
     println!("CPU threads: {}", rayon::current_num_threads());
+    if args.iter().any(|a| a == "--decoder-only") {
+        decoder(&gpu, small);
+        return;
+    }
     // Values per kernel run: 32M (128 MB of f32), or 1M for a quick check.
     let n = if small { 1 << 20 } else { 1 << 25 };
     let (iters, reps) = if small { (2, 3) } else { (10, 5) };
@@ -219,6 +232,118 @@ fn main() {
     }
     crossover(&gpu, &x, small);
     generation(&gpu, small);
+    decoder(&gpu, small);
+}
+
+fn w(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> WeightRef<'_> {
+    WeightRef {
+        name: "w",
+        ty,
+        data,
+        rows,
+        cols,
+    }
+}
+
+/// The GPU decoder at SmolLM2-135M's shapes (30 layers, 576 wide, 9 query
+/// and 3 key/value heads of 64, feed-forward 1536, vocabulary 49152, a
+/// Q8_0 output matrix as in llama-quantize's Q4_0 and Q8_0 files), random
+/// weights: prompt processing of 128 tokens (batched), generation of 64
+/// tokens one at a time, and each kernel's share of a generation step.
+fn decoder(gpu: &Arc<Gpu>, small: bool) {
+    let layers = if small { 2 } else { 30 };
+    let (d, kv, ff, vocab) = (576usize, 192usize, 1536usize, 49152usize);
+    println!("\nGPU decoder, SmolLM2-135M shapes ({layers} layers), random weights:");
+    println!("| weights | pp 128 tokens/s | tg tokens/s | ms/token |");
+    println!("| --- | --- | --- | --- |");
+    let mut profiles = Vec::new();
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        let mk = |ty: GgmlType, rows: usize, cols: usize, seed: usize| {
+            let w = values(rows * cols);
+            let w: Vec<f32> = w.iter().map(|v| v * (1.0 + seed as f32 * 1e-3)).collect();
+            let mut q = vec![0u8; ggml::row_size(ty, w.len()).unwrap()];
+            ggml::quantize(ty, &w, cols, None, &mut q).unwrap();
+            q
+        };
+        let shapes = [(d, d), (kv, d), (kv, d), (d, d), (ff, d), (ff, d), (d, ff)];
+        let data: Vec<Vec<Vec<u8>>> = (0..layers)
+            .map(|l| shapes.iter().map(|&(r, c)| mk(ty, r, c, l)).collect())
+            .collect();
+        let output = mk(GgmlType::Q8_0, vocab, d, 99);
+        let spec = DecoderSpec {
+            n_embd: d,
+            n_ff: ff,
+            n_head: 9,
+            n_head_kv: 3,
+            head_dim: 64,
+            n_rot: 64,
+            n_vocab: vocab,
+            norm_eps: 1e-5,
+            attn_scale: 0.125,
+            attn_softcap: None,
+            rope_neox: false,
+            activation: GatedActivation::Silu,
+            kv_f16: true,
+            ropes: vec![RopeSpec {
+                inv_freq: (0..32)
+                    .map(|i| 1e5f64.powf(-(2 * i) as f64 / 64.0))
+                    .collect(),
+                position_scale: 1.0,
+            }],
+            layers: data
+                .iter()
+                .map(|m| LayerSpec {
+                    attn_norm: vec![1.0; d],
+                    q: w(ty, &m[0], d, d),
+                    k: w(ty, &m[1], kv, d),
+                    v: w(ty, &m[2], kv, d),
+                    q_bias: None,
+                    k_bias: None,
+                    v_bias: None,
+                    o: w(ty, &m[3], d, d),
+                    ffn_norm: vec![1.0; d],
+                    gate: w(ty, &m[4], ff, d),
+                    up: w(ty, &m[5], ff, d),
+                    down: w(ty, &m[6], d, ff),
+                    sliding_window: None,
+                    rope: 0,
+                })
+                .collect(),
+            output_norm: vec![1.0; d],
+            output: w(GgmlType::Q8_0, &output, vocab, d),
+        };
+        let dec = Decoder::new(gpu.clone(), &spec).unwrap();
+        let mut cache = dec.new_cache(256).unwrap();
+        let emb = values(128 * d);
+        let pp = median_secs(5, || {
+            cache.clear();
+            dec.forward(&mut cache, &emb, 127).unwrap();
+        });
+        let tg = median_secs(3, || {
+            cache.clear();
+            for t in 0..64 {
+                dec.forward(&mut cache, &emb[t * d..(t + 1) * d], 0)
+                    .unwrap();
+            }
+        });
+        println!(
+            "| {ty} | {:.0} | {:.1} | {:.3} |",
+            128.0 / pp,
+            64.0 / tg,
+            tg / 64.0 * 1e3
+        );
+        cache.clear();
+        dec.forward(&mut cache, &emb[..64 * d], 63).unwrap();
+        profiles.push((ty, dec.profile_step(&cache, 20).unwrap()));
+    }
+    for (ty, p) in profiles {
+        println!("\n{ty}: one generation step at position 64, by kernel (each run 20 times in one submission):");
+        println!("| kernel | dispatches | ms/step |");
+        println!("| --- | --- | --- |");
+        for (kind, n, secs) in p {
+            println!("| {kind} | {n} | {:.3} |", secs * 1e3);
+        }
+    }
 }
 
 fn bytemuck_f32(x: &[f32]) -> &[u8] {

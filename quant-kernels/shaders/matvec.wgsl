@@ -32,7 +32,9 @@ struct MvParams {
     group: u32,
     dtype: u32,
     n_tok: u32,
-    pad0: u32,
+    // 1: add the products to the outputs (a residual add) instead of
+    // storing them.
+    accumulate: u32,
     pad1: u32,
 }
 
@@ -322,7 +324,12 @@ fn reduce_and_store(lid: u32, row: u32, tok: u32, acc: f32) {
         workgroupBarrier();
     }
     if (lane == 0u && row < mp.rows) {
-        ys[mp.y_offset + tok * mp.y_stride + row] = part[lid];
+        let at = mp.y_offset + tok * mp.y_stride + row;
+        if (mp.accumulate == 1u) {
+            ys[at] = ys[at] + part[lid];
+        } else {
+            ys[at] = part[lid];
+        }
     }
 }
 

@@ -679,3 +679,38 @@ fn matvec_mlx_and_shared_inputs() {
         }
     }
 }
+
+/// The GPU decoder quantizes activations exactly as ggml's CPU backend
+/// (quant-kernels' `quantize_activations`): Q8_0 and Q8_1 over vectors of
+/// odd and even block counts spanning several 256-value tiles, Q8_K over
+/// several blocks; magnitudes from subnormal to 1e30, zero blocks, ties.
+#[test]
+fn decoder_activation_encodings_are_bit_identical() {
+    let g = gpu();
+    use quant_kernels::gpu::testing::decoder_activations;
+    for (vdt, sizes) in [
+        (GgmlType::Q8_0, &[32usize, 96, 576, 1536][..]),
+        (GgmlType::Q8_1, &[64, 288, 576][..]),
+        (GgmlType::Q8K, &[256, 768][..]),
+    ] {
+        for &n in sizes {
+            for seed in 0..3u64 {
+                let x: Vec<f32> = weights(n, 32, 40 + seed)
+                    .iter()
+                    .map(|v| if seed == 2 { v * 0.5 } else { *v })
+                    .collect();
+                let mut want = vec![0u8; ggml::row_size(vdt, n).unwrap()];
+                ggml::quantize_activations(vdt, &x, &mut want).unwrap();
+                let got = decoder_activations(g, vdt, &x).unwrap();
+                if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+                    panic!(
+                        "{vdt} n={n} seed={seed}: GPU encoding differs from byte {i}: \
+                         GPU {:?}, CPU {:?}",
+                        &got[i.saturating_sub(4)..(i + 8).min(got.len())],
+                        &want[i.saturating_sub(4)..(i + 8).min(want.len())]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -62,7 +62,10 @@ fn quantizers_use_no_float_division_rounding_or_packing() {
     // The bit-exact kernels must not depend on operations whose rounding
     // WGSL leaves open (see softfloat.wgsl).
     for (name, source) in quant_kernels::gpu::shader_sources() {
-        if name == "matvec" {
+        // The mat-vec and the decoder compute in ordinary float arithmetic,
+        // within a stated tolerance; the decoder's one bit-exact part, its
+        // activation encodings, is held to the CPU's bytes by tests/gpu.rs.
+        if name == "matvec" || name == "decoder" {
             continue;
         }
         for banned in [

@@ -12,6 +12,7 @@ use serde_json::{json, Value as Json};
 use super::convert::{quantize_to_mlx, ConvertArgs};
 use super::{human_bytes, print_json, Progress};
 use crate::convert::ModelView;
+use crate::device::{Device, DeviceArg, Selection};
 use crate::formats::gguf::GgufModel;
 use crate::formats::hf::HfModel;
 use crate::formats::mlx::{BITS as MLX_BITS, GROUP_SIZES as MLX_GROUP_SIZES};
@@ -25,7 +26,9 @@ use crate::quant::mlx_recipe::{
 };
 use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, Problem, QuantPlan};
 use crate::quant::source::QuantInput;
-use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
+use crate::quant::write::{
+    device_work, output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance,
+};
 
 #[derive(Debug, Args)]
 pub(crate) struct QuantizeArgs {
@@ -85,6 +88,13 @@ pub(crate) struct QuantizeArgs {
     /// Print a JSON report on stdout and no progress.
     #[arg(long)]
     json: bool,
+    /// Where to quantize: `gpu` runs every tensor quantized without
+    /// importance weights to Q8_0, Q4_0, Q4_1, Q4_K or Q6_K on the GPU;
+    /// `auto` does so only where the GPU pays for its transfers (see
+    /// quant-kernels/BENCH-gpu.md), else the CPU, saying why; `cpu`.
+    /// The bytes are the same on every device.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// MLX output: bits per weight (2, 3, 4, 5, 6, 8).
     #[arg(long, value_name = "B")]
     bits: Option<u32>,
@@ -309,6 +319,15 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         meta.set(key.clone(), value.clone());
     }
     let paths = output_paths(output, plan, args.keep_split);
+    let work: Vec<_> = plan
+        .tensors
+        .iter()
+        .filter_map(|t| device_work(t, r.imatrix.as_ref()))
+        .collect();
+    let Selection { device, note } = Device::select(args.device, &work)?;
+    if let (Some(note), false) = (&note, args.quiet) {
+        eprintln!("{note}");
+    }
 
     let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json || args.quiet);
     let files = write_gguf(
@@ -317,6 +336,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         &meta,
         &paths,
         r.imatrix.as_ref(),
+        &device,
         &|t: &PlannedTensor| {
             progress.set_message(&t.name);
             progress.inc(t.from_bytes);
@@ -337,6 +357,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
             "bits_per_weight": bits_per_weight(plan.to_bytes(), plan.n_elements()),
             "fallbacks": plan.n_fallback,
             "imatrix_entries": r.imatrix.as_ref().map(ImportanceMatrix::len),
+            "device": device.name(),
             "seconds": seconds,
             "tensors": plan_json(plan),
         }))?;

@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::print_json;
 use super::progress::draw_target;
-use crate::engine::{Artifact, Model};
+use crate::device::DeviceArg;
+use crate::engine::{Artifact, Forward, Runner};
 use crate::verify::{self, EvalInput, Gates, VerifyOptions, VerifyReport};
 
 /// Exit code when the run worked but a gate failed.
@@ -77,6 +78,13 @@ pub(crate) struct VerifyArgs {
     /// Fail when generation is slower than this (tokens/s).
     #[arg(long, value_name = "X")]
     min_gen_tok_s: Option<f64>,
+    /// Where the forward passes run: `gpu` for the GPU engine (GGUF
+    /// llama, mistral, qwen2 with Q8_0/Q4_0/Q4_1/Q4_K/Q6_K weights; an
+    /// error for other models), `cpu`, or `auto`: the GPU for such a model
+    /// when a hardware adapter exists and the model is large enough to
+    /// pay, else the CPU with one line saying why.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Debug: run the --tokens ids as one sequence, write the logits of
     /// every position (little-endian f32) to FILE, and stop.
     #[arg(long, value_name = "FILE", requires = "tokens", hide = true)]
@@ -143,6 +151,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
         gen_tokens: args.gen_tokens,
         speed_reps: args.speed_reps,
         sample_tokens: args.sample_tokens,
+        device: args.device,
     };
     let bar = ProgressBar::with_draw_target(Some(0), draw_target(args.json));
     bar.set_style(
@@ -160,6 +169,9 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
         &progress,
     )?;
     progress.bar.finish_and_clear();
+    if let Some(note) = &report.device_note {
+        eprintln!("{note}");
+    }
     if args.json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {
@@ -177,8 +189,12 @@ fn dump_logits(args: &VerifyArgs, ids: &[u32], out: &PathBuf) -> Result<ExitCode
         .num_threads(args.threads)
         .build()?;
     let artifact = Artifact::open(&args.artifact)?;
-    let model = Model::load(&artifact)?;
-    let mut cache = model.new_cache(ids.len());
+    let selection = Runner::load(&artifact, args.device)?;
+    if let Some(note) = &selection.note {
+        eprintln!("{note}");
+    }
+    let model = selection.runner;
+    let mut cache = model.new_cache(ids.len())?;
     let logits = pool.install(|| model.forward(&mut cache, ids, 0))?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
@@ -189,12 +205,16 @@ fn print_text(r: &VerifyReport) -> Result<()> {
     let mut o = io::stdout().lock();
     writeln!(
         o,
-        "{}  ({} {}, {}, {} threads)",
+        "{}  ({} {}, {}, {})",
         r.artifact.display(),
         r.format,
         r.architecture,
         r.weight_type,
-        r.threads
+        if r.device == "CPU" {
+            format!("{} threads", r.threads)
+        } else {
+            r.device.clone()
+        }
     )?;
     if let Some(p) = &r.perplexity {
         writeln!(

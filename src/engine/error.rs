@@ -26,6 +26,9 @@ pub enum EngineError {
     /// Something the engine does not run (yet), said in a sentence.
     #[error("{0}")]
     Unsupported(String),
+    /// The GPU failed while loading or running the model.
+    #[error("the GPU failed: {0}")]
+    Device(String),
     /// A token id outside the vocabulary, or a context overflow.
     #[error("{0}")]
     Input(String),

@@ -15,14 +15,18 @@
 
 pub mod config;
 mod error;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 mod model;
 pub mod ops;
+pub mod runner;
 mod source;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use model::{KvCache, Model};
+pub use runner::{Forward, Runner, RunnerCache};
 pub use source::{Artifact, Role, Tensors};
 
 /// Index of the largest value (the first on ties), as greedy sampling and

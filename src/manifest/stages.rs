@@ -674,6 +674,7 @@ pub mod real {
                 gen_tokens: 64,
                 speed_reps: 3,
                 sample_tokens: 24,
+                device: crate::device::DeviceArg::Auto,
             };
             req.progress.start("verifying", None);
             let report = crate::verify::run(

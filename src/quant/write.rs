@@ -15,6 +15,7 @@ use super::ftype::FileType;
 use super::imatrix::ImportanceMatrix;
 use super::plan::{ImatrixRole, Method, PlannedTensor, QuantPlan};
 use super::source::TensorSource;
+use crate::device::{Device, Target, Work, GPU_GGML_TYPES};
 use crate::formats::atomic::AtomicFile;
 use crate::formats::error::{FormatError, Result};
 use crate::formats::gguf::{
@@ -169,15 +170,29 @@ pub struct WrittenFile {
     pub sha256: String,
 }
 
+/// The device work of a planned tensor: quantizing it without importance
+/// weights to a type the GPU has a kernel for (`None` for copies and for
+/// tensors an importance matrix steers, which stay on the CPU).
+pub fn device_work(t: &PlannedTensor, imatrix: Option<&ImportanceMatrix>) -> Option<Work> {
+    let steered = t.imatrix == ImatrixRole::Used && imatrix.and_then(|m| m.get(&t.name)).is_some();
+    (t.method == Method::ViaF32 && !steered).then_some(Work::QuantizeGgml {
+        ty: t.to,
+        values: t.row_len() * t.n_rows(),
+    })
+}
+
 /// Writes `plan` into `paths` (one per split of the plan), taking tensor
 /// bytes from `source`; `metadata` is the first file's. `progress` hears of
-/// each tensor written.
+/// each tensor written. Tensors quantized without importance weights to a
+/// type with a GPU kernel run where `device` puts them; the bytes are the
+/// same on either.
 pub fn write_gguf(
     source: &dyn TensorSource,
     plan: &QuantPlan,
     metadata: &Metadata,
     paths: &[PathBuf],
     imatrix: Option<&ImportanceMatrix>,
+    device: &Device,
     progress: &(dyn Fn(&PlannedTensor) + Sync),
 ) -> Result<Vec<WrittenFile>> {
     assert_eq!(paths.len(), plan.n_splits, "one path per split");
@@ -220,8 +235,16 @@ pub fn write_gguf(
             match t.method {
                 Method::Copy => w.write_tensor(&t.name, &src),
                 Method::ViaF32 => {
-                    let data = convert_tensor(t, &src, weights, &|d| source.release(d))
-                        .map_err(|e| FormatError::other(e.to_string()).for_tensor(&t.name))?;
+                    let target = device_work(t, imatrix)
+                        .filter(|_| GPU_GGML_TYPES.contains(&t.to))
+                        .map(|work| device.target(work))
+                        .filter(|target| target.is_gpu());
+                    let data = match target {
+                        Some(target) => convert_tensor_on(target, t, &src),
+                        None => convert_tensor(t, &src, weights, &|d| source.release(d))
+                            .map_err(|e| e.to_string()),
+                    }
+                    .map_err(|e| FormatError::other(e).for_tensor(&t.name))?;
                     w.write_tensor(&t.name, &data)
                 }
             }
@@ -241,6 +264,53 @@ pub fn write_gguf(
         });
     }
     Ok(written)
+}
+
+/// Values per GPU submission: the f32 slab decoded for it is 64 MiB.
+const GPU_SLAB: usize = 1 << 24;
+
+/// [`convert_tensor`] without importance weights, the quantizing on
+/// `target` (the GPU) in slabs of whole rows, each decoded on the CPU in
+/// parallel first.
+fn convert_tensor_on(
+    target: Target<'_>,
+    t: &PlannedTensor,
+    src: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    let row_len = t.row_len() as usize;
+    let n_rows = t.n_rows() as usize;
+    let src_row = ggml::row_size(t.from, row_len).map_err(|e| e.to_string())?;
+    let dst_row = ggml::row_size(t.to, row_len).map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; dst_row * n_rows];
+    if n_rows == 0 || row_len == 0 {
+        return Ok(out);
+    }
+    let slab_rows = (GPU_SLAB / row_len).max(1);
+    let mut vals = Vec::new();
+    for (g, (s, d)) in src
+        .chunks(src_row * slab_rows)
+        .zip(out.chunks_mut(dst_row * slab_rows))
+        .enumerate()
+    {
+        vals.resize(s.len() / src_row * row_len, 0f32);
+        vals.par_chunks_mut(row_len * 64)
+            .zip(s.par_chunks(src_row * 64))
+            .try_for_each(|(v, s)| ggml::dequantize(t.from, s, v))
+            .map_err(|e| e.to_string())?;
+        target
+            .quantize_ggml(t.to, &vals, row_len, d)
+            .map_err(|e| match e {
+                crate::device::DeviceError::Kernel(KernelError::NonFinite { index, value }) => {
+                    KernelError::NonFinite {
+                        index: g * slab_rows * row_len + index,
+                        value,
+                    }
+                    .to_string()
+                }
+                e => e.to_string(),
+            })?;
+    }
+    Ok(out)
 }
 
 /// Values per row group: small enough that a group's f32 copy stays in a

@@ -12,7 +12,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::engine::{self, Artifact, Model};
+use crate::device::DeviceArg;
+use crate::engine::runner::{generate_greedy_with, Forward, Runner, RunnerSelection};
+use crate::engine::Artifact;
 
 mod gates;
 pub mod perplexity;
@@ -44,6 +46,8 @@ pub struct VerifyOptions {
     pub speed_reps: usize,
     /// Tokens of the greedy sample (0: none).
     pub sample_tokens: usize,
+    /// Where the forward passes run (`--device`).
+    pub device: DeviceArg,
 }
 
 impl Default for VerifyOptions {
@@ -57,6 +61,7 @@ impl Default for VerifyOptions {
             gen_tokens: 64,
             speed_reps: 3,
             sample_tokens: 24,
+            device: DeviceArg::Auto,
         }
     }
 }
@@ -155,6 +160,12 @@ pub struct VerifyReport {
     pub file_bytes: u64,
     /// Worker threads used.
     pub threads: usize,
+    /// Where the artifact's forward passes ran: `CPU` or the GPU adapter.
+    pub device: String,
+    /// Why they ran there, when worth saying (one line; the CLI prints it).
+    pub device_note: Option<String>,
+    /// Where the reference's forward passes ran, when there is one.
+    pub reference_device: Option<String>,
     /// Perplexity, when a text was given.
     pub perplexity: Option<PerplexityReport>,
     /// KL divergence, when a reference was given.
@@ -206,8 +217,11 @@ pub fn run(
     let threads = pool.current_num_threads();
     let artifact = Artifact::open(artifact_path)
         .with_context(|| format!("opening {}", artifact_path.display()))?;
-    let model =
-        Model::load(&artifact).with_context(|| format!("loading {}", artifact_path.display()))?;
+    let RunnerSelection {
+        runner: model,
+        note: device_note,
+    } = Runner::load(&artifact, opts.device)
+        .with_context(|| format!("loading {}", artifact_path.display()))?;
     // Token ids given on the command line need no tokenizer: a vocabulary
     // qforge cannot rebuild then costs only the greedy sample.
     let tokenizer = match (tokenizer_for(&artifact), input) {
@@ -228,9 +242,20 @@ pub fn run(
     let reference = reference_path
         .map(|p| Artifact::open(p).with_context(|| format!("opening {}", p.display())))
         .transpose()?;
+    // The reference runs on the GPU when the artifact does and the GPU
+    // engine covers it, else on the CPU (the report says where).
     let ref_model = reference
         .as_ref()
-        .map(|a| Model::load(a).context("loading the reference model"))
+        .map(|a| {
+            let arg = if matches!(model, Runner::Cpu(_)) || !reference_runs_on_gpu(a) {
+                DeviceArg::Cpu
+            } else {
+                DeviceArg::Gpu
+            };
+            Runner::load(a, arg)
+                .map(|s| s.runner)
+                .context("loading the reference model")
+        })
         .transpose()?;
     if let Some(r) = &ref_model {
         if r.config().n_vocab != model.config().n_vocab {
@@ -277,7 +302,7 @@ pub fn run(
     let sample = match (&tokenizer, opts.sample_tokens) {
         (Some(t), n) if n > 0 => {
             let prompt = t.encode(SAMPLE_PROMPT, true)?;
-            let ids = pool.install(|| engine::generate_greedy(&model, &prompt, n, &eos))?;
+            let ids = pool.install(|| generate_greedy_with(&model, &prompt, n, &eos))?;
             Some(SampleReport {
                 prompt: SAMPLE_PROMPT.to_string(),
                 text: t.decode(&ids, true)?,
@@ -294,6 +319,9 @@ pub fn run(
         weight_type: model.weight_type(),
         file_bytes: artifact.file_bytes(),
         threads,
+        device: model.device_name(),
+        device_note,
+        reference_device: ref_model.as_ref().map(Runner::device_name),
         perplexity,
         kl,
         speed,
@@ -309,9 +337,9 @@ pub fn run(
     Ok(report)
 }
 
-fn evaluate(
-    model: &Model,
-    reference: Option<&Model>,
+fn evaluate<F: Forward, R: Forward>(
+    model: &F,
+    reference: Option<&R>,
     tokens: &[u32],
     bos: Option<u32>,
     opts: &VerifyOptions,
@@ -325,14 +353,14 @@ fn evaluate(
     let mut nll = NllStats::default();
     let mut kl = KlStats::default();
     progress.start("perplexity", windows.len());
-    let mut cache = model.new_cache(n_ctx);
-    let mut ref_cache = reference.map(|r| r.new_cache(n_ctx));
+    let mut cache = model.new_cache(n_ctx)?;
+    let mut ref_cache = reference.map(|r| r.new_cache(n_ctx)).transpose()?;
     for w in &windows {
-        cache.clear();
+        F::clear(&mut cache);
         let logits = model.forward(&mut cache, w, first)?;
         let ref_logits = match (reference, &mut ref_cache) {
             (Some(r), Some(c)) => {
-                c.clear();
+                R::clear(c);
                 Some(r.forward(c, w, first)?)
             }
             _ => None,
@@ -394,8 +422,8 @@ fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
 /// cache (logits of the last position only), and `gen_tokens` single-token
 /// steps from an empty cache; one warm-up, then the mean of the timed
 /// repetitions (llama-bench's pp and tg tests).
-pub fn measure_speed(
-    model: &Model,
+pub fn measure_speed<F: Forward>(
+    model: &F,
     opts: &VerifyOptions,
     progress: &dyn Progress,
 ) -> Result<SpeedReport> {
@@ -404,10 +432,10 @@ pub fn measure_speed(
     let gen = bench_tokens(opts.gen_tokens.max(1), vocab);
     let reps = opts.speed_reps.max(1);
     progress.start("speed", 2 * (reps + 1));
-    let mut cache = model.new_cache(prompt.len().max(gen.len()));
+    let mut cache = model.new_cache(prompt.len().max(gen.len()))?;
     let mut pp = 0f64;
     for rep in 0..=reps {
-        cache.clear();
+        F::clear(&mut cache);
         let t = Instant::now();
         model.forward(&mut cache, &prompt, prompt.len() - 1)?;
         if rep > 0 {
@@ -417,7 +445,7 @@ pub fn measure_speed(
     }
     let mut tg = 0f64;
     for rep in 0..=reps {
-        cache.clear();
+        F::clear(&mut cache);
         let t = Instant::now();
         for &tok in &gen {
             model.forward(&mut cache, &[tok], 0)?;
@@ -433,6 +461,20 @@ pub fn measure_speed(
         gen_tokens: gen.len(),
         gen_tok_s: (gen.len() * reps) as f64 / tg,
     })
+}
+
+/// Whether the GPU engine runs `artifact` (a reference under `--device
+/// gpu` runs there only then).
+fn reference_runs_on_gpu(artifact: &Artifact) -> bool {
+    #[cfg(feature = "gpu")]
+    {
+        crate::engine::gpu::GpuModel::plan(artifact).is_ok()
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = artifact;
+        false
+    }
 }
 
 /// Peak resident set size of this process (Linux: VmHWM).

@@ -46,7 +46,7 @@ pub enum Activations {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Ggml(GgmlType),
     Mlx {
         bits: u32,
@@ -56,7 +56,7 @@ enum Kind {
 }
 
 /// `kind` codes of matvec.wgsl.
-fn kind_code(k: Kind) -> u32 {
+pub(super) fn kind_code(k: Kind) -> u32 {
     match k {
         Kind::Ggml(GgmlType::Q8_0) => 0,
         Kind::Ggml(GgmlType::Q4_0) => 1,
@@ -68,23 +68,23 @@ fn kind_code(k: Kind) -> u32 {
     }
 }
 
-struct Chunk {
-    first_row: usize,
-    rows: usize,
-    buffer: wgpu::Buffer,
+pub(super) struct Chunk {
+    pub(super) first_row: usize,
+    pub(super) rows: usize,
+    pub(super) buffer: wgpu::Buffer,
     /// MLX: word offsets of the scales and biases in `buffer`.
-    sb_offset: u32,
-    bb_offset: u32,
+    pub(super) sb_offset: u32,
+    pub(super) bb_offset: u32,
 }
 
 /// A weight matrix (`rows x cols`, `cols` inputs to `rows` outputs) held
 /// in GPU memory in its stored encoding, split into row chunks that fit
 /// the adapter's binding limit.
 pub struct GpuMatrix {
-    kind: Kind,
+    pub(super) kind: Kind,
     rows: usize,
     cols: usize,
-    chunks: Vec<Chunk>,
+    pub(super) chunks: Vec<Chunk>,
 }
 
 impl std::fmt::Debug for GpuMatrix {

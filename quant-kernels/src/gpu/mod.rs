@@ -34,6 +34,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use crate::KernelError;
 
+pub mod decoder;
 mod ggml;
 pub mod matvec;
 mod mlx;
@@ -124,6 +125,7 @@ pub(crate) enum Module {
     GgmlDequantize,
     Mlx,
     MatVec,
+    Decoder,
     SoftfloatTest,
 }
 
@@ -131,11 +133,12 @@ const SOFTFLOAT: &str = include_str!("../../shaders/softfloat.wgsl");
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Module {
-    const ALL: [Module; 5] = [
+    const ALL: [Module; 6] = [
         Module::GgmlQuantize,
         Module::GgmlDequantize,
         Module::Mlx,
         Module::MatVec,
+        Module::Decoder,
         Module::SoftfloatTest,
     ];
 
@@ -145,6 +148,7 @@ impl Module {
             Module::GgmlDequantize => "ggml_dequantize",
             Module::Mlx => "mlx",
             Module::MatVec => "matvec",
+            Module::Decoder => "decoder",
             Module::SoftfloatTest => "softfloat_test",
         }
     }
@@ -155,6 +159,14 @@ impl Module {
             Module::GgmlDequantize => include_str!("../../shaders/ggml_dequantize.wgsl"),
             Module::Mlx => include_str!("../../shaders/mlx.wgsl"),
             Module::MatVec => include_str!("../../shaders/matvec.wgsl"),
+            Module::Decoder => {
+                // The decoder's weight products are matvec.wgsl's kernels.
+                return format!(
+                    "{SOFTFLOAT}\n{}\n{}",
+                    include_str!("../../shaders/matvec.wgsl"),
+                    include_str!("../../shaders/decoder.wgsl")
+                );
+            }
             Module::SoftfloatTest => include_str!("../../shaders/softfloat_test.wgsl"),
         };
         let common = if self == Module::MatVec { "" } else { COMMON };
@@ -356,12 +368,14 @@ impl Gpu {
                 })
                 .clone()
         };
-        let layout = self.pipeline_layout(module);
+        // The decoder's kernels each bind a different subset of the
+        // module's buffers: their layouts are derived from what they use.
+        let layout = (module != Module::Decoder).then(|| self.pipeline_layout(module));
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
-                layout: Some(&layout),
+                layout: layout.as_ref(),
                 module: &shader,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
@@ -677,6 +691,17 @@ pub mod testing {
         ToBf16 = 13,
         MulFast = 14,
         DivFast = 15,
+    }
+
+    /// The activation encoding (Q8_0, Q8_1 or Q8_K) the GPU decoder
+    /// computes for `x`, which must equal
+    /// [`crate::ggml::quantize_activations`]'s.
+    pub fn decoder_activations(
+        gpu: &Gpu,
+        vdt: crate::GgmlType,
+        x: &[f32],
+    ) -> Result<Vec<u8>, GpuError> {
+        super::decoder::encode_activations(gpu, vdt, x)
     }
 
     /// Applies `op` to pairs (a[i], b[i]) of f32 bit patterns on the GPU;
