@@ -311,6 +311,9 @@ pub fn quantize_activations(
             value: x[index],
         });
     }
+    if simd::quantize_activations_at(simd::level(), vec_dot_type, x, dst) {
+        return Ok(());
+    }
     reference::quantize_activations_row(vec_dot_type, x, dst)
 }
 
@@ -340,4 +343,59 @@ pub fn vec_dot(
         Some(v) => Ok(v),
         None => reference::vec_dot(ty, n, weights, activations),
     }
+}
+
+/// Dot products of every weight row with every activation row: `weights`
+/// holds rows of `n` values of `ty`, `activations` rows of `n` values
+/// quantized with [`quantize_activations`] to `vec_dot_type(ty)`, and
+/// `out[t * n_rows + r]` gets [`vec_dot`] of row `r` and activation row
+/// `t`, bit for bit. Where the CPU has a tile kernel for `ty` (Q4_0, Q4_1,
+/// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K on AVX2 or AVX-512 VNNI) each weight
+/// block is unpacked once for several tokens; other types loop over the
+/// pairs. Runs on the calling thread.
+pub fn gemm(
+    ty: GgmlType,
+    n: usize,
+    weights: &[u8],
+    activations: &[u8],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let vdt = vec_dot_type(ty)
+        .ok_or_else(|| KernelError::Unsupported(format!("dot products of {ty}")))?;
+    let (wb, ab) = (row_size(ty, n)?, row_size(vdt, n)?);
+    if wb == 0 || ab == 0 {
+        return if out.is_empty() {
+            Ok(())
+        } else {
+            Err(KernelError::BadLength(
+                "rows of 0 values give no dot products".into(),
+            ))
+        };
+    }
+    let (n_rows, n_tok) = (weights.len() / wb, activations.len() / ab);
+    if weights.len() != n_rows * wb
+        || activations.len() != n_tok * ab
+        || out.len() != n_rows * n_tok
+    {
+        return Err(KernelError::BadLength(format!(
+            "{} bytes of {ty} rows ({wb} each) and {} bytes of {vdt} rows ({ab} each) \
+             do not give {} dot products",
+            weights.len(),
+            activations.len(),
+            out.len()
+        )));
+    }
+    let level = simd::level();
+    if simd::gemm_at(level, ty, n, weights, n_rows, activations, ab, n_tok, out) {
+        return Ok(());
+    }
+    for (t, a) in activations.chunks_exact(ab).enumerate() {
+        for (r, w) in weights.chunks_exact(wb).enumerate() {
+            out[t * n_rows + r] = match simd::vec_dot_at(level, ty, n, w, a) {
+                Some(v) => v,
+                None => reference::vec_dot(ty, n, w, a)?,
+            };
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,8 @@ use crate::GgmlType;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
 #[cfg(target_arch = "x86_64")]
+mod gemm_x86;
+#[cfg(target_arch = "x86_64")]
 mod iq4;
 mod kquants;
 pub(crate) mod portable;
@@ -77,6 +79,14 @@ pub(crate) fn level() -> Level {
         };
         cpu.min(cap)
     })
+}
+
+/// Whether the CPU has AVX-512 VNNI (the integer products of the tile
+/// kernels use it at [`Level::Avx512`]).
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
 }
 
 /// Levels this CPU can run (for tests that compare every level).
@@ -251,6 +261,50 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
     })
 }
 
+/// Tile products of `n_rows` weight rows of `ty` (`w`) with `n_tok`
+/// activation rows of `arb` bytes (`a`, `ty`'s `vec_dot_type`), written
+/// to `out[t * n_rows + r]`, each equal to [`vec_dot_at`] of its pair.
+/// False when `level` has no tile kernel for `ty` (the caller then loops
+/// over pairs). The sizes must have been checked (`ggml::gemm`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_at(
+    level: Level,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let size = |t: GgmlType| t.row_size(n as u64).and_then(|b| usize::try_from(b).ok());
+        let wrb = size(ty);
+        let sizes_ok = wrb.is_some_and(|b| w.len() == n_rows * b)
+            && reference::vec_dot_type(ty).and_then(size) == Some(arb)
+            && a.len() == n_tok * arb
+            && out.len() == n_rows * n_tok;
+        assert!(sizes_ok, "gemm_at: sizes not checked by the caller");
+        if n_rows == 0 || n_tok == 0 {
+            return true;
+        }
+        if level >= Level::Avx512 && has_vnni() {
+            // SAFETY: AVX-512 F/BW/VL (the level, see `detect`) and VNNI
+            // (`has_vnni`) are present; the sizes are asserted above.
+            return unsafe { gemm_x86::gemm_vnni(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+        if level >= Level::Avx2 {
+            // SAFETY: AVX2, FMA and F16C are present at this level; the
+            // sizes are asserted above.
+            return unsafe { gemm_x86::gemm_avx2(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+    }
+    let _ = (level, ty, n, w, n_rows, a, arb, n_tok, out);
+    false
+}
+
 /// Dequantizes whole blocks of `ty` at `level`; false when there is no
 /// fast kernel for `ty` (the caller then runs the reference).
 pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32]) -> bool {
@@ -318,6 +372,30 @@ pub(crate) fn quantize_at(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -
         return true;
     }
     quantize_portable(level, ty, x, y)
+}
+
+/// Activations to `vdt` as `reference::quantize_activations_row` at
+/// `level`; false when there is no fast kernel for `vdt`.
+pub(crate) fn quantize_activations_at(
+    level: Level,
+    vdt: GgmlType,
+    x: &[f32],
+    y: &mut [u8],
+) -> bool {
+    use GgmlType as T;
+    match vdt {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and F16C are present at this level (see `detect`);
+        // whole blocks, which `ggml::quantize_activations` checked.
+        T::Q8_0 if level >= Level::Avx2 => unsafe { x86::quantize_q8_0_act(x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        T::Q8_1 if level >= Level::Avx2 => unsafe { x86::quantize_q8_1_act(x, y) },
+        // Float activations are the weights' conversions.
+        T::F16 | T::BF16 | T::F32 => return quantize_at(level, vdt, x, y),
+        _ => return false,
+    }
+    true
 }
 
 /// The portable quantizers (NEON is the aarch64 baseline; on x86-64 the
