@@ -142,10 +142,17 @@ pub trait Weight: Send + Sync {
 }
 
 /// Rows per parallel task: enough work to amortize the task, enough tasks
-/// to balance the threads. Fixed by the shape only, so that results do not
-/// depend on the thread count.
+/// to balance the threads. Fixed by the shape only (every output is one
+/// row's dot product with one token whatever the split, so results do not
+/// depend on the thread count either way). A single token gets 8 tasks of
+/// whole 8-row tiles: long runs of weights, which the tile kernels stream
+/// with prefetching.
 fn rows_per_task(rows: usize, n_tok: usize) -> usize {
-    let per = if n_tok == 1 { 64 } else { 16 };
+    let per = if n_tok == 1 {
+        rows.div_ceil(8).next_multiple_of(8)
+    } else {
+        16
+    };
     per.min(rows.max(1))
 }
 
@@ -325,10 +332,6 @@ impl<'a> GgmlWeight<'a> {
             cols,
         })
     }
-
-    fn row_bytes(&self, row: usize) -> &[u8] {
-        &self.data[row * self.row_bytes..(row + 1) * self.row_bytes]
-    }
 }
 
 impl Weight for GgmlWeight<'_> {
@@ -360,15 +363,9 @@ impl Weight for GgmlWeight<'_> {
         out: &mut [f32],
         _scratch: &mut Vec<f32>,
     ) {
-        let n = rows.len();
-        // Token-major: the tile's rows stay in L1 while every token passes.
-        for t in 0..acts.n_tok {
-            let a = acts.encoded_row(t);
-            for (i, r) in rows.clone().enumerate() {
-                out[t * n + i] = ggml::vec_dot(self.ty, self.row_bytes(r), a, self.cols)
-                    .expect("sizes checked when the weight was built");
-            }
-        }
+        let bytes = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        ggml::gemm(self.ty, self.cols, bytes, &acts.bytes, out)
+            .expect("sizes checked when the weight was built");
     }
 }
 
