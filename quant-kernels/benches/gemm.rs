@@ -44,7 +44,16 @@ fn main() {
         .map(|a| a.split(',').filter_map(GgmlType::from_name).collect());
     let types = filter.unwrap_or_else(|| {
         use GgmlType as T;
-        vec![T::Q4_0, T::Q4_1, T::Q5_0, T::Q8_0, T::Q4K, T::Q5K, T::Q6K]
+        vec![
+            T::F16,
+            T::Q4_0,
+            T::Q4_1,
+            T::Q5_0,
+            T::Q8_0,
+            T::Q4K,
+            T::Q5K,
+            T::Q6K,
+        ]
     });
     println!("| type | cols | rows x tokens | gemm GMAC/s | vec_dot GMAC/s | ratio |");
     println!("|---|---|---|---|---|---|");

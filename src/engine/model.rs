@@ -7,7 +7,7 @@ use super::config::{Arch, ModelConfig};
 use super::error::{EngineError, Result};
 use super::ops::{self, RopeTable};
 use super::source::{Artifact, Role, Tensors};
-use super::weights::{matmul, Weight};
+use super::weights::{matmul, matmul_group, Product, Weight};
 
 /// Attention input projections: separate or fused (phi3).
 enum QkvProj<'a> {
@@ -313,11 +313,24 @@ impl<'a> Model<'a> {
                 q: wq,
                 k: wk,
                 v: wv,
-            } => {
-                matmul(&**wq, &h, &mut q)?;
-                matmul(&**wk, &h, &mut k)?;
-                matmul(&**wv, &h, &mut v)?;
-            }
+            } => matmul_group(
+                &h,
+                d,
+                &mut [
+                    Product {
+                        w: &**wq,
+                        out: &mut q,
+                    },
+                    Product {
+                        w: &**wk,
+                        out: &mut k,
+                    },
+                    Product {
+                        w: &**wv,
+                        out: &mut v,
+                    },
+                ],
+            )?,
             QkvProj::Fused(w) => {
                 let all = q_dim + 2 * kv_dim;
                 let mut qkv = vec![0f32; n * all];
@@ -383,10 +396,20 @@ impl<'a> Model<'a> {
         let mut gate = vec![0f32; n * f];
         let mut up = vec![0f32; n * f];
         match &l.gate_up {
-            GateUpProj::Separate { gate: wg, up: wu } => {
-                matmul(&**wg, &h, &mut gate)?;
-                matmul(&**wu, &h, &mut up)?;
-            }
+            GateUpProj::Separate { gate: wg, up: wu } => matmul_group(
+                &h,
+                d,
+                &mut [
+                    Product {
+                        w: &**wg,
+                        out: &mut gate,
+                    },
+                    Product {
+                        w: &**wu,
+                        out: &mut up,
+                    },
+                ],
+            )?,
             GateUpProj::Fused(w) => {
                 let mut gu = vec![0f32; n * 2 * f];
                 matmul(&**w, &h, &mut gu)?;

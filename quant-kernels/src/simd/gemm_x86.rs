@@ -115,7 +115,8 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
     }
 }
 
-/// How far ahead of a single-token tile its weights are prefetched.
+/// How far past the end of a single-token tile its weights are
+/// prefetched.
 ///
 /// A tile of several rows reads several short runs of memory at once
 /// (rows are a few hundred bytes), which the hardware prefetchers do not
@@ -124,8 +125,8 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
 /// 1.6x faster with it.
 const PREFETCH_AHEAD: usize = 4096;
 
-/// Prefetches step `step` of the bytes that follow a tile at distance
-/// [`PREFETCH_AHEAD`]: each block step of the tile covers `span` bytes of
+/// Prefetches step `step` of the bytes [`PREFETCH_AHEAD`] past the end of
+/// a tile (`pf` points there): each block step of the tile covers `span` bytes of
 /// weights (its blocks of every row), so prefetching `span` bytes per step
 /// keeps pace with the tile and covers memory without gaps. `pf` is null
 /// when there is nothing to prefetch.
@@ -355,6 +356,125 @@ impl<B: Q0Block> TileKernel for B {
     }
 }
 
+/// Batches of tokens for the Q8_0 family, in two passes per tile so that
+/// the per-pair work of a block is one integer dot product, one
+/// conversion and one FMA: what depends on a token alone (its block
+/// scales as f32, the offset's lane bias) is computed once per call, what
+/// depends on a row alone (its block scales) once per group of rows, and
+/// the `R x T` scale products of every block in a first pass over the
+/// tile, read back by the second as broadcasts from memory.
+///
+/// # Safety
+/// As [`drive`], with `B`'s row size.
+#[inline(always)]
+unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    const { assert!(R <= 8 && T <= 8) };
+    let nb = n / 32;
+    let wrb = nb * B::BYTES;
+    let sign_trick = B::FULL_BYTES && !D::VNNI;
+    debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
+    debug_assert!(out.len() >= n_rows * n_tok);
+    // SAFETY: the caller's contract: whole rows of n / 32 blocks behind
+    // every row and token index below n_rows / n_tok, the CPU features.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let shift = _mm_set_epi64x(0, B::SHIFT);
+        let mut dy = vec![0f32; n_tok * nb];
+        let mut bias = vec![zero; if sign_trick { 0 } else { n_tok * nb }];
+        for t in 0..n_tok {
+            let at = a.as_ptr().add(t * arb);
+            for b0 in (0..nb).step_by(8) {
+                let mut h = [0u16; 8];
+                for (i, h) in h.iter_mut().enumerate().take(nb - b0) {
+                    *h = read_u16(at.add(34 * (b0 + i)));
+                }
+                let v = f16x8(&h);
+                dy[t * nb + b0..t * nb + nb.min(b0 + 8)].copy_from_slice(&v[..nb.min(b0 + 8) - b0]);
+            }
+            if !sign_trick {
+                for b in 0..nb {
+                    let y = load32(at.add(34 * b + 2));
+                    let s = D::dot_u8(zero, _mm256_set1_epi8(1), y);
+                    bias[t * nb + b] = _mm256_sub_epi32(zero, _mm256_sll_epi32(s, shift));
+                }
+            }
+        }
+        let mut dx = vec![0f32; nb * 8];
+        let mut dprod = vec![0f32; nb * T * 8];
+        for r0 in (0..n_rows).step_by(R) {
+            let rows: [*const u8; R] =
+                std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
+            for b in 0..nb {
+                let mut h = [0u16; 8];
+                for r in 0..R {
+                    h[r] = read_u16(rows[r].add(b * B::BYTES));
+                }
+                _mm256_storeu_ps(dx.as_mut_ptr().add(8 * b), f16x8v(&h));
+            }
+            for t0 in (0..n_tok).step_by(T) {
+                let tk: [usize; T] = std::array::from_fn(|j| (t0 + j).min(n_tok - 1));
+                let toks: [*const u8; T] = std::array::from_fn(|j| a.as_ptr().add(tk[j] * arb));
+                for b in 0..nb {
+                    let dxv = _mm256_loadu_ps(dx.as_ptr().add(8 * b));
+                    for j in 0..T {
+                        let d =
+                            _mm256_mul_ps(dxv, _mm256_set1_ps(*dy.get_unchecked(tk[j] * nb + b)));
+                        _mm256_storeu_ps(dprod.as_mut_ptr().add(8 * (b * T + j)), d);
+                    }
+                }
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                for b in 0..nb {
+                    // Loops, not closures, around intrinsics: a closure
+                    // does not inherit the caller's target features.
+                    let mut v = [zero; R];
+                    for r in 0..R {
+                        let xb = rows[r].add(b * B::BYTES);
+                        v[r] = if sign_trick {
+                            load32(xb.add(2))
+                        } else {
+                            B::unsigned(xb)
+                        };
+                    }
+                    for j in 0..T {
+                        let y = load32(toks[j].add(34 * b + 2));
+                        for r in 0..R {
+                            let lanes = if sign_trick {
+                                let x = v[r];
+                                let p = _mm256_maddubs_epi16(
+                                    _mm256_sign_epi8(x, x),
+                                    _mm256_sign_epi8(y, x),
+                                );
+                                _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+                            } else {
+                                D::dot_u8(*bias.get_unchecked(tk[j] * nb + b), v[r], y)
+                            };
+                            let d = *dprod.get_unchecked(8 * (b * T + j) + r);
+                            acc[r][j] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                _mm256_cvtepi32_ps(lanes),
+                                acc[r][j],
+                            );
+                        }
+                    }
+                }
+                for r in 0..R.min(n_rows - r0) {
+                    for j in 0..T.min(n_tok - t0) {
+                        *out.get_unchecked_mut((t0 + j) * n_rows + r0 + r) = hsum8(acc[r][j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------
 // Q4_1, Q5_1 with Q8_1 activations.
 
@@ -479,11 +599,23 @@ unsafe fn q8k_pair_sums(yb: *const u8) -> __m128i {
 }
 
 /// Scales, mins and the two f16 factors of a Q4_K/Q5_K block.
+#[derive(Clone, Copy)]
 struct K4Header {
     d: f32,
     dmin: f32,
     scales: [i16; 8],
-    mins: __m128i,
+    mins: [i16; 8],
+}
+
+impl Default for K4Header {
+    fn default() -> Self {
+        K4Header {
+            d: 0.0,
+            dmin: 0.0,
+            scales: [0; 8],
+            mins: [0; 8],
+        }
+    }
 }
 
 #[inline(always)]
@@ -506,16 +638,21 @@ unsafe fn k4_header(xb: *const u8) -> K4Header {
         ];
         let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(u.as_ptr() as *const __m128i));
         let mut scales = [0i16; 8];
+        let mut mins = [0i16; 8];
         _mm_storeu_si128(
             scales.as_mut_ptr() as *mut __m128i,
             _mm256_castsi256_si128(wide),
+        );
+        _mm_storeu_si128(
+            mins.as_mut_ptr() as *mut __m128i,
+            _mm256_extracti128_si256::<1>(wide),
         );
         let h = f16x8(&[read_u16(xb), read_u16(xb.add(2)), 0, 0, 0, 0, 0, 0]);
         K4Header {
             d: h[0],
             dmin: h[1],
             scales,
-            mins: _mm256_extracti128_si256::<1>(wide),
+            mins,
         }
     }
 }
@@ -542,7 +679,10 @@ unsafe fn k45_tile<D: IntDot, const HIGH: bool, const R: usize, const T: usize>(
             prefetch_ahead(pf, sb, R * bytes);
             let xb: [*const u8; R] = std::array::from_fn(|r| w[r].add(sb * bytes));
             let yb: [*const u8; T] = std::array::from_fn(|t| a[t].add(sb * Q8K_BYTES));
-            let hdr: [K4Header; R] = std::array::from_fn(|r| k4_header(xb[r]));
+            let mut hdr = [K4Header::default(); R];
+            for r in 0..R {
+                hdr[r] = k4_header(xb[r]);
+            }
             let mut lanes = [[_mm256_setzero_si256(); T]; R];
             for j in 0..8 {
                 let mut v = [_mm256_setzero_si256(); R];
@@ -583,7 +723,10 @@ unsafe fn k45_tile<D: IntDot, const HIGH: bool, const R: usize, const T: usize>(
                         _mm256_cvtepi32_ps(lanes[r][t]),
                         acc[r][t],
                     );
-                    let p = _mm_madd_epi16(hdr[r].mins, q8s);
+                    let p = _mm_madd_epi16(
+                        _mm_loadu_si128(hdr[r].mins.as_ptr() as *const __m128i),
+                        q8s,
+                    );
                     if HIGH {
                         let mut pi = [0i32; 4];
                         _mm_storeu_si128(pi.as_mut_ptr() as *mut __m128i, p);
@@ -675,13 +818,14 @@ impl TileKernel for Q6K {
                 // The -32 offset, per lane: -32 * (sc[2k]*bsum[2k] +
                 // sc[2k+1]*bsum[2k+1]), from the 16 scales times -32 (i16).
                 let mut lanes = [[_mm256_setzero_si256(); T]; R];
-                let neg32: [__m256i; R] = std::array::from_fn(|r| {
+                let mut neg32 = [_mm256_setzero_si256(); R];
+                for r in 0..R {
                     let s = _mm_loadu_si128(xb[r].add(192) as *const __m128i);
-                    _mm256_slli_epi16::<5>(_mm256_sub_epi16(
+                    neg32[r] = _mm256_slli_epi16::<5>(_mm256_sub_epi16(
                         _mm256_setzero_si256(),
                         _mm256_cvtepi8_epi16(s),
-                    ))
-                });
+                    ));
+                }
                 for t in 0..T {
                     let bsums = load32(yb[t].add(260));
                     for r in 0..R {
@@ -773,7 +917,7 @@ unsafe fn drive<K: TileKernel, D: IntDot, const R: usize, const T: usize>(
         // Single tokens stream the weights once: prefetch ahead of the
         // tile (see `prefetch_ahead`).
         let pf = if T == 1 {
-            w.as_ptr().wrapping_add(r0 * wrb + PREFETCH_AHEAD)
+            w.as_ptr().wrapping_add((r0 + R) * wrb + PREFETCH_AHEAD)
         } else {
             std::ptr::null()
         };
@@ -829,6 +973,27 @@ unsafe fn drive_shapes<K: TileKernel, D: IntDot>(
     }
 }
 
+/// [`q0_batch`] in the shape for `D`.
+#[inline(always)]
+unsafe fn q0_batch_shapes<B: Q0Block, D: IntDot>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if D::VNNI {
+            q0_batch::<B, D, 4, 4>(n, w, n_rows, a, arb, n_tok, out)
+        } else {
+            q0_batch::<B, D, 2, 4>(n, w, n_rows, a, arb, n_tok, out)
+        }
+    }
+}
+
 /// Tile products for the types with a kernel here; false for the others.
 #[inline(always)]
 unsafe fn gemm_types<D: IntDot>(
@@ -845,6 +1010,9 @@ unsafe fn gemm_types<D: IntDot>(
     // SAFETY: forwarded contract.
     unsafe {
         match ty {
+            G::Q4_0 if n_tok > 1 => q0_batch_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
+            G::Q5_0 if n_tok > 1 => q0_batch_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
+            G::Q8_0 if n_tok > 1 => q0_batch_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q4_0 => drive_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 => drive_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 => drive_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
@@ -854,6 +1022,190 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q5K => drive_shapes::<Q5K, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q6K => drive_shapes::<Q6K, D>(n, w, n_rows, a, arb, n_tok, out),
             _ => return false,
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------
+// F16 and F32 weights (AVX-512): ggml's `vec_dot_f16` / `vec_dot_f32`
+// main loop per pair (four 16-lane FMA accumulators over steps of 64,
+// folded `(s0+s2) + (s1+s3)`, then `_mm512_reduce_add_ps`), the tail
+// after it per pair as the reference computes it.
+
+/// A float weight type: 16 values from `p` widened to f32.
+trait FloatElem {
+    const BYTES: usize;
+    unsafe fn load16(p: *const u8) -> __m512;
+}
+
+struct F16Elem;
+struct F32Elem;
+
+impl FloatElem for F16Elem {
+    const BYTES: usize = 2;
+
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        // SAFETY: 32 readable bytes at `p`; AVX-512F in every caller.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
+impl FloatElem for F32Elem {
+    const BYTES: usize = 4;
+
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        // SAFETY: 64 readable bytes at `p`; AVX-512F in every caller.
+        unsafe { _mm512_loadu_ps(p as *const f32) }
+    }
+}
+
+/// GCC's `_mm512_reduce_add_ps`: halves of 8, then of 4, then pairs.
+#[inline(always)]
+unsafe fn reduce_add_16(v: __m512) -> f32 {
+    let mut a = [0f32; 16];
+    // SAFETY: `a` holds 16 f32; AVX-512F in every caller.
+    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+    let t3: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// The main loop over the first `np` (a multiple of 64) values of `R`
+/// weight rows and `T` f32 activation rows.
+#[inline(always)]
+unsafe fn float_tile<E: FloatElem, const R: usize, const T: usize>(
+    np: usize,
+    w: &[*const u8; R],
+    x: &[*const f32; T],
+    out: &mut [[f32; T]; R],
+) {
+    // SAFETY: the caller's contract: np values behind every pointer,
+    // AVX-512F.
+    unsafe {
+        let mut acc = [[[_mm512_setzero_ps(); 4]; T]; R];
+        for step in 0..np / 64 {
+            for j in 0..4 {
+                let k = 64 * step + 16 * j;
+                let mut wv = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    wv[r] = E::load16(w[r].add(k * E::BYTES));
+                }
+                for t in 0..T {
+                    let xv = _mm512_loadu_ps(x[t].add(k));
+                    for r in 0..R {
+                        acc[r][t][j] = _mm512_fmadd_ps(wv[r], xv, acc[r][t][j]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let a = &acc[r][t];
+                let s = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                out[r][t] = reduce_add_16(s);
+            }
+        }
+    }
+}
+
+/// Tiles of [`float_tile`] over the whole product, then the tails.
+///
+/// # Safety
+/// `w` must hold `n_rows` rows of `n` values of `E`, `x` `n_tok` rows of
+/// `n` f32 values, `out` `n_rows * n_tok` values; AVX-512F.
+#[inline(always)]
+unsafe fn drive_float<E: FloatElem, const R: usize, const T: usize>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    let wrb = n * E::BYTES;
+    let np = n & !63;
+    for r0 in (0..n_rows).step_by(R) {
+        // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.
+        let rows: [*const u8; R] =
+            std::array::from_fn(|i| unsafe { w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb) });
+        for t0 in (0..n_tok).step_by(T) {
+            // SAFETY: as above for the tokens in `x`.
+            let toks: [*const f32; T] =
+                std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * n) });
+            let mut tile = [[0f32; T]; R];
+            // SAFETY: whole rows (above); AVX-512F per the caller.
+            unsafe { float_tile::<E, R, T>(np, &rows, &toks, &mut tile) };
+            for (i, row) in tile.iter().enumerate().take(n_rows - r0) {
+                for (j, &v) in row.iter().enumerate().take(n_tok - t0) {
+                    out[(t0 + j) * n_rows + r0 + i] = v;
+                }
+            }
+        }
+    }
+}
+
+/// F16 or F32 weights (`ty`) times activations of the same type, as
+/// `gemm_at` documents; false for other types.
+///
+/// # Safety
+/// The CPU must support AVX-512F, FMA and F16C; the sizes as `gemm_avx2`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_float_avx512(
+    ty: crate::GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    use crate::ggml::reference::{vec_dot_f16_tail, vec_dot_f32_tail};
+    use crate::GgmlType as G;
+    if n_tok < 2 {
+        // One row at a time streams memory best, and a tile of one token
+        // saves no work: `vec_dot` per row does the same arithmetic.
+        return false;
+    }
+    // Activations as f32 (exact for F16).
+    let x: Vec<f32> = match ty {
+        G::F16 => {
+            let mut x = vec![0f32; n_tok * n];
+            // SAFETY: F16C and AVX are enabled here.
+            unsafe { super::x86::f16_to_f32_row(a, &mut x) };
+            x
+        }
+        G::F32 => a
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        _ => return false,
+    };
+    // SAFETY: the sizes are the caller's contract; AVX-512F is enabled.
+    unsafe {
+        match (ty, n_tok) {
+            (G::F16, _) => drive_float::<F16Elem, 2, 3>(n, w, n_rows, &x, n_tok, out),
+            _ => drive_float::<F32Elem, 2, 3>(n, w, n_rows, &x, n_tok, out),
+        }
+    }
+    let np = n & !63;
+    if np < n {
+        let wrb = w.len() / n_rows;
+        for t in 0..n_tok {
+            let at = &a[t * arb..(t + 1) * arb];
+            for r in 0..n_rows {
+                let wr = &w[r * wrb..(r + 1) * wrb];
+                let o = &mut out[t * n_rows + r];
+                *o = if ty == G::F16 {
+                    vec_dot_f16_tail(*o, np, n, wr, at)
+                } else {
+                    vec_dot_f32_tail(*o, np, n, wr, at)
+                };
+            }
         }
     }
     true

@@ -290,6 +290,11 @@ pub(crate) fn gemm_at(
         if n_rows == 0 || n_tok == 0 {
             return true;
         }
+        if level >= Level::Avx512 && matches!(ty, GgmlType::F16 | GgmlType::F32) {
+            // SAFETY: AVX-512F, FMA and F16C are present at this level;
+            // the sizes are asserted above.
+            return unsafe { gemm_x86::gemm_float_avx512(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
         if level >= Level::Avx512 && has_vnni() {
             // SAFETY: AVX-512 F/BW/VL (the level, see `detect`) and VNNI
             // (`has_vnni`) are present; the sizes are asserted above.

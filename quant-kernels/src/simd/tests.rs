@@ -189,6 +189,9 @@ proptest! {
 
 /// The types with tile kernels, and the rest (which `ggml::gemm` loops).
 const DOT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -345,6 +348,33 @@ proptest! {
             let wb = ty.row_size(512).unwrap() as usize;
             let n_rows = bytes.len() / wb;
             check_gemm(ty, 512, &bytes[..n_rows * wb], &quantize_acts(vdt, &toks));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Float rows whose length leaves a tail after the 64-value main loop
+    /// (and rows shorter than one step).
+    #[test]
+    fn gemm_of_float_rows_with_tails_matches_the_reference(
+        n in prop_oneof![1usize..64, 64usize..300],
+        rows in 1usize..8,
+        toks in 1usize..8,
+        seed in any::<u64>(),
+    ) {
+        let mut s = seed | 1;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let w: Vec<Vec<f32>> = (0..rows).map(|_| (0..n).map(|_| next()).collect()).collect();
+        let x: Vec<Vec<f32>> = (0..toks).map(|_| (0..n).map(|_| next()).collect()).collect();
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            check_gemm(ty, n, &quantize_rows(ty, &w), &quantize_acts(ty, &x));
         }
     }
 }

@@ -1026,7 +1026,10 @@ unsafe fn quantize_q8_act<const Q8_1: bool>(x: &[f32], y: &mut [u8]) {
             yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let m = _mm256_set1_ps(id);
-            let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, m)));
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], m));
+            }
             let at = if Q8_1 { 4 } else { 2 };
             _mm256_storeu_si256(yb.as_mut_ptr().add(at) as *mut __m256i, saturated_bytes(q));
             if Q8_1 {
