@@ -155,6 +155,11 @@ versions! {
     portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
     portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
+    portable::dot_f32(a: &[f32], b: &[f32], out: &mut f32);
+    portable::axpy_f32(a: f32, x: &[f32], y: &mut [f32]);
+    portable::dots_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
+    portable::weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
+    portable::matmul_f32(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, k: usize, n: usize, out: &mut [f32], ldo: usize);
 }
 
 /// Like `versions!` for the dot products, which return their value.
@@ -542,6 +547,19 @@ fn copy_from_f32(x: &[f32], y: &mut [u8]) {
     };
     #[cfg(not(target_endian = "little"))]
     portable::quantize_f32(x, y);
+}
+
+/// Rounds values to f16 and back in place (see `float::round_to_f16`).
+pub(crate) fn round_to_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        // SAFETY: F16C and AVX are present at this level (see `detect`).
+        unsafe { x86::round_to_f16(x) };
+        return;
+    }
+    for v in x {
+        *v = crate::float::f16_to_f32(crate::float::f32_to_f16(*v));
+    }
 }
 
 /// F16 bytes to f32 with the CPU's conversion instructions.

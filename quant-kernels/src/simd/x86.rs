@@ -50,6 +50,26 @@ pub(super) unsafe fn f32_to_f16_row(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// Rounds f32 values to f16 (nearest even) and back, 8 at a time with F16C.
+///
+/// # Safety
+/// The CPU must support AVX and F16C.
+#[target_feature(enable = "avx,f16c")]
+pub(super) unsafe fn round_to_f16(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: 8 values in `c`; loads and stores are unaligned.
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = crate::float::f16_to_f32(crate::float::f32_to_f16(*v));
+    }
+}
+
 // ---------------------------------------------------------------------
 // Quantizers with explicit AVX2. Every lane performs the scalar
 // reference's operations in its order (no FMA: `_mm256_mul_ps` then
