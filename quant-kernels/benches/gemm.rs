@@ -1,6 +1,8 @@
 //! Tile products (`ggml::gemm`) against one `ggml::vec_dot` per (row,
 //! token) pair, the loop they replace, on the same rows in the same run,
-//! single-threaded: prompt-sized batches (128 tokens) and single tokens.
+//! single-threaded: the engine's prompt tasks (every row of a matrix times
+//! 16 tokens) and single tokens (a matrix that stays in cache, and one the
+//! size of SmolLM2's output matrix, streamed from memory).
 //!
 //! `cargo bench -p quant-kernels --bench gemm [-- TYPE,TYPE...]`
 //!
@@ -60,7 +62,7 @@ fn main() {
     for ty in types {
         let n = if ty.block_size() == 256 { 1536 } else { 576 };
         let vdt = ggml::vec_dot_type(ty).unwrap();
-        for (rows, toks) in [(64usize, 128usize), (1536, 1), (49152, 1)] {
+        for (rows, toks) in [(1536usize, 16usize), (1536, 1), (49152, 1)] {
             let mut w = vec![0u8; ggml::row_size(ty, n).unwrap() * rows];
             ggml::quantize(ty, &values(rows * n, 7), n, None, &mut w).unwrap();
             let mut a = vec![0u8; ggml::row_size(vdt, n).unwrap() * toks];

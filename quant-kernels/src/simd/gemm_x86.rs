@@ -19,6 +19,9 @@
 //! offset taken back through the activations' own lane sums:
 //! `sum(w*y) = sum(u*y) - OFF*sum(y)`, all exact in i32.
 
+// Kernels index rows, tokens and lanes in lockstep, as the reference does.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 /// 32 bytes at `p`.
@@ -235,7 +238,7 @@ trait Q0Block {
     /// ggml's sign trick instead of the offset.
     const FULL_BYTES: bool;
     /// The block's 32 values plus the offset, as unsigned bytes.
-    unsafe fn unsigned(xb: *const u8) -> __m256i;
+    unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i;
 }
 
 pub(super) struct Q4_0;
@@ -248,7 +251,7 @@ impl Q0Block for Q4_0 {
     const FULL_BYTES: bool = false;
 
     #[inline(always)]
-    unsafe fn unsigned(xb: *const u8) -> __m256i {
+    unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i {
         // SAFETY: an 18-byte block: codes at 2..18.
         unsafe { nibbles32(xb.add(2)) }
     }
@@ -260,9 +263,19 @@ impl Q0Block for Q5_0 {
     const FULL_BYTES: bool = false;
 
     #[inline(always)]
-    unsafe fn unsigned(xb: *const u8) -> __m256i {
-        // SAFETY: a 22-byte block: high bits at 2..6, codes at 6..22.
-        unsafe { _mm256_or_si256(nibbles32(xb.add(6)), fifth_bits(xb.add(2))) }
+    unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i {
+        // SAFETY: a 22-byte block: high bits at 2..6, codes at 6..22. The
+        // VNNI strategy runs with AVX-512BW/VL: the high bits are a byte
+        // mask as they are stored.
+        unsafe {
+            let hi = if D::VNNI {
+                let qh = u32::from_le((xb.add(2) as *const u32).read_unaligned());
+                _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10))
+            } else {
+                fifth_bits(xb.add(2))
+            };
+            _mm256_or_si256(nibbles32(xb.add(6)), hi)
+        }
     }
 }
 
@@ -272,7 +285,7 @@ impl Q0Block for Q8_0 {
     const FULL_BYTES: bool = true;
 
     #[inline(always)]
-    unsafe fn unsigned(xb: *const u8) -> __m256i {
+    unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i {
         // SAFETY: a 34-byte block: values at 2..34. XOR 0x80 adds 128.
         unsafe { _mm256_xor_si256(load32(xb.add(2)), _mm256_set1_epi8(-128)) }
     }
@@ -308,7 +321,7 @@ impl<B: Q0Block> TileKernel for B {
                     v[r] = if sign_trick {
                         load32(xb.add(2))
                     } else {
-                        B::unsigned(xb)
+                        B::unsigned::<D>(xb)
                     };
                 }
                 let dx = f16x8v(&dxh);
@@ -440,7 +453,7 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
                         v[r] = if sign_trick {
                             load32(xb.add(2))
                         } else {
-                            B::unsigned(xb)
+                            B::unsigned::<D>(xb)
                         };
                     }
                     for j in 0..T {
@@ -996,6 +1009,7 @@ unsafe fn q0_batch_shapes<B: Q0Block, D: IntDot>(
 
 /// Tile products for the types with a kernel here; false for the others.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_types<D: IntDot>(
     ty: crate::GgmlType,
     n: usize,

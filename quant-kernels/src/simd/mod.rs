@@ -111,17 +111,20 @@ macro_rules! versions {
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn avx2($($a: $t),*) {
                 $kmod::$name($($a),*)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn avx512($($a: $t),*) {
                 $kmod::$name($($a),*)
             }
 
             #[inline]
+            #[allow(clippy::too_many_arguments)]
             pub(crate) fn run(level: Level, $($a: $t),*) {
                 match level {
                     #[cfg(target_arch = "x86_64")]

@@ -505,9 +505,9 @@ pub(crate) fn quantize_f32(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// Dot product with 16 independent accumulators, folded pairwise (8, 4, 2,
-/// 1) and the tail (< 16 values) added last: the order depends on the
-/// length only.
+/// Dot product with 16 independent accumulators, folded pairwise (halves
+/// of 8, then 4, 2 and 1), the tail (< 16 values) added last: the order
+/// depends on the length only.
 #[inline(always)]
 pub(crate) fn dot_f32(a: &[f32], b: &[f32], out: &mut f32) {
     assert_eq!(a.len(), b.len());
