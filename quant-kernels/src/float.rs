@@ -44,9 +44,52 @@ pub fn write_f16(bytes: &mut [u8], x: f32) {
     bytes[..2].copy_from_slice(&f16::from_f32(x).to_bits().to_le_bytes());
 }
 
+/// Rounds every value to the nearest f16 (ties to even) and back, as
+/// storing it in an f16 tensor does (overflow to infinity, NaN stays
+/// NaN); F16C where the CPU has it.
+pub fn round_to_f16(x: &mut [f32]) {
+    crate::simd::round_to_f16(x);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_to_f16_matches_half() {
+        let mut s: u32 = 0x1234_5678;
+        let mut x: Vec<f32> = (0..4099)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                match i % 4 {
+                    0 => f32::from_bits(s),
+                    1 => (s as f32 / u32::MAX as f32 - 0.5) * 1e5,
+                    2 => (s as f32 / u32::MAX as f32 - 0.5) * 1e-5,
+                    _ => (s as f32 / u32::MAX as f32 - 0.5) * 2.0,
+                }
+            })
+            .collect();
+        x.extend([
+            65504.0,
+            65520.0,
+            -65520.0,
+            6e-8,
+            3e-8,
+            f32::INFINITY,
+            f32::NAN,
+            -0.0,
+        ]);
+        let want: Vec<f32> = x.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+        round_to_f16(&mut x);
+        for (g, w) in x.iter().zip(&want) {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{g} vs {w}"
+            );
+        }
+    }
 
     #[test]
     fn bf16_rounds_to_nearest_even_and_quiets_nan() {

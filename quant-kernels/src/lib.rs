@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod mlx;
 mod simd;
 mod types;
+pub mod vector;
 
 pub use error::KernelError;
 pub use types::GgmlType;

@@ -1,13 +1,14 @@
 //! The forward pass: one decoder stack for the six architectures, with
 //! their differences as data (optional norms, biases, fused projections).
 
+use quant_kernels::vector;
 use rayon::prelude::*;
 
 use super::config::{Arch, ModelConfig};
 use super::error::{EngineError, Result};
 use super::ops::{self, RopeTable};
 use super::source::{Artifact, Role, Tensors};
-use super::weights::{matmul, Weight};
+use super::weights::{matmul, matmul_group, Product, Weight};
 
 /// Attention input projections: separate or fused (phi3).
 enum QkvProj<'a> {
@@ -60,7 +61,11 @@ pub struct KvCache {
     capacity: usize,
     len: usize,
     kv_dim: usize,
-    k: Vec<Vec<f32>>,
+    /// Keys per layer, transposed: row `kv_head * head_dim + dim` holds
+    /// that component for positions `0..capacity`, so the scores of a
+    /// block of queries are one matrix product without reductions.
+    kt: Vec<Vec<f32>>,
+    /// Values per layer: `kv_dim` values per position.
     v: Vec<Vec<f32>>,
 }
 
@@ -224,9 +229,7 @@ impl<'a> Model<'a> {
             capacity,
             len: 0,
             kv_dim,
-            k: (0..n)
-                .map(|_| Vec::with_capacity(capacity * kv_dim))
-                .collect(),
+            kt: (0..n).map(|_| vec![0f32; capacity * kv_dim]).collect(),
             v: (0..n)
                 .map(|_| Vec::with_capacity(capacity * kv_dim))
                 .collect(),
@@ -270,8 +273,9 @@ impl<'a> Model<'a> {
             }
         }
         let pos0 = cache.len;
+        let mut buffers = LayerBuffers::default();
         for (il, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(il, layer, cache, &mut x, pos0)?;
+            self.layer_forward(il, layer, cache, &mut x, pos0, &mut buffers)?;
         }
         cache.len += n;
 
@@ -294,36 +298,48 @@ impl<'a> Model<'a> {
         cache: &mut KvCache,
         x: &mut [f32],
         pos0: usize,
+        b: &mut LayerBuffers,
     ) -> Result<()> {
         let c = &self.config;
         let (d, hd) = (c.n_embd, c.head_dim);
         let n = x.len() / d;
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
+        b.resize(c, n);
+        let LayerBuffers {
+            h,
+            q,
+            k,
+            v,
+            fused,
+            attn,
+            o,
+            gate,
+            up,
+        } = b;
 
-        let mut h = x.to_vec();
-        ops::rms_norm(&mut h, &l.attn_norm, c.norm_eps);
-        let (mut q, mut k, mut v) = (
-            vec![0f32; n * q_dim],
-            vec![0f32; n * kv_dim],
-            vec![0f32; n * kv_dim],
-        );
+        h.copy_from_slice(x);
+        ops::rms_norm(h, &l.attn_norm, c.norm_eps);
         match &l.qkv {
             QkvProj::Separate {
                 q: wq,
                 k: wk,
                 v: wv,
-            } => {
-                matmul(&**wq, &h, &mut q)?;
-                matmul(&**wk, &h, &mut k)?;
-                matmul(&**wv, &h, &mut v)?;
-            }
+            } => matmul_group(
+                h,
+                d,
+                &mut [
+                    Product { w: &**wq, out: q },
+                    Product { w: &**wk, out: k },
+                    Product { w: &**wv, out: v },
+                ],
+            )?,
             QkvProj::Fused(w) => {
                 let all = q_dim + 2 * kv_dim;
-                let mut qkv = vec![0f32; n * all];
-                matmul(&**w, &h, &mut qkv)?;
+                fused.resize(n * all, 0.0);
+                matmul(&**w, h, fused)?;
                 for t in 0..n {
-                    let r = &qkv[t * all..(t + 1) * all];
+                    let r = &fused[t * all..(t + 1) * all];
                     q[t * q_dim..(t + 1) * q_dim].copy_from_slice(&r[..q_dim]);
                     k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&r[q_dim..q_dim + kv_dim]);
                     v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&r[q_dim + kv_dim..]);
@@ -331,9 +347,9 @@ impl<'a> Model<'a> {
             }
         }
         for (buf, bias) in [
-            (&mut q, &l.q_bias),
-            (&mut k, &l.k_bias),
-            (&mut v, &l.v_bias),
+            (&mut *q, &l.q_bias),
+            (&mut *k, &l.k_bias),
+            (&mut *v, &l.v_bias),
         ] {
             if let Some(b) = bias {
                 for row in buf.chunks_exact_mut(b.len()) {
@@ -342,10 +358,10 @@ impl<'a> Model<'a> {
             }
         }
         if let Some(w) = &l.q_norm {
-            ops::rms_norm(&mut q, w, c.norm_eps);
+            ops::rms_norm(q, w, c.norm_eps);
         }
         if let Some(w) = &l.k_norm {
-            ops::rms_norm(&mut k, w, c.norm_eps);
+            ops::rms_norm(k, w, c.norm_eps);
         }
         for t in 0..n {
             let pos = pos0 + t;
@@ -355,65 +371,78 @@ impl<'a> Model<'a> {
                 .apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_style);
         }
         if self.kv_f16 {
-            round_f16(&mut k);
-            round_f16(&mut v);
-            round_f16(&mut q);
+            ops::round_f16(k);
+            ops::round_f16(v);
+            ops::round_f16(q);
         }
-        let kc = &mut cache.k[il];
+        let cap = cache.capacity;
+        let kt = &mut cache.kt[il];
+        for (t, kr) in k.chunks_exact(kv_dim).enumerate() {
+            for (row, &val) in kr.iter().enumerate() {
+                kt[row * cap + pos0 + t] = val;
+            }
+        }
         let vc = &mut cache.v[il];
-        kc.truncate(pos0 * kv_dim);
         vc.truncate(pos0 * kv_dim);
-        kc.extend_from_slice(&k);
-        vc.extend_from_slice(&v);
+        vc.extend_from_slice(v);
         debug_assert_eq!(cache.kv_dim, kv_dim);
 
-        let mut attn = vec![0f32; n * q_dim];
-        self.attention(&c.layers[il].sliding_window, &q, kc, vc, pos0, &mut attn);
+        self.attention(&c.layers[il].sliding_window, q, kt, cap, vc, pos0, attn);
 
-        let mut o = vec![0f32; n * d];
-        matmul(&*l.o, &attn, &mut o)?;
+        matmul(&*l.o, attn, o)?;
         if let Some(w) = &l.attn_post_norm {
-            ops::rms_norm(&mut o, w, c.norm_eps);
+            ops::rms_norm(o, w, c.norm_eps);
         }
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
-        let mut h = x.to_vec();
-        ops::rms_norm(&mut h, &l.ffn_norm, c.norm_eps);
+        h.copy_from_slice(x);
+        ops::rms_norm(h, &l.ffn_norm, c.norm_eps);
         let f = c.n_ff;
-        let mut gate = vec![0f32; n * f];
-        let mut up = vec![0f32; n * f];
         match &l.gate_up {
-            GateUpProj::Separate { gate: wg, up: wu } => {
-                matmul(&**wg, &h, &mut gate)?;
-                matmul(&**wu, &h, &mut up)?;
-            }
+            GateUpProj::Separate { gate: wg, up: wu } => matmul_group(
+                h,
+                d,
+                &mut [
+                    Product {
+                        w: &**wg,
+                        out: gate,
+                    },
+                    Product { w: &**wu, out: up },
+                ],
+            )?,
             GateUpProj::Fused(w) => {
-                let mut gu = vec![0f32; n * 2 * f];
-                matmul(&**w, &h, &mut gu)?;
+                fused.resize(n * 2 * f, 0.0);
+                matmul(&**w, h, fused)?;
                 for t in 0..n {
-                    let r = &gu[t * 2 * f..(t + 1) * 2 * f];
+                    let r = &fused[t * 2 * f..(t + 1) * 2 * f];
                     gate[t * f..(t + 1) * f].copy_from_slice(&r[..f]);
                     up[t * f..(t + 1) * f].copy_from_slice(&r[f..]);
                 }
             }
         }
-        ops::gated_activation(c.activation, &mut gate, &up);
-        let mut down = vec![0f32; n * d];
-        matmul(&*l.down, &gate, &mut down)?;
+        ops::gated_activation(c.activation, gate, up);
+        let down = o;
+        matmul(&*l.down, gate, down)?;
         if let Some(w) = &l.ffn_post_norm {
-            ops::rms_norm(&mut down, w, c.norm_eps);
+            ops::rms_norm(down, w, c.norm_eps);
         }
-        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        x.iter_mut().zip(down.iter()).for_each(|(a, b)| *a += b);
         Ok(())
     }
 
     /// Causal (optionally sliding-window) grouped-query attention of the
-    /// batch's queries over the cache, one task per (token, head).
+    /// batch's queries over the cache: per block of [`QUERY_BLOCK`] tokens
+    /// and key/value head, the scores of every query head of the group
+    /// are one matrix product with the transposed keys, the outputs one
+    /// product of the weights with the values (positions a query may not
+    /// see get weight zero). One task per block of tokens.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         window: &Option<usize>,
         q: &[f32],
-        kc: &[f32],
+        kt: &[f32],
+        cap: usize,
         vc: &[f32],
         pos0: usize,
         out: &mut [f32],
@@ -421,45 +450,111 @@ impl<'a> Model<'a> {
         let c = &self.config;
         let hd = c.head_dim;
         let group = c.n_head / c.n_head_kv;
+        let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
         let scale = c.attn_scale;
         let softcap = c.attn_softcap;
-        let window = *window;
-        out.par_chunks_mut(hd)
-            .zip(q.par_chunks(hd))
-            .enumerate()
-            .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, (o, qh))| {
-                let (t, h) = (i / c.n_head, i % c.n_head);
-                let pos = pos0 + t;
-                let kvh = h / group;
-                let first = match window {
-                    Some(w) => (pos + 1).saturating_sub(w),
-                    None => 0,
-                };
-                scores.clear();
-                for j in first..=pos {
-                    let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    let mut s = ops::dot(qh, kj) * scale;
-                    if let Some(cap) = softcap {
-                        s = cap * (s / cap).tanh();
+        let first = |pos: usize| match *window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let block = |sc: &mut AttnScratch, (b, out): (usize, &mut [f32])| {
+            let t0 = b * QUERY_BLOCK;
+            let nt = out.len() / q_dim;
+            let m = nt * group;
+            let (k0, k1) = (first(pos0 + t0), pos0 + t0 + nt);
+            let nk = k1 - k0;
+            sc.q.resize(m * hd, 0.0);
+            sc.s.resize(m * nk, 0.0);
+            sc.o.resize(m * hd, 0.0);
+            for kvh in 0..c.n_head_kv {
+                // Rows (token, head of the group), token-major.
+                for t in 0..nt {
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        let src = &q[(t0 + t) * q_dim + h * hd..][..hd];
+                        sc.q[(t * group + g) * hd..][..hd].copy_from_slice(src);
                     }
-                    scores.push(s);
                 }
-                ops::softmax(scores);
-                if self.kv_f16 {
-                    round_f16(scores);
+                let keys = &kt[kvh * hd * cap + k0..];
+                vector::matmul(&sc.q, hd, keys, cap, m, hd, nk, &mut sc.s, nk);
+                for (row, s) in sc.s.chunks_exact_mut(nk).enumerate() {
+                    let pos = pos0 + t0 + row / group;
+                    let seen = first(pos) - k0..pos + 1 - k0;
+                    for v in &mut s[seen.clone()] {
+                        *v *= scale;
+                        if let Some(cap) = softcap {
+                            *v = cap * (*v / cap).tanh();
+                        }
+                    }
+                    ops::softmax(&mut s[seen.clone()]);
+                    if self.kv_f16 {
+                        ops::round_f16(&mut s[seen.clone()]);
+                    }
+                    s[..seen.start].fill(0.0);
+                    s[seen.end..].fill(0.0);
                 }
-                o.fill(0.0);
-                for (j, &p) in (first..=pos).zip(scores.iter()) {
-                    let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    ops::axpy(p, vj, o);
+                let values = &vc[k0 * kv_dim + kvh * hd..];
+                vector::matmul(&sc.s, nk, values, kv_dim, m, nk, hd, &mut sc.o, hd);
+                for t in 0..nt {
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        out[t * q_dim + h * hd..][..hd]
+                            .copy_from_slice(&sc.o[(t * group + g) * hd..][..hd]);
+                    }
                 }
-            });
+            }
+        };
+        if out.len() <= QUERY_BLOCK * q_dim {
+            // One block (generation): no parallel region.
+            block(&mut AttnScratch::default(), (0, out));
+        } else {
+            out.par_chunks_mut(QUERY_BLOCK * q_dim)
+                .enumerate()
+                .for_each_init(AttnScratch::default, block);
+        }
     }
 }
 
-fn round_f16(x: &mut [f32]) {
-    for v in x {
-        *v = half::f16::from_f32(*v).to_f32();
+/// Tokens per attention task.
+const QUERY_BLOCK: usize = 16;
+
+/// An attention task's buffers: its queries, scores and outputs.
+#[derive(Default)]
+struct AttnScratch {
+    q: Vec<f32>,
+    s: Vec<f32>,
+    o: Vec<f32>,
+}
+
+/// The intermediate values of one layer for a batch, reused by every
+/// layer of a forward pass (allocating them per layer cost page faults).
+#[derive(Default)]
+struct LayerBuffers {
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    fused: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl LayerBuffers {
+    /// Sizes every buffer for `n` tokens (their contents are overwritten
+    /// before use).
+    fn resize(&mut self, c: &ModelConfig, n: usize) {
+        let q_dim = c.n_head * c.head_dim;
+        let kv_dim = c.n_head_kv * c.head_dim;
+        self.h.resize(n * c.n_embd, 0.0);
+        self.q.resize(n * q_dim, 0.0);
+        self.k.resize(n * kv_dim, 0.0);
+        self.v.resize(n * kv_dim, 0.0);
+        self.attn.resize(n * q_dim, 0.0);
+        self.o.resize(n * c.n_embd, 0.0);
+        self.gate.resize(n * c.n_ff, 0.0);
+        self.up.resize(n * c.n_ff, 0.0);
     }
 }

@@ -3,40 +3,23 @@
 
 use super::config::{Activation, Rope, RopeStyle};
 
-/// Dot product with 16 independent accumulators (vectorizes on every
-/// target; the summation order depends on the length only).
+/// Dot product with 16 independent accumulators (the summation order
+/// depends on the length only; see `quant_kernels::vector::dot`), compiled
+/// for the CPU's SIMD level.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 16];
-    let ca = a.chunks_exact(16);
-    let cb = b.chunks_exact(16);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    let mut w = 8;
-    while w > 0 {
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-        w /= 2;
-    }
-    acc[0] + tail
+    quant_kernels::vector::dot(a, b)
 }
 
-/// `y += a * x`.
+/// `y += a * x`, compiled for the CPU's SIMD level.
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+    quant_kernels::vector::axpy(a, x, y);
+}
+
+/// Rounds every value to f16 and back (what an f16 tensor stores).
+pub fn round_f16(x: &mut [f32]) {
+    quant_kernels::float::round_to_f16(x);
 }
 
 /// RMS norm of each `n`-value row of `x` in place, times `weight`.

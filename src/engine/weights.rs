@@ -34,43 +34,44 @@ pub enum ActFormat {
 
 /// A batch of activations prepared for one [`ActFormat`]: `n_tok` rows of
 /// `cols` values.
-pub struct PreparedActs {
+pub struct PreparedActs<'x> {
     /// Token rows.
     pub n_tok: usize,
     /// Values per row.
     pub cols: usize,
+    format: ActFormat,
     /// f32 rows ([`ActFormat::F32`]).
-    values: Vec<f32>,
+    values: &'x [f32],
     /// Encoded rows ([`ActFormat::Ggml`]), `row_bytes` each.
     bytes: Vec<u8>,
     row_bytes: usize,
 }
 
-impl PreparedActs {
+impl<'x> PreparedActs<'x> {
     /// Prepares `x` (`n_tok` rows of `cols`) for `format`. Fails on a NaN
     /// or infinite activation, which no GGML activation type can hold.
-    pub fn new(format: ActFormat, x: &[f32], cols: usize) -> Result<PreparedActs> {
+    pub fn new(format: ActFormat, x: &'x [f32], cols: usize) -> Result<PreparedActs<'x>> {
         let n_tok = x.len() / cols;
         match format {
             ActFormat::F32 => Ok(PreparedActs {
                 n_tok,
                 cols,
-                values: x.to_vec(),
+                format,
+                values: x,
                 bytes: Vec::new(),
                 row_bytes: 0,
             }),
             ActFormat::Ggml(vdt) => {
                 let row_bytes = ggml::row_size(vdt, cols).map_err(EngineError::kernel)?;
                 let mut bytes = vec![0u8; n_tok * row_bytes];
-                bytes
-                    .par_chunks_mut(row_bytes)
-                    .zip(x.par_chunks(cols))
-                    .try_for_each(|(dst, src)| ggml::quantize_activations(vdt, src, dst))
-                    .map_err(EngineError::kernel)?;
+                for (dst, src) in bytes.chunks_exact_mut(row_bytes).zip(x.chunks_exact(cols)) {
+                    ggml::quantize_activations(vdt, src, dst).map_err(EngineError::kernel)?;
+                }
                 Ok(PreparedActs {
                     n_tok,
                     cols,
-                    values: Vec::new(),
+                    format,
+                    values: &[],
                     bytes,
                     row_bytes,
                 })
@@ -83,9 +84,9 @@ impl PreparedActs {
         &self.values[t * self.cols..(t + 1) * self.cols]
     }
 
-    /// Token `t`'s encoded row.
-    pub fn encoded_row(&self, t: usize) -> &[u8] {
-        &self.bytes[t * self.row_bytes..(t + 1) * self.row_bytes]
+    /// The encoded rows of tokens `toks`.
+    pub fn encoded_rows(&self, toks: Range<usize>) -> &[u8] {
+        &self.bytes[toks.start * self.row_bytes..toks.end * self.row_bytes]
     }
 }
 
@@ -105,85 +106,175 @@ pub trait Weight: Send + Sync {
     fn row_to_f32(&self, row: usize, out: &mut [f32]) {
         self.rows_to_f32(row..row + 1, out);
     }
-    /// Dot products of rows `rows` with every activation row:
-    /// `out[t * rows.len() + i] = W[rows.start + i] . acts[t]`.
-    /// `scratch` is the caller's reusable buffer. The default decodes the
-    /// tile to f32 once and multiplies it with f32 activations.
+    /// Whether a batch is best split across threads by tokens (each task
+    /// takes every row) rather than by rows: true where [`Weight::tile`]
+    /// reads the stored rows without decoding them first, so a task costs
+    /// the same whatever its rows.
+    fn split_by_tokens(&self) -> bool {
+        false
+    }
+    /// Dot products of rows `rows` with activation rows `toks`:
+    /// `out[(t - toks.start) * rows.len() + i] = W[rows.start + i] .
+    /// acts[t]`. `scratch` is the caller's reusable buffer. The default
+    /// decodes the tile to f32 once and multiplies it with f32 activations.
     fn tile(
         &self,
         rows: Range<usize>,
         acts: &PreparedActs,
+        toks: Range<usize>,
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
         let n = rows.len();
         let cols = self.cols();
-        if acts.n_tok <= 2 {
+        if toks.len() <= 2 {
             // Generation: each row is used once or twice; decode it into a
             // buffer that stays in L1 and use it at once.
             scratch.resize(cols, 0.0);
             for (i, r) in rows.enumerate() {
                 self.row_to_f32(r, scratch);
-                for t in 0..acts.n_tok {
-                    out[t * n + i] = dot(scratch, acts.row(t));
+                for (j, t) in toks.clone().enumerate() {
+                    out[j * n + i] = dot(scratch, acts.row(t));
                 }
             }
             return;
         }
         scratch.resize(n * cols, 0.0);
         self.rows_to_f32(rows, scratch);
-        for t in 0..acts.n_tok {
+        for (j, t) in toks.enumerate() {
             let x = acts.row(t);
             for i in 0..n {
-                out[t * n + i] = dot(&scratch[i * cols..(i + 1) * cols], x);
+                out[j * n + i] = dot(&scratch[i * cols..(i + 1) * cols], x);
             }
         }
     }
 }
 
-/// Rows per parallel task: enough work to amortize the task, enough tasks
-/// to balance the threads. Fixed by the shape only, so that results do not
-/// depend on the thread count.
+/// One product of a group: `out = x W^T`.
+pub struct Product<'a> {
+    /// The weight.
+    pub w: &'a dyn Weight,
+    /// `n_tok` rows of `w.rows()` values.
+    pub out: &'a mut [f32],
+}
+
+/// A unit of parallel work: rows `rows` of `w` times tokens `toks`, into
+/// `out` (laid out as [`Weight::tile`] writes it).
+struct Task<'a> {
+    w: &'a dyn Weight,
+    acts: &'a PreparedActs<'a>,
+    rows: Range<usize>,
+    toks: Range<usize>,
+    out: &'a mut [f32],
+}
+
+/// How a product of `rows` rows with `n_tok` tokens is split into tasks:
+/// by tokens (`Some(tokens per task)`, each task taking every row) or by
+/// rows (`None`; see [`rows_per_task`]). Fixed by the shape only, and
+/// every output is one row's dot product with one token whatever the
+/// split, so results do not depend on the thread count.
+fn tokens_per_task(w: &dyn Weight, n_tok: usize) -> Option<usize> {
+    // Enough tokens per task to reuse each unpacked weight block a few
+    // times, at least 8 tasks for the threads to balance.
+    (w.split_by_tokens() && n_tok >= 8).then(|| n_tok.div_ceil(8).clamp(4, 16))
+}
+
+/// Rows per task of a row split: a single token gets 8 tasks of whole
+/// 8-row tiles (long runs of weights, which the tile kernels stream with
+/// prefetching); batches 16 rows, which fit a decoded tile in L1.
 fn rows_per_task(rows: usize, n_tok: usize) -> usize {
-    let per = if n_tok == 1 { 64 } else { 16 };
+    let per = if n_tok == 1 {
+        rows.div_ceil(8).next_multiple_of(8)
+    } else {
+        16
+    };
     per.min(rows.max(1))
+}
+
+/// `out = x W^T` for every product of the group, all sharing the input `x`
+/// (`n_tok` rows of `cols`, the weights' column count): activations are
+/// prepared once per format and every product's tasks run in one parallel
+/// region of the current rayon pool.
+pub fn matmul_group(x: &[f32], cols: usize, products: &mut [Product]) -> Result<()> {
+    let n_tok = x.len() / cols;
+    debug_assert_eq!(x.len(), n_tok * cols);
+    let mut acts: Vec<PreparedActs> = Vec::new();
+    for p in products.iter() {
+        debug_assert_eq!(p.w.cols(), cols);
+        debug_assert_eq!(p.out.len(), n_tok * p.w.rows());
+        let format = p.w.act_format();
+        if !acts.iter().any(|a| a.format == format) {
+            acts.push(PreparedActs::new(format, x, cols)?);
+        }
+    }
+    // Row splits of a batch write rows.len() x n_tok blocks, scattered
+    // into place afterwards.
+    let mut staging: Vec<Vec<f32>> = products
+        .iter()
+        .map(|p| {
+            if n_tok > 1 && tokens_per_task(p.w, n_tok).is_none() {
+                vec![0f32; p.out.len()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let mut tasks: Vec<Task> = Vec::new();
+    for (p, stage) in products.iter_mut().zip(staging.iter_mut()) {
+        let a = acts
+            .iter()
+            .find(|a| a.format == p.w.act_format())
+            .expect("prepared above");
+        let rows = p.w.rows();
+        if let Some(per) = tokens_per_task(p.w, n_tok) {
+            for (c, out) in p.out.chunks_mut(per * rows).enumerate() {
+                let t0 = c * per;
+                tasks.push(Task {
+                    w: p.w,
+                    acts: a,
+                    rows: 0..rows,
+                    toks: t0..t0 + out.len() / rows,
+                    out,
+                });
+            }
+        } else {
+            let per = rows_per_task(rows, n_tok);
+            let dest: &mut [f32] = if n_tok == 1 { &mut *p.out } else { stage };
+            for (c, out) in dest.chunks_mut(per * n_tok).enumerate() {
+                let r0 = c * per;
+                tasks.push(Task {
+                    w: p.w,
+                    acts: a,
+                    rows: r0..r0 + out.len() / n_tok,
+                    toks: 0..n_tok,
+                    out,
+                });
+            }
+        }
+    }
+    tasks.into_par_iter().for_each_init(Vec::new, |scratch, t| {
+        t.w.tile(t.rows, t.acts, t.toks, t.out, scratch)
+    });
+    for (p, stage) in products.iter_mut().zip(&staging) {
+        if stage.is_empty() {
+            continue;
+        }
+        let rows = p.w.rows();
+        let per = rows_per_task(rows, n_tok);
+        for (c, block) in stage.chunks(per * n_tok).enumerate() {
+            let (r0, n) = (c * per, block.len() / n_tok);
+            for t in 0..n_tok {
+                p.out[t * rows + r0..t * rows + r0 + n].copy_from_slice(&block[t * n..(t + 1) * n]);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `y = x W^T`: `x` is `n_tok` rows of `w.cols()`, `y` gets `n_tok` rows
 /// of `w.rows()`. Runs on the current rayon pool.
 pub fn matmul(w: &dyn Weight, x: &[f32], y: &mut [f32]) -> Result<()> {
-    let (rows, cols) = (w.rows(), w.cols());
-    let n_tok = x.len() / cols;
-    debug_assert_eq!(x.len(), n_tok * cols);
-    debug_assert_eq!(y.len(), n_tok * rows);
-    let acts = PreparedActs::new(w.act_format(), x, cols)?;
-    let chunk = rows_per_task(rows, n_tok);
-    if n_tok == 1 {
-        y.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (c, out)| {
-                let r0 = c * chunk;
-                w.tile(r0..r0 + out.len(), &acts, out, scratch);
-            });
-        return Ok(());
-    }
-    let tiles: Vec<Vec<f32>> = (0..rows.div_ceil(chunk))
-        .into_par_iter()
-        .map_init(Vec::new, |scratch, c| {
-            let r = c * chunk..((c + 1) * chunk).min(rows);
-            let mut out = vec![0.0; r.len() * n_tok];
-            w.tile(r, &acts, &mut out, scratch);
-            out
-        })
-        .collect();
-    for (c, tile) in tiles.iter().enumerate() {
-        let r0 = c * chunk;
-        let n = tile.len() / n_tok;
-        for t in 0..n_tok {
-            y[t * rows + r0..t * rows + r0 + n].copy_from_slice(&tile[t * n..(t + 1) * n]);
-        }
-    }
-    Ok(())
+    matmul_group(x, w.cols(), &mut [Product { w, out: y }])
 }
 
 /// Plain float storage types of safetensors weights.
@@ -325,10 +416,6 @@ impl<'a> GgmlWeight<'a> {
             cols,
         })
     }
-
-    fn row_bytes(&self, row: usize) -> &[u8] {
-        &self.data[row * self.row_bytes..(row + 1) * self.row_bytes]
-    }
 }
 
 impl Weight for GgmlWeight<'_> {
@@ -353,22 +440,21 @@ impl Weight for GgmlWeight<'_> {
         ggml::dequantize(self.ty, bytes, out).expect("sizes checked when the weight was built");
     }
 
+    fn split_by_tokens(&self) -> bool {
+        true
+    }
+
     fn tile(
         &self,
         rows: Range<usize>,
         acts: &PreparedActs,
+        toks: Range<usize>,
         out: &mut [f32],
         _scratch: &mut Vec<f32>,
     ) {
-        let n = rows.len();
-        // Token-major: the tile's rows stay in L1 while every token passes.
-        for t in 0..acts.n_tok {
-            let a = acts.encoded_row(t);
-            for (i, r) in rows.clone().enumerate() {
-                out[t * n + i] = ggml::vec_dot(self.ty, self.row_bytes(r), a, self.cols)
-                    .expect("sizes checked when the weight was built");
-            }
-        }
+        let bytes = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        ggml::gemm(self.ty, self.cols, bytes, acts.encoded_rows(toks), out)
+            .expect("sizes checked when the weight was built");
     }
 }
 

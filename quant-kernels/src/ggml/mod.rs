@@ -311,6 +311,9 @@ pub fn quantize_activations(
             value: x[index],
         });
     }
+    if simd::quantize_activations_at(simd::level(), vec_dot_type, x, dst) {
+        return Ok(());
+    }
     reference::quantize_activations_row(vec_dot_type, x, dst)
 }
 
@@ -340,4 +343,81 @@ pub fn vec_dot(
         Some(v) => Ok(v),
         None => reference::vec_dot(ty, n, weights, activations),
     }
+}
+
+/// Dot products of every weight row with every activation row: `weights`
+/// holds rows of `n` values of `ty`, `activations` rows of `n` values
+/// quantized with [`quantize_activations`] to `vec_dot_type(ty)`, and
+/// `out[t * n_rows + r]` gets [`vec_dot`] of row `r` and activation row
+/// `t`, bit for bit, so the result of a pair does not depend on the other
+/// rows and tokens of the call. Where the CPU has a tile kernel for `ty`
+/// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K on AVX2 or AVX-512
+/// VNNI; batches of F16 and F32 on AVX-512) each weight block is unpacked
+/// once for several tokens and each activation block loaded once for
+/// several rows; other types loop over the pairs. Runs on the calling
+/// thread.
+///
+/// ```
+/// use quant_kernels::{ggml, GgmlType};
+/// let (n, ty) = (64, GgmlType::Q8_0);
+/// let w: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.1).sin()).collect();
+/// let x: Vec<f32> = (0..2 * n).map(|i| (i as f32 * 0.3).cos()).collect();
+/// let mut wq = vec![0u8; 3 * ggml::row_size(ty, n).unwrap()];
+/// ggml::quantize(ty, &w, n, None, &mut wq).unwrap();
+/// let vdt = ggml::vec_dot_type(ty).unwrap();
+/// let ab = ggml::row_size(vdt, n).unwrap();
+/// let mut xq = vec![0u8; 2 * ab];
+/// for (src, dst) in x.chunks(n).zip(xq.chunks_mut(ab)) {
+///     ggml::quantize_activations(vdt, src, dst).unwrap();
+/// }
+/// let mut out = vec![0f32; 3 * 2];
+/// ggml::gemm(ty, n, &wq, &xq, &mut out).unwrap();
+/// let one = ggml::vec_dot(ty, &wq[34 * 2..34 * 4], &xq[ab..], n).unwrap();
+/// assert_eq!(out[3 + 1].to_bits(), one.to_bits()); // token 1, row 1
+/// ```
+pub fn gemm(
+    ty: GgmlType,
+    n: usize,
+    weights: &[u8],
+    activations: &[u8],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let vdt = vec_dot_type(ty)
+        .ok_or_else(|| KernelError::Unsupported(format!("dot products of {ty}")))?;
+    let (wb, ab) = (row_size(ty, n)?, row_size(vdt, n)?);
+    if wb == 0 || ab == 0 {
+        return if out.is_empty() {
+            Ok(())
+        } else {
+            Err(KernelError::BadLength(
+                "rows of 0 values give no dot products".into(),
+            ))
+        };
+    }
+    let (n_rows, n_tok) = (weights.len() / wb, activations.len() / ab);
+    if weights.len() != n_rows * wb
+        || activations.len() != n_tok * ab
+        || out.len() != n_rows * n_tok
+    {
+        return Err(KernelError::BadLength(format!(
+            "{} bytes of {ty} rows ({wb} each) and {} bytes of {vdt} rows ({ab} each) \
+             do not give {} dot products",
+            weights.len(),
+            activations.len(),
+            out.len()
+        )));
+    }
+    let level = simd::level();
+    if simd::gemm_at(level, ty, n, weights, n_rows, activations, ab, n_tok, out) {
+        return Ok(());
+    }
+    for (t, a) in activations.chunks_exact(ab).enumerate() {
+        for (r, w) in weights.chunks_exact(wb).enumerate() {
+            out[t * n_rows + r] = match simd::vec_dot_at(level, ty, n, w, a) {
+                Some(v) => v,
+                None => reference::vec_dot(ty, n, w, a)?,
+            };
+        }
+    }
+    Ok(())
 }

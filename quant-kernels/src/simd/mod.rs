@@ -19,6 +19,8 @@ use crate::GgmlType;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
 #[cfg(target_arch = "x86_64")]
+mod gemm_x86;
+#[cfg(target_arch = "x86_64")]
 mod iq4;
 mod kquants;
 pub(crate) mod portable;
@@ -79,6 +81,14 @@ pub(crate) fn level() -> Level {
     })
 }
 
+/// Whether the CPU has AVX-512 VNNI (the integer products of the tile
+/// kernels use it at [`Level::Avx512`]).
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
+}
+
 /// Levels this CPU can run (for tests that compare every level).
 #[cfg(test)]
 pub(crate) fn available_levels() -> Vec<Level> {
@@ -101,17 +111,20 @@ macro_rules! versions {
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn avx2($($a: $t),*) {
                 $kmod::$name($($a),*)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn avx512($($a: $t),*) {
                 $kmod::$name($($a),*)
             }
 
             #[inline]
+            #[allow(clippy::too_many_arguments)]
             pub(crate) fn run(level: Level, $($a: $t),*) {
                 match level {
                     #[cfg(target_arch = "x86_64")]
@@ -145,6 +158,11 @@ versions! {
     portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
     portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
+    portable::dot_f32(a: &[f32], b: &[f32], out: &mut f32);
+    portable::axpy_f32(a: f32, x: &[f32], y: &mut [f32]);
+    portable::dots_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
+    portable::weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
+    portable::matmul_f32(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, k: usize, n: usize, out: &mut [f32], ldo: usize);
 }
 
 /// Like `versions!` for the dot products, which return their value.
@@ -251,6 +269,55 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
     })
 }
 
+/// Tile products of `n_rows` weight rows of `ty` (`w`) with `n_tok`
+/// activation rows of `arb` bytes (`a`, `ty`'s `vec_dot_type`), written
+/// to `out[t * n_rows + r]`, each equal to [`vec_dot_at`] of its pair.
+/// False when `level` has no tile kernel for `ty` (the caller then loops
+/// over pairs). The sizes must have been checked (`ggml::gemm`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_at(
+    level: Level,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let size = |t: GgmlType| t.row_size(n as u64).and_then(|b| usize::try_from(b).ok());
+        let wrb = size(ty);
+        let sizes_ok = wrb.is_some_and(|b| w.len() == n_rows * b)
+            && reference::vec_dot_type(ty).and_then(size) == Some(arb)
+            && a.len() == n_tok * arb
+            && out.len() == n_rows * n_tok;
+        assert!(sizes_ok, "gemm_at: sizes not checked by the caller");
+        if n_rows == 0 || n_tok == 0 {
+            return true;
+        }
+        if level >= Level::Avx512 && matches!(ty, GgmlType::F16 | GgmlType::F32) {
+            // SAFETY: AVX-512F, FMA and F16C are present at this level;
+            // the sizes are asserted above.
+            return unsafe { gemm_x86::gemm_float_avx512(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+        if level >= Level::Avx512 && has_vnni() {
+            // SAFETY: AVX-512 F/BW/VL (the level, see `detect`) and VNNI
+            // (`has_vnni`) are present; the sizes are asserted above.
+            return unsafe { gemm_x86::gemm_vnni(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+        if level >= Level::Avx2 {
+            // SAFETY: AVX2, FMA and F16C are present at this level; the
+            // sizes are asserted above.
+            return unsafe { gemm_x86::gemm_avx2(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+    }
+    let _ = (level, ty, n, w, n_rows, a, arb, n_tok, out);
+    false
+}
+
 /// Dequantizes whole blocks of `ty` at `level`; false when there is no
 /// fast kernel for `ty` (the caller then runs the reference).
 pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32]) -> bool {
@@ -318,6 +385,30 @@ pub(crate) fn quantize_at(level: Level, ty: GgmlType, x: &[f32], y: &mut [u8]) -
         return true;
     }
     quantize_portable(level, ty, x, y)
+}
+
+/// Activations to `vdt` as `reference::quantize_activations_row` at
+/// `level`; false when there is no fast kernel for `vdt`.
+pub(crate) fn quantize_activations_at(
+    level: Level,
+    vdt: GgmlType,
+    x: &[f32],
+    y: &mut [u8],
+) -> bool {
+    use GgmlType as T;
+    match vdt {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and F16C are present at this level (see `detect`);
+        // whole blocks, which `ggml::quantize_activations` checked.
+        T::Q8_0 if level >= Level::Avx2 => unsafe { x86::quantize_q8_0_act(x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        T::Q8_1 if level >= Level::Avx2 => unsafe { x86::quantize_q8_1_act(x, y) },
+        // Float activations are the weights' conversions.
+        T::F16 | T::BF16 | T::F32 => return quantize_at(level, vdt, x, y),
+        _ => return false,
+    }
+    true
 }
 
 /// The portable quantizers (NEON is the aarch64 baseline; on x86-64 the
@@ -459,6 +550,19 @@ fn copy_from_f32(x: &[f32], y: &mut [u8]) {
     };
     #[cfg(not(target_endian = "little"))]
     portable::quantize_f32(x, y);
+}
+
+/// Rounds values to f16 and back in place (see `float::round_to_f16`).
+pub(crate) fn round_to_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        // SAFETY: F16C and AVX are present at this level (see `detect`).
+        unsafe { x86::round_to_f16(x) };
+        return;
+    }
+    for v in x {
+        *v = crate::float::f16_to_f32(crate::float::f32_to_f16(*v));
+    }
 }
 
 /// F16 bytes to f32 with the CPU's conversion instructions.

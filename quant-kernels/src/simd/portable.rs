@@ -504,3 +504,160 @@ pub(crate) fn quantize_f32(x: &[f32], y: &mut [u8]) {
         b.copy_from_slice(&v.to_le_bytes());
     }
 }
+
+/// Dot product with 16 independent accumulators, folded pairwise (halves
+/// of 8, then 4, 2 and 1), the tail (< 16 values) added last: the order
+/// depends on the length only.
+#[inline(always)]
+pub(crate) fn dot_f32(a: &[f32], b: &[f32], out: &mut f32) {
+    assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    *out = acc[0] + tail;
+}
+
+/// `y += a * x` (a product then a sum per value, no FMA).
+#[inline(always)]
+pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// `out[j] = dot(q, rows[j * stride..][..q.len()])` for every `j`.
+#[inline(always)]
+pub(crate) fn dots_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let n = q.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        dot_f32(q, &rows[j * stride..j * stride + n], o);
+    }
+}
+
+/// `out = 0`, then `out += p[j] * rows[j * stride..][..out.len()]` for
+/// every `j` in order.
+#[inline(always)]
+pub(crate) fn weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let n = out.len();
+    out.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        axpy_f32(pj, &rows[j * stride..j * stride + n], out);
+    }
+}
+
+/// One `MB x NB` block of [`matmul_f32`] at rows `i`, columns `j`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn matmul_block<const MB: usize, const NB: usize>(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+    out: &mut [f32],
+    ldo: usize,
+    i: usize,
+    j: usize,
+) {
+    let mut acc = [[0f32; NB]; MB];
+    for d in 0..k {
+        let brow: &[f32; NB] = b[d * ldb + j..d * ldb + j + NB].try_into().unwrap();
+        let mut av = [0f32; MB];
+        for ii in 0..MB {
+            av[ii] = a[(i + ii) * lda + d];
+        }
+        for ii in 0..MB {
+            for jj in 0..NB {
+                acc[ii][jj] = av[ii].mul_add(brow[jj], acc[ii][jj]);
+            }
+        }
+    }
+    for ii in 0..MB {
+        out[(i + ii) * ldo + j..(i + ii) * ldo + j + NB].copy_from_slice(&acc[ii]);
+    }
+}
+
+/// Rows `i..i + MB` (`MB <= 4`) of [`matmul_f32`]: blocks of 32 columns, then 8, then
+/// the last < 8 columns through a zero-padded copy.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn matmul_rows<const MB: usize>(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    i: usize,
+) {
+    let mut j = 0;
+    while j + 32 <= n {
+        matmul_block::<MB, 32>(a, lda, b, ldb, k, out, ldo, i, j);
+        j += 32;
+    }
+    while j + 8 <= n {
+        matmul_block::<MB, 8>(a, lda, b, ldb, k, out, ldo, i, j);
+        j += 8;
+    }
+    if j < n {
+        let w = n - j;
+        let mut bt = vec![0f32; k * 8];
+        for d in 0..k {
+            bt[d * 8..d * 8 + w].copy_from_slice(&b[d * ldb + j..d * ldb + n]);
+        }
+        let mut ot = [0f32; 32];
+        matmul_block::<MB, 8>(&a[i * lda..], lda, &bt, 8, k, &mut ot, 8, 0, 0);
+        for ii in 0..MB {
+            out[(i + ii) * ldo + j..(i + ii) * ldo + n].copy_from_slice(&ot[ii * 8..ii * 8 + w]);
+        }
+    }
+}
+
+/// `out[i * ldo + j] = sum_d a[i * lda + d] * b[d * ldb + j]` for `i <
+/// m`, `j < n`, `d < k`: per output an FMA chain over `d` in order from
+/// zero, whatever the blocking.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_f32(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut i = 0;
+    while i + 4 <= m {
+        matmul_rows::<4>(a, lda, b, ldb, k, n, out, ldo, i);
+        i += 4;
+    }
+    match m - i {
+        3 => matmul_rows::<3>(a, lda, b, ldb, k, n, out, ldo, i),
+        2 => matmul_rows::<2>(a, lda, b, ldb, k, n, out, ldo, i),
+        1 => matmul_rows::<1>(a, lda, b, ldb, k, n, out, ldo, i),
+        _ => {}
+    }
+}

@@ -167,7 +167,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
-    fn dot_products_match_the_reference_at_every_level(w in finite_row(), x in finite_row()) {
+    fn dot_products_match_the_reference_at_every_level(
+        w in prop_oneof![moderate_row(), finite_row()],
+        x in prop_oneof![moderate_row(), finite_row()],
+    ) {
         for &ty in TYPES {
             let vdt = reference::vec_dot_type(ty).unwrap();
             let mut wq = vec![0u8; ty.row_size(512).unwrap() as usize];
@@ -180,6 +183,198 @@ proptest! {
                 prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                     "{} at {:?}: {} vs {}", ty, level, got, want);
             }
+        }
+    }
+}
+
+/// The types with tile kernels, and the rest (which `ggml::gemm` loops).
+const DOT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
+];
+
+/// `gemm_at` at every level against the reference `vec_dot` of every
+/// (row, token) pair, bit for bit.
+fn check_gemm(ty: GgmlType, n: usize, wq: &[u8], aq: &[u8]) {
+    let vdt = reference::vec_dot_type(ty).unwrap();
+    let (wb, ab) = (
+        ty.row_size(n as u64).unwrap() as usize,
+        vdt.row_size(n as u64).unwrap() as usize,
+    );
+    let (n_rows, n_tok) = (wq.len() / wb, aq.len() / ab);
+    let want: Vec<f32> = (0..n_tok * n_rows)
+        .map(|i| {
+            let (t, r) = (i / n_rows, i % n_rows);
+            reference::vec_dot(ty, n, &wq[r * wb..][..wb], &aq[t * ab..][..ab]).unwrap()
+        })
+        .collect();
+    for level in available_levels() {
+        let mut got = vec![f32::NAN; n_rows * n_tok];
+        if !gemm_at(level, ty, n, wq, n_rows, aq, ab, n_tok, &mut got) {
+            continue;
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{ty} gemm at {level:?}, row {} token {}: {g} vs {w}",
+                i % n_rows,
+                i / n_rows
+            );
+        }
+    }
+    let mut got = vec![f32::NAN; n_rows * n_tok];
+    crate::ggml::gemm(ty, n, wq, aq, &mut got).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+    }
+}
+
+fn quantize_rows(ty: GgmlType, rows: &[Vec<f32>]) -> Vec<u8> {
+    rows.iter()
+        .flat_map(|x| {
+            let mut q = vec![0u8; ty.row_size(x.len() as u64).unwrap() as usize];
+            reference::quantize_row(ty, x, &mut q, None).unwrap();
+            q
+        })
+        .collect()
+}
+
+fn quantize_acts(vdt: GgmlType, rows: &[Vec<f32>]) -> Vec<u8> {
+    rows.iter()
+        .flat_map(|x| {
+            let mut q = vec![0u8; vdt.row_size(x.len() as u64).unwrap() as usize];
+            reference::quantize_activations_row(vdt, x, &mut q).unwrap();
+            q
+        })
+        .collect()
+}
+
+fn check_activations(x: &[f32]) {
+    use GgmlType as T;
+    for vdt in [T::Q8_0, T::Q8_1, T::Q8K, T::F16, T::BF16, T::F32] {
+        let n = vdt.row_size(x.len() as u64).unwrap() as usize;
+        let mut want = vec![0u8; n];
+        reference::quantize_activations_row(vdt, x, &mut want).unwrap();
+        for level in available_levels() {
+            let mut got = vec![0u8; n];
+            if quantize_activations_at(level, vdt, x, &mut got) {
+                assert_eq!(got, want, "{vdt} activations at {level:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn adversarial_activations_match_the_reference() {
+    for x in adversarial_rows() {
+        check_activations(&x);
+    }
+}
+
+#[test]
+fn gemm_of_adversarial_rows_matches_the_reference() {
+    let rows = adversarial_rows();
+    for &ty in DOT_TYPES {
+        let vdt = reference::vec_dot_type(ty).unwrap();
+        // Every row against every row, and partial tiles of each shape.
+        let wq = quantize_rows(ty, &rows);
+        let aq = quantize_acts(vdt, &rows);
+        check_gemm(ty, 512, &wq, &aq);
+        let (wb, ab) = (
+            ty.row_size(512).unwrap() as usize,
+            vdt.row_size(512).unwrap() as usize,
+        );
+        for nr in 1..=rows.len().min(9) {
+            for nt in [1, 2, 3, 5] {
+                check_gemm(ty, 512, &wq[..nr * wb], &aq[..nt * ab]);
+            }
+        }
+    }
+}
+
+/// Rows whose blocks have scales from 1e-3 to 1e3 (most of
+/// `finite_row`'s rows hold a value beyond f16 range, so their Q8
+/// activation scales are infinite and most products NaN).
+fn moderate_row() -> impl Strategy<Value = Vec<f32>> {
+    let block = (-3.0f32..3.0, proptest::collection::vec(-1.0f32..1.0, 32)).prop_map(|(e, v)| {
+        v.into_iter()
+            .map(|x| x * 10f32.powf(e))
+            .collect::<Vec<f32>>()
+    });
+    proptest::collection::vec(block, 16).prop_map(|b| b.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn random_activations_match_the_reference(x in prop_oneof![moderate_row(), finite_row()]) {
+        check_activations(&x);
+    }
+
+    #[test]
+    fn gemm_matches_the_reference_at_every_level(
+        rows in proptest::collection::vec(prop_oneof![3 => moderate_row(), 1 => finite_row()], 1..11),
+        toks in proptest::collection::vec(prop_oneof![3 => moderate_row(), 1 => finite_row()], 1..10),
+    ) {
+        for &ty in DOT_TYPES {
+            let vdt = reference::vec_dot_type(ty).unwrap();
+            check_gemm(ty, 512, &quantize_rows(ty, &rows), &quantize_acts(vdt, &toks));
+        }
+    }
+
+    /// Weight bytes as an untrusted file may hold them (any scale, Q8_0
+    /// values of -128, K-quant scales out of the quantizers' range).
+    #[test]
+    fn gemm_of_arbitrary_weight_bytes_matches_the_reference(
+        bytes in proptest::collection::vec(any::<u8>(), 7 * 1024),
+        toks in proptest::collection::vec(finite_row(), 1..6),
+    ) {
+        for &ty in DOT_TYPES {
+            let vdt = reference::vec_dot_type(ty).unwrap();
+            let wb = ty.row_size(512).unwrap() as usize;
+            let n_rows = bytes.len() / wb;
+            check_gemm(ty, 512, &bytes[..n_rows * wb], &quantize_acts(vdt, &toks));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Float rows whose length leaves a tail after the 64-value main loop
+    /// (and rows shorter than one step).
+    #[test]
+    fn gemm_of_float_rows_with_tails_matches_the_reference(
+        n in prop_oneof![1usize..64, 64usize..300],
+        rows in 1usize..8,
+        toks in 1usize..8,
+        seed in any::<u64>(),
+    ) {
+        let mut s = seed | 1;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let w: Vec<Vec<f32>> = (0..rows).map(|_| (0..n).map(|_| next()).collect()).collect();
+        let x: Vec<Vec<f32>> = (0..toks).map(|_| (0..n).map(|_| next()).collect()).collect();
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            check_gemm(ty, n, &quantize_rows(ty, &w), &quantize_acts(ty, &x));
         }
     }
 }

@@ -50,6 +50,26 @@ pub(super) unsafe fn f32_to_f16_row(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// Rounds f32 values to f16 (nearest even) and back, 8 at a time with F16C.
+///
+/// # Safety
+/// The CPU must support AVX and F16C.
+#[target_feature(enable = "avx,f16c")]
+pub(super) unsafe fn round_to_f16(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: 8 values in `c`; loads and stores are unaligned.
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = crate::float::f16_to_f32(crate::float::f32_to_f16(*v));
+    }
+}
+
 // ---------------------------------------------------------------------
 // Quantizers with explicit AVX2. Every lane performs the scalar
 // reference's operations in its order (no FMA: `_mm256_mul_ps` then
@@ -989,4 +1009,77 @@ pub(super) unsafe fn copy_f32_checked(x: &[f32], y: &mut [u8]) -> bool {
         finite &= x[i].is_finite();
     }
     finite
+}
+
+/// `packs_epi32` then `packs_epi16` of 32 i32 (signed saturation to i8),
+/// in value order.
+#[inline(always)]
+unsafe fn saturated_bytes(i: [__m256i; 4]) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        let ab = _mm256_packs_epi32(i[0], i[1]);
+        let cd = _mm256_packs_epi32(i[2], i[3]);
+        let b = _mm256_packs_epi16(ab, cd);
+        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+}
+
+/// The CPU backend's `quantize_row_q8_0` / `_q8_1` (activations): scale
+/// `amax/127`, values `x * (127/amax)` rounded half to even (`cvtps2dq`,
+/// which gives `i32::MIN` out of range as the reference's `cvt_rne`),
+/// saturated to i8; Q8_1 adds `d * sum` of the unsaturated values.
+#[inline(always)]
+unsafe fn quantize_q8_act<const Q8_1: bool>(x: &[f32], y: &mut [u8]) {
+    let bytes = if Q8_1 { 36 } else { 34 };
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(bytes)) {
+        // SAFETY: whole blocks: 32 values in, `bytes` out; AVX2 and F16C
+        // are enabled in every caller.
+        unsafe {
+            let v = load32(xb);
+            let sign = _mm256_set1_ps(-0.0);
+            let a = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let amax = hmax(a);
+            let d = amax / 127.0;
+            yb[0..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let m = _mm256_set1_ps(id);
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], m));
+            }
+            let at = if Q8_1 { 4 } else { 2 };
+            _mm256_storeu_si256(yb.as_mut_ptr().add(at) as *mut __m256i, saturated_bytes(q));
+            if Q8_1 {
+                let s =
+                    _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+                let mut l = [0i32; 8];
+                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, s);
+                let sum = l.iter().fold(0i32, |acc, v| acc.wrapping_add(*v));
+                yb[2..4].copy_from_slice(&f16_bits(d * sum as f32).to_le_bytes());
+            }
+        }
+    }
+}
+
+/// [`quantize_q8_act`] for Q8_0.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q8_0_act(x: &[f32], y: &mut [u8]) {
+    // SAFETY: the features are enabled here.
+    unsafe { quantize_q8_act::<false>(x, y) }
+}
+
+/// [`quantize_q8_act`] for Q8_1.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn quantize_q8_1_act(x: &[f32], y: &mut [u8]) {
+    // SAFETY: the features are enabled here.
+    unsafe { quantize_q8_act::<true>(x, y) }
 }

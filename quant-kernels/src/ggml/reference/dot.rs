@@ -518,12 +518,22 @@ fn dot_main_avx512(n: usize, x: &impl Fn(usize) -> f32, y: &impl Fn(usize) -> f3
 /// Another compiler or flag set gives other low bits.
 #[inline(always)]
 pub fn vec_dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let at = |b: &[u8], k: usize| {
-        f32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]])
-    };
-    let x = |k: usize| at(w, k);
-    let y = |k: usize| at(a, k);
-    let (mut sumf, mut k) = dot_main_avx512(n, &x, &y);
+    let (main, np) = dot_main_avx512(n, &|k| f32_at(w, k), &|k| f32_at(a, k));
+    vec_dot_f32_tail(main, np, n, w, a)
+}
+
+/// The little-endian f32 number `k` of `b`.
+#[inline(always)]
+fn f32_at(b: &[u8], k: usize) -> f32 {
+    f32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]])
+}
+
+/// The part of [`vec_dot_f32`] after the main loop: `main` is that loop's
+/// sum over the first `np = n & !63` values.
+#[inline(always)]
+pub(crate) fn vec_dot_f32_tail(main: f32, np: usize, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (|k| f32_at(w, k), |k| f32_at(a, k));
+    let (mut sumf, mut k) = (main, np);
     let rem = n - k;
     let by16 = if rem >= 16 { rem / 16 * 16 } else { 0 };
     let by8 = if rem - by16 >= 8 { 8 } else { 0 };
@@ -545,9 +555,16 @@ pub fn vec_dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let x = |k: usize| read_f16(&w[2 * k..]);
     let y = |k: usize| read_f16(&a[2 * k..]);
     let (main, np) = dot_main_avx512(n, &x, &y);
+    vec_dot_f16_tail(main, np, n, w, a)
+}
+
+/// The part of [`vec_dot_f16`] after the main loop (see
+/// [`vec_dot_f32_tail`]).
+#[inline(always)]
+pub(crate) fn vec_dot_f16_tail(main: f32, np: usize, n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = f64::from(main);
     for k in np..n {
-        sumf += f64::from(x(k) * y(k));
+        sumf += f64::from(read_f16(&w[2 * k..]) * read_f16(&a[2 * k..]));
     }
     sumf as f32
 }

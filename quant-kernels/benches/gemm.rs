@@ -1,0 +1,95 @@
+//! Tile products (`ggml::gemm`) against one `ggml::vec_dot` per (row,
+//! token) pair, the loop they replace, on the same rows in the same run,
+//! single-threaded: the engine's prompt tasks (every row of a matrix times
+//! 16 tokens) and single tokens (a matrix that stays in cache, and one the
+//! size of SmolLM2's output matrix, streamed from memory).
+//!
+//! `cargo bench -p quant-kernels --bench gemm [-- TYPE,TYPE...]`
+//!
+//! Prints the rate of both in billions of multiply-adds per second and
+//! their ratio (the machine may be shared: read the ratio).
+
+use std::time::Instant;
+
+use quant_kernels::ggml;
+use quant_kernels::GgmlType;
+
+const REPS: usize = 5;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+fn best_secs(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..REPS)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let filter: Option<Vec<GgmlType>> = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(|a| a.split(',').filter_map(GgmlType::from_name).collect());
+    let types = filter.unwrap_or_else(|| {
+        use GgmlType as T;
+        vec![
+            T::F16,
+            T::Q4_0,
+            T::Q4_1,
+            T::Q5_0,
+            T::Q8_0,
+            T::Q4K,
+            T::Q5K,
+            T::Q6K,
+        ]
+    });
+    println!("| type | cols | rows x tokens | gemm GMAC/s | vec_dot GMAC/s | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for ty in types {
+        let n = if ty.block_size() == 256 { 1536 } else { 576 };
+        let vdt = ggml::vec_dot_type(ty).unwrap();
+        for (rows, toks) in [(1536usize, 16usize), (1536, 1), (49152, 1)] {
+            let mut w = vec![0u8; ggml::row_size(ty, n).unwrap() * rows];
+            ggml::quantize(ty, &values(rows * n, 7), n, None, &mut w).unwrap();
+            let mut a = vec![0u8; ggml::row_size(vdt, n).unwrap() * toks];
+            let x = values(toks * n, 11);
+            for (src, dst) in x
+                .chunks(n)
+                .zip(a.chunks_mut(ggml::row_size(vdt, n).unwrap()))
+            {
+                ggml::quantize_activations(vdt, src, dst).unwrap();
+            }
+            let mut out = vec![0f32; rows * toks];
+            let tg = best_secs(|| ggml::gemm(ty, n, &w, &a, &mut out).unwrap());
+            let (wb, ab) = (w.len() / rows, a.len() / toks);
+            let tv = best_secs(|| {
+                for (t, at) in a.chunks(ab).enumerate() {
+                    for (r, wr) in w.chunks(wb).enumerate() {
+                        out[t * rows + r] = ggml::vec_dot(ty, wr, at, n).unwrap();
+                    }
+                }
+            });
+            let macs = (rows * toks * n) as f64 / 1e9;
+            println!(
+                "| {ty} | {n} | {rows} x {toks} | {:.1} | {:.1} | {:.2}x |",
+                macs / tg,
+                macs / tv,
+                tv / tg
+            );
+        }
+    }
+}
