@@ -551,7 +551,7 @@ mod tests {
         let mut blk = vec![0u8; 34];
         blk[..2].copy_from_slice(&half::f16::INFINITY.to_bits().to_le_bytes());
         blk[2] = 1;
-        let mut out = vec![0u8; 24];
+        let mut out = [0u8; 24];
         let e = requantize(
             GgmlType::Q8_0,
             GgmlType::Q5_1,

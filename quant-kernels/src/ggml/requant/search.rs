@@ -514,14 +514,21 @@ pub(crate) fn k_affine(
     let max_min = wanted.iter().flatten().fold(0f32, |a, &(_, m)| a.max(m));
     let ds = [llama.d, f16::from_f32(max_step / 63.0)];
     let dmins = [llama.dmin, f16::from_f32(max_min / 63.0)];
-    let mut best: Option<(f16, f16, [u8; 8], [u8; 8], f32)> = None;
+    // The best scales and mins so far (levels filled in at the end).
+    let mut best: Option<(KAffine, f32)> = None;
     for d in ds {
         for dmin in dmins {
             if !d.is_finite() || !dmin.is_finite() || d.to_f32() <= 0.0 || dmin.to_f32() < 0.0 {
                 continue;
             }
             let (df, dmf) = (d.to_f32(), dmin.to_f32());
-            let (mut scs, mut ms) = ([0u8; 8], [0u8; 8]);
+            let mut block = KAffine {
+                d,
+                dmin,
+                sc: [0; 16],
+                m: [0; 16],
+                q: [0; QK_K],
+            };
             let mut total = 0f32;
             for g in 0..8 {
                 let xs = &x[32 * g..32 * g + 32];
@@ -541,33 +548,24 @@ pub(crate) fn k_affine(
                         }
                     }
                 }
-                (scs[g], ms[g]) = (g_best.1, g_best.2);
+                (block.sc[g], block.m[g]) = (g_best.1, g_best.2);
                 total += g_best.0;
-                if best.as_ref().is_some_and(|b| total >= b.4) {
+                if best.as_ref().is_some_and(|b| total >= b.1) {
                     break;
                 }
             }
-            if best.as_ref().is_none_or(|b| total < b.4) {
-                best = Some((d, dmin, scs, ms, total));
+            if best.as_ref().is_none_or(|b| total < b.1) {
+                best = Some((block, total));
             }
         }
     }
-    let Some((d, dmin, scs, ms, _)) = best else {
+    let Some((mut block, _)) = best else {
         return *llama;
     };
-    let (df, dmf) = (d.to_f32(), dmin.to_f32());
-    let mut block = KAffine {
-        d,
-        dmin,
-        sc: [0; 16],
-        m: [0; 16],
-        q: [0; QK_K],
-    };
+    let (df, dmf) = (block.d.to_f32(), block.dmin.to_f32());
     for g in 0..8 {
-        block.sc[g] = scs[g];
-        block.m[g] = ms[g];
-        let step = df * f32::from(scs[g]);
-        let off = dmf * f32::from(ms[g]);
+        let step = df * f32::from(block.sc[g]);
+        let off = dmf * f32::from(block.m[g]);
         let inv = if step == 0.0 { 0.0 } else { 1.0 / step };
         for i in 0..32 {
             block.q[32 * g + i] = level(x[32 * g + i] + off, inv, 0, i32::from(q_max)) as u8;
