@@ -196,3 +196,111 @@ fn keep_split_writes_one_file_per_input_split() {
         assert_eq!(names(a), names(b));
     }
 }
+
+/// The values of every tensor of a GGUF file, dequantized.
+fn gguf_values(p: &Path) -> Vec<(String, quant_kernels::GgmlType, Vec<f32>)> {
+    let m = GgufModel::open(p).unwrap();
+    m.tensors()
+        .map(|(t, data)| {
+            let n: u64 = t.dims.iter().product();
+            let mut v = vec![0f32; n as usize];
+            quant_kernels::ggml::dequantize(t.ggml_type, data, &mut v).unwrap();
+            (t.name.clone(), t.ggml_type, v)
+        })
+        .collect()
+}
+
+#[test]
+fn requantizing_into_a_nesting_grid_keeps_every_value_without_permission() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = fixture("demo-llama");
+    let q4 = tmp.path().join("q4_0.gguf");
+    // --pure: every matrix Q4_0 (the mix would make the embedding Q6_K).
+    let out = run(&[
+        "quantize",
+        path(&demo),
+        path(&q4),
+        "--type",
+        "Q4_0",
+        "--pure",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The plan says which tensors keep their values.
+    let out = run(&[
+        "quantize",
+        path(&q4),
+        "--type",
+        "Q8_0",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moved: Vec<&serde_json::Value> = plan["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["from"] == "Q4_0")
+        .collect();
+    assert!(!moved.is_empty());
+    for t in &moved {
+        assert_eq!(
+            (t["method"].as_str(), t["lossless"].as_bool()),
+            (Some("exact"), Some(true)),
+            "{t}"
+        );
+    }
+    assert!(plan["problems"].as_array().unwrap().is_empty(), "{plan}");
+    let out = run(&["quantize", path(&q4), "--type", "Q8_0", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exact: every value kept"));
+
+    // Written without --allow-requantize: nothing is lost.
+    let q8 = tmp.path().join("q8_0.gguf");
+    let out = run(&["quantize", path(&q4), path(&q8), "--type", "Q8_0", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["requantized"]["exact_tensors"], moved.len());
+    let (src, dst) = (gguf_values(&q4), gguf_values(&q8));
+    assert_eq!(src.len(), dst.len());
+    for ((name, from, a), (name2, to, b)) in src.iter().zip(&dst) {
+        assert_eq!(name, name2);
+        if *from == quant_kernels::GgmlType::Q4_0 {
+            assert_eq!(*to, quant_kernels::GgmlType::Q8_0, "{name}");
+        }
+        assert!(a.iter().zip(b).all(|(x, y)| x == y), "{name} changed");
+    }
+
+    // --exact-grid off is llama-quantize's way, which needs permission.
+    let off = tmp.path().join("off.gguf");
+    let out = run(&[
+        "quantize",
+        path(&q4),
+        path(&off),
+        "--type",
+        "Q8_0",
+        "--exact-grid",
+        "off",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--allow-requantize"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "quantize",
+        path(&q4),
+        path(&off),
+        "--type",
+        "Q8_0",
+        "--exact-grid",
+        "maybe",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expected on or off"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,8 +1,10 @@
 //! `qforge quantize IN OUT --type TYPE` (alias `requantize`): llama.cpp's
 //! quant mixes, byte for byte, with importance matrices.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -24,11 +26,14 @@ use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverr
 use crate::quant::mlx_recipe::{
     config_quantization, module_quant, MlxLayout, MlxQuantArgs, MlxRecipe,
 };
-use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, Problem, QuantPlan};
+use crate::quant::plan::{
+    plan_gguf, ImatrixRole, Method, PlanOptions, PlannedTensor, Problem, QuantPlan,
+};
 use crate::quant::source::QuantInput;
 use crate::quant::write::{
     device_work, output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance,
 };
+use quant_kernels::ggml::requant::RequantStats;
 
 #[derive(Debug, Args)]
 pub(crate) struct QuantizeArgs {
@@ -75,6 +80,12 @@ pub(crate) struct QuantizeArgs {
     /// Write one output file per input split file.
     #[arg(long)]
     keep_split: bool,
+    /// Requantizing a quantized tensor: `on` keeps the source's grid (blocks
+    /// transcoded exactly where the target holds every value, scales aimed
+    /// at the source's grid points elsewhere); `off` requantizes through f32
+    /// exactly as llama-quantize does, byte for byte.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    exact_grid: bool,
     /// Threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -149,6 +160,14 @@ pub fn quantize_file(
     args.extra_metadata = extra_metadata.to_vec();
     args.quiet = true;
     run(args).map(|_| ())
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got '{s}'")),
+    }
 }
 
 fn parse_type_arg(s: &str) -> Result<quant_kernels::GgmlType, String> {
@@ -278,6 +297,10 @@ fn settings_words(args: &QuantizeArgs, file_type: FileType) -> Vec<String> {
             w.push(flag.into());
         }
     }
+    if !args.exact_grid {
+        w.push("--exact-grid".into());
+        w.push("off".into());
+    }
     w
 }
 
@@ -330,6 +353,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     }
 
     let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json || args.quiet);
+    let measured: Mutex<HashMap<String, RequantStats>> = Mutex::default();
     let files = write_gguf(
         r.input.source.as_ref(),
         plan,
@@ -337,12 +361,21 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         &paths,
         r.imatrix.as_ref(),
         &device,
-        &|t: &PlannedTensor| {
+        &|t: &PlannedTensor, stats: Option<&RequantStats>| {
             progress.set_message(&t.name);
             progress.inc(t.from_bytes);
+            if let Some(s) = stats {
+                measured
+                    .lock()
+                    .expect("no panics while holding the lock")
+                    .insert(t.name.clone(), *s);
+            }
         },
     )?;
     progress.finish();
+    let measured = measured
+        .into_inner()
+        .expect("no panics while holding the lock");
 
     let seconds = start.elapsed().as_secs_f64();
     if args.quiet {
@@ -359,7 +392,8 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
             "imatrix_entries": r.imatrix.as_ref().map(ImportanceMatrix::len),
             "device": device.name(),
             "seconds": seconds,
-            "tensors": plan_json(plan),
+            "requantized": requant_summary_json(plan, &measured),
+            "tensors": plan_json(plan, &measured),
         }))?;
     } else {
         for f in &files {
@@ -377,8 +411,84 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
                 plan.tensors.len()
             );
         }
+        for line in requant_summary_lines(plan, &measured) {
+            eprintln!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What requantizing with `--exact-grid on` did, summed over tensors: those
+/// transcoded exactly, and those searched with their error against the
+/// source values beside llama-quantize's on the same values.
+fn requant_summary_lines(
+    plan: &QuantPlan,
+    measured: &HashMap<String, RequantStats>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let of = |m: Method| {
+        plan.tensors
+            .iter()
+            .filter(move |t| t.method == m)
+            .filter_map(|t| measured.get(&t.name))
+    };
+    let exact: Vec<&RequantStats> = of(Method::Exact).collect();
+    if !exact.is_empty() {
+        let inexact = exact.iter().filter(|s| !s.is_exact()).count();
+        let mut line = format!(
+            "{} tensor(s) transcoded without loss: every value is the source's, bit for bit",
+            exact.len()
+        );
+        if inexact > 0 {
+            line = format!(
+                "{} tensor(s) transcoded; {inexact} of them have blocks past f16's range, requantized as llama-quantize does",
+                exact.len()
+            );
+        }
+        lines.push(line);
+    }
+    let searched = of(Method::GridSearch).fold(None, |acc: Option<RequantStats>, s| {
+        Some(acc.map_or(*s, |a| a.merge(*s)))
+    });
+    if let Some(s) = searched {
+        let n = of(Method::GridSearch).count();
+        lines.push(format!(
+            "{n} tensor(s) requantized with the grid search: {} of {} blocks searched, {} exact; \
+             RMS error against the source values {:.3e} (llama-quantize's on the same values: {:.3e})",
+            s.searched_blocks,
+            s.blocks,
+            s.exact_blocks,
+            s.rms(),
+            s.reference_rms().unwrap_or(f64::NAN),
+        ));
+    }
+    lines
+}
+
+fn requant_summary_json(plan: &QuantPlan, measured: &HashMap<String, RequantStats>) -> Json {
+    let count = |m: Method| plan.tensors.iter().filter(|t| t.method == m).count();
+    let searched = plan
+        .tensors
+        .iter()
+        .filter(|t| t.method == Method::GridSearch)
+        .filter_map(|t| measured.get(&t.name))
+        .fold(RequantStats::default(), |a, s| a.merge(*s));
+    json!({
+        "exact_tensors": count(Method::Exact),
+        "searched_tensors": count(Method::GridSearch),
+        "searched": stats_json(&searched),
+    })
+}
+
+fn stats_json(s: &RequantStats) -> Json {
+    json!({
+        "blocks": s.blocks,
+        "exact_blocks": s.exact_blocks,
+        "searched_blocks": s.searched_blocks,
+        "rms_error": s.rms(),
+        "max_abs_error": s.max_abs,
+        "llama_rms_error": s.reference_rms(),
+    })
 }
 
 fn resolve<'a>(
@@ -418,6 +528,7 @@ fn resolve<'a>(
         mix,
         allow_requantize: args.allow_requantize,
         keep_split: args.keep_split,
+        exact_grid: args.exact_grid,
     };
     let plan = plan_gguf(&facts, &input.tensors, &opts, imatrix.as_ref())
         .with_context(|| format!("planning {}", args.input.display()))?;
@@ -644,13 +755,13 @@ fn imatrix_note(role: ImatrixRole) -> Option<&'static str> {
 }
 
 /// The plan as JSON (the `--dry-run --json` document, and the tensor list
-/// of the run report).
-fn plan_json(plan: &QuantPlan) -> Json {
+/// of the run report, with what requantizing measured per tensor).
+fn plan_json(plan: &QuantPlan, measured: &HashMap<String, RequantStats>) -> Json {
     Json::Array(
         plan.tensors
             .iter()
             .map(|t| {
-                json!({
+                let mut j = json!({
                     "name": t.name,
                     "shape": shape(&t.dims),
                     "from": t.from.name(),
@@ -661,7 +772,12 @@ fn plan_json(plan: &QuantPlan) -> Json {
                     "fallback_from": t.fallback.map(|f| f.wanted.name()),
                     "imatrix": imatrix_note(t.imatrix),
                     "split": t.split,
-                })
+                    "lossless": t.method.is_lossless(),
+                });
+                if let Some(s) = measured.get(&t.name) {
+                    j["error"] = stats_json(s);
+                }
+                j
             })
             .collect(),
     )
@@ -690,7 +806,7 @@ fn dry_run(args: &QuantizeArgs, r: &Resolved) -> Result<ExitCode> {
             "fallbacks": plan.n_fallback,
             "imatrix_entries": r.imatrix.as_ref().map(ImportanceMatrix::len),
             "problems": plan.problems.iter().map(|p| json!({"tensor": p.tensor, "message": p.message})).collect::<Vec<_>>(),
-            "tensors": plan_json(plan),
+            "tensors": plan_json(plan, &HashMap::new()),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -715,6 +831,11 @@ fn dry_run(args: &QuantizeArgs, r: &Resolved) -> Result<ExitCode> {
         let mut notes = Vec::new();
         if let Some(f) = t.fallback {
             notes.push(format!("{} does not fit rows of {}", f.wanted, t.row_len()));
+        }
+        match t.method {
+            Method::Exact => notes.push("exact: every value kept".into()),
+            Method::GridSearch => notes.push("grid search".into()),
+            _ => {}
         }
         if let Some(n) = imatrix_note(t.imatrix) {
             notes.push(n.to_string());

@@ -26,9 +26,6 @@ pub struct SourceTensor {
 }
 
 /// How a tensor's output bytes are made from its source bytes.
-///
-/// Requantization that keeps what the target can hold (issue 12) adds a
-/// variant here, chosen by [`choose_method`]; the writer dispatches on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Method {
@@ -37,6 +34,14 @@ pub enum Method {
     /// Decoded to f32 and encoded in the target type, as llama-quantize
     /// does (byte-identical to it).
     ViaF32,
+    /// The target's grid holds every source value: blocks transcoded as
+    /// integers (or, into F32, the dequantized values), bit for bit the
+    /// source's values ([`ggml::requant::Requant::Nested`]).
+    Exact,
+    /// The grids do not nest: llama-quantize's blocks, each replaced by one
+    /// aimed at the source's grid points where that one is closer to the
+    /// source values ([`ggml::requant::Requant::Search`]).
+    GridSearch,
 }
 
 impl Method {
@@ -45,7 +50,14 @@ impl Method {
         match self {
             Method::Copy => "copy",
             Method::ViaF32 => "quantize",
+            Method::Exact => "exact",
+            Method::GridSearch => "grid search",
         }
+    }
+
+    /// True when the output holds exactly the source's values.
+    pub fn is_lossless(self) -> bool {
+        matches!(self, Method::Copy | Method::Exact)
     }
 }
 
@@ -131,6 +143,9 @@ pub struct PlanOptions {
     pub allow_requantize: bool,
     /// Keep the source's split layout (`--keep-split`).
     pub keep_split: bool,
+    /// Requantize quantized sources keeping their grid where the target
+    /// allows (`--exact-grid on`, the default); off: as llama-quantize.
+    pub exact_grid: bool,
 }
 
 /// A whole plan.
@@ -171,13 +186,22 @@ impl QuantPlan {
     }
 }
 
-/// The method for one tensor: the bytes are copied when the type stays,
-/// and go through f32 otherwise.
-pub fn choose_method(from: GgmlType, to: GgmlType) -> Method {
+/// The method for one tensor: the bytes are copied when the type stays;
+/// otherwise, with `exact_grid`, transcoded where the target's grid holds
+/// the source's and searched where the source has a grid to aim at; else
+/// (and always without `exact_grid`) through f32 as llama-quantize does.
+pub fn choose_method(from: GgmlType, to: GgmlType, exact_grid: bool) -> Method {
+    use ggml::requant::{strategy, Requant};
     if from == to {
-        Method::Copy
-    } else {
-        Method::ViaF32
+        return Method::Copy;
+    }
+    if !exact_grid || !ggml::can_dequantize(from) || !ggml::can_quantize(to) {
+        return Method::ViaF32;
+    }
+    match strategy(from, to) {
+        Requant::Nested => Method::Exact,
+        Requant::Search => Method::GridSearch,
+        _ => Method::ViaF32,
     }
 }
 
@@ -238,7 +262,7 @@ pub fn plan_gguf(
     for ((&src, dims), choice) in order.iter().zip(dims).zip(&choices) {
         let t = &tensors[src];
         let to = choice.ggml_type;
-        let method = choose_method(t.ggml_type, to);
+        let method = choose_method(t.ggml_type, to, opts.exact_grid);
         let problem = |message: String| Problem {
             tensor: Some(t.name.clone()),
             message,
@@ -269,7 +293,8 @@ pub fn plan_gguf(
         }
         let mut role = ImatrixRole::None;
         if method != Method::Copy {
-            if let Some(m) = imatrix {
+            // An exact transcoding has no use for importance weights.
+            if let Some(m) = imatrix.filter(|_| method != Method::Exact) {
                 role = match m.get(&t.name) {
                     None => ImatrixRole::NotFound,
                     Some(w) => {
@@ -300,7 +325,8 @@ pub fn plan_gguf(
                     "{to} needs importance weights and the matrix has none for this tensor"
                 )));
             }
-            if t.ggml_type.is_quantized() && !opts.allow_requantize {
+            // A transcoding that keeps every value loses nothing to warn of.
+            if t.ggml_type.is_quantized() && !opts.allow_requantize && !method.is_lossless() {
                 problems.push(problem(format!(
                     "already quantized ({}): requantizing loses more than quantizing from 16 or 32 bits; pass --allow-requantize to do it anyway",
                     t.ggml_type
@@ -380,6 +406,7 @@ mod tests {
             mix: MixOptions::new(ft),
             allow_requantize: false,
             keep_split: false,
+            exact_grid: true,
         }
     }
 
@@ -426,6 +453,40 @@ mod tests {
         let p = plan_gguf(&model(), &tensors, &opts(FileType::Q4_1), None).unwrap();
         assert_eq!(p.tensors[0].method, Method::Copy);
         assert!(p.problems.is_empty());
+    }
+
+    #[test]
+    fn nesting_grids_are_exact_and_need_no_permission() {
+        let tensors = vec![
+            src("blk.0.attn_q.weight", &[256, 4], GgmlType::Q4_0),
+            src("blk.0.attn_k.weight", &[256, 4], GgmlType::Q4_1),
+        ];
+        let p = plan_gguf(&model(), &tensors, &opts(FileType::Q8_0), None).unwrap();
+        let method =
+            |p: &QuantPlan, name: &str| p.tensors.iter().find(|t| t.name == name).unwrap().method;
+        assert_eq!(method(&p, "blk.0.attn_q.weight"), Method::Exact);
+        // Q4_1's offsets do not fit Q8_0's grid: searched, and lossy.
+        assert_eq!(method(&p, "blk.0.attn_k.weight"), Method::GridSearch);
+        assert_eq!(p.problems.len(), 1);
+        assert_eq!(p.problems[0].tensor.as_deref(), Some("blk.0.attn_k.weight"));
+        // Off: llama-quantize's way, which needs permission for both.
+        let mut o = opts(FileType::Q8_0);
+        o.exact_grid = false;
+        let p = plan_gguf(&model(), &tensors, &o, None).unwrap();
+        assert!(p.tensors.iter().all(|t| t.method == Method::ViaF32));
+        assert_eq!(p.problems.len(), 2);
+        assert_eq!(
+            choose_method(GgmlType::F16, GgmlType::Q4K, true),
+            Method::ViaF32
+        );
+        assert_eq!(
+            choose_method(GgmlType::Q4K, GgmlType::F32, true),
+            Method::Exact
+        );
+        assert_eq!(
+            choose_method(GgmlType::Q4_1, GgmlType::IQ4NL, true),
+            Method::ViaF32
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use quant_kernels::ggml::requant::{requantize, RequantStats};
 use quant_kernels::{ggml, KernelError};
 use rayon::prelude::*;
 
@@ -185,7 +186,9 @@ pub fn device_work(t: &PlannedTensor, imatrix: Option<&ImportanceMatrix>) -> Opt
 /// bytes from `source`; `metadata` is the first file's. `progress` hears of
 /// each tensor written. Tensors quantized without importance weights to a
 /// type with a GPU kernel run where `device` puts them; the bytes are the
-/// same on either.
+/// same on either. `progress` also hears what requantizing measured
+/// against the source values (for [`Method::Exact`] and
+/// [`Method::GridSearch`]).
 pub fn write_gguf(
     source: &dyn TensorSource,
     plan: &QuantPlan,
@@ -193,7 +196,7 @@ pub fn write_gguf(
     paths: &[PathBuf],
     imatrix: Option<&ImportanceMatrix>,
     device: &Device,
-    progress: &(dyn Fn(&PlannedTensor) + Sync),
+    progress: &(dyn Fn(&PlannedTensor, Option<&RequantStats>) + Sync),
 ) -> Result<Vec<WrittenFile>> {
     assert_eq!(paths.len(), plan.n_splits, "one path per split");
     let mut written = Vec::with_capacity(paths.len());
@@ -232,6 +235,7 @@ pub fn write_gguf(
                 ImatrixRole::Used => imatrix.and_then(|m| m.get(&t.name)),
                 _ => None,
             };
+            let mut stats = None;
             match t.method {
                 Method::Copy => w.write_tensor(&t.name, &src),
                 Method::ViaF32 => {
@@ -247,10 +251,16 @@ pub fn write_gguf(
                     .map_err(|e| FormatError::other(e).for_tensor(&t.name))?;
                     w.write_tensor(&t.name, &data)
                 }
+                Method::Exact | Method::GridSearch => {
+                    let (data, s) = requantize_tensor(t, &src, weights, &|d| source.release(d))
+                        .map_err(|e| FormatError::other(e.to_string()).for_tensor(&t.name))?;
+                    stats = Some(s);
+                    w.write_tensor(&t.name, &data)
+                }
             }
             .map_err(|e| e.in_file(path))?;
             source.release(&src);
-            progress(t);
+            progress(t, stats.as_ref());
         }
         w.finish().map_err(|e| e.in_file(path))?;
         out.flush().map_err(|e| FormatError::io(path, e))?;
@@ -311,6 +321,48 @@ fn convert_tensor_on(
             })?;
     }
     Ok(out)
+}
+
+/// Requantizes `src` (rows of `t.from`) into `t.to` keeping the source's
+/// grid ([`ggml::requant::requantize`]), one expert matrix at a time with
+/// its importance weights.
+fn requantize_tensor(
+    t: &PlannedTensor,
+    src: &[u8],
+    weights: Option<&[f32]>,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> std::result::Result<(Vec<u8>, RequantStats), KernelError> {
+    let row_len = t.row_len() as usize;
+    let n_rows = t.n_rows() as usize;
+    let src_row = ggml::row_size(t.from, row_len)?;
+    let dst_row = ggml::row_size(t.to, row_len)?;
+    let mut out = vec![0u8; dst_row * n_rows];
+    let mut stats = RequantStats::default();
+    if n_rows == 0 || row_len == 0 {
+        return Ok((out, stats));
+    }
+    let rows_per_matrix = if weights.is_some() {
+        t.rows_per_matrix() as usize
+    } else {
+        n_rows
+    };
+    for (m, (s, d)) in src
+        .chunks(src_row * rows_per_matrix)
+        .zip(out.chunks_mut(dst_row * rows_per_matrix))
+        .enumerate()
+    {
+        let w = weights.map(|w| &w[m * row_len..(m + 1) * row_len]);
+        let st = requantize(t.from, t.to, s, row_len, w, d).map_err(|e| match e {
+            KernelError::NonFinite { index, value } => KernelError::NonFinite {
+                index: m * rows_per_matrix * row_len + index,
+                value,
+            },
+            e => e,
+        })?;
+        release(s);
+        stats = stats.merge(st);
+    }
+    Ok((out, stats))
 }
 
 /// Values per row group: small enough that a group's f32 copy stays in a

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use crate::{simd, GgmlType, KernelError};
 
 pub mod reference;
+pub mod requant;
 
 /// The types [`quantize`] and [`dequantize`] handle (model-file types;
 /// [`dequantize`] also reads the activation types Q8_1 and Q8_K).
