@@ -16,15 +16,8 @@ pub struct Resident {
 }
 
 fn ggml_entry(ty: GgmlType, quantize: bool) -> Option<(&'static str, u32)> {
-    let (q, d, per) = match ty {
-        GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 2),
-        GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 2),
-        GgmlType::Q4_1 => ("quantize_q4_1", "dequantize_q4_1", 1),
-        GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 1),
-        GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 2),
-        _ => return None,
-    };
-    Some(if quantize { (q, per) } else { (d, 1) })
+    let (q, d, per) = super::ggml::kernels(ty)?;
+    Some(if quantize { (q, per as u32) } else { (d, 1) })
 }
 
 impl Gpu {

@@ -15,7 +15,7 @@ pub const GPU_TYPES: &[GgmlType] = &[
 ];
 
 /// (quantize entry, dequantize entry, blocks per quantize invocation).
-fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
+pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
     Some(match ty {
         GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 2),
         GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 2),
