@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 use quant_kernels::ggml;
-use quant_kernels::mlx::{self as qmlx, DequantPrecision, MlxParams, Scales};
+use quant_kernels::mlx::MlxParams;
 use quant_kernels::GgmlType;
 use rayon::prelude::*;
 
@@ -458,42 +458,38 @@ impl Weight for GgmlWeight<'_> {
     }
 }
 
-/// Scales or biases of an MLX matrix, as stored.
-fn mlx_scales(ty: DenseType, bytes: &[u8]) -> ScaleVec {
+/// Scale or bias `i` of an MLX matrix, stored as `ty` (exact in f32).
+fn mlx_scale_at(ty: DenseType, bytes: &[u8], i: usize) -> f32 {
     match ty {
-        DenseType::F32 => ScaleVec::F32(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
-        DenseType::F16 => ScaleVec::F16(
-            bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                .collect(),
-        ),
-        DenseType::BF16 => ScaleVec::BF16(
-            bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                .collect(),
-        ),
+        DenseType::F32 => {
+            let b = &bytes[i * 4..i * 4 + 4];
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+        DenseType::F16 => f16::from_le_bytes([bytes[i * 2], bytes[i * 2 + 1]]).to_f32(),
+        DenseType::BF16 => bf16::from_le_bytes([bytes[i * 2], bytes[i * 2 + 1]]).to_f32(),
     }
 }
 
-enum ScaleVec {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
-}
-
-impl ScaleVec {
-    fn view(&self) -> Scales<'_> {
-        match self {
-            ScaleVec::F32(v) => Scales::F32(v),
-            ScaleVec::F16(v) => Scales::F16(v),
-            ScaleVec::BF16(v) => Scales::BF16(v),
+/// Unpacks one group of MLX's little-endian bit stream (`bits` per value,
+/// value `i` at bit `i * bits`) into `q`.
+fn mlx_unpack(packed: &[u8], bits: u32, q: &mut [u8]) {
+    match bits {
+        8 => q.copy_from_slice(&packed[..q.len()]),
+        4 => {
+            for (pair, &b) in q.chunks_exact_mut(2).zip(packed) {
+                pair[0] = b & 15;
+                pair[1] = b >> 4;
+            }
+        }
+        _ => {
+            let mask = (1u32 << bits) - 1;
+            for (i, v) in q.iter_mut().enumerate() {
+                let bit = i * bits as usize;
+                let (byte, shift) = (bit / 8, bit % 8);
+                let lo = u32::from(packed[byte]);
+                let hi = packed.get(byte + 1).map_or(0, |&b| u32::from(b));
+                *v = (((lo | (hi << 8)) >> shift) & mask) as u8;
+            }
         }
     }
 }
@@ -578,25 +574,122 @@ impl Weight for MlxAffineWeight<'_> {
         ActFormat::F32
     }
 
+    /// Each value is `q * scale + bias` in f32, as quant-kernels'
+    /// dequantizer and mlx-lm in float32 compute it, a row at a time
+    /// without allocating (the engine calls this per row while
+    /// generating).
     fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
-        let row_bytes = self.cols * self.params.bits as usize / 8;
-        let words: Vec<u32> = self.packed[rows.start * row_bytes..rows.end * row_bytes]
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let sb_bytes = self.params.groups_per_row(self.cols) * self.sb_type.size();
-        let span = rows.start * sb_bytes..rows.end * sb_bytes;
-        let scales = mlx_scales(self.sb_type, &self.scales[span.clone()]);
-        let biases = mlx_scales(self.sb_type, &self.biases[span]);
-        qmlx::dequantize_into(
-            &words,
-            scales.view(),
-            Some(biases.view()),
-            self.cols,
-            &self.params,
-            DequantPrecision::F32,
-            out,
-        )
-        .expect("sizes checked when the weight was built");
+        let bits = self.params.bits;
+        let gs = self.params.group_size;
+        let row_bytes = self.cols * bits as usize / 8;
+        let group_bytes = gs * bits as usize / 8;
+        let gpr = self.params.groups_per_row(self.cols);
+        // Group sizes are 32, 64 or 128 (validated when the weight was built).
+        let mut q = [0u8; 128];
+        let q = &mut q[..gs];
+        for (r, o) in rows.zip(out.chunks_exact_mut(self.cols)) {
+            let packed = &self.packed[r * row_bytes..(r + 1) * row_bytes];
+            for (g, (p, o)) in packed
+                .chunks_exact(group_bytes)
+                .zip(o.chunks_exact_mut(gs))
+                .enumerate()
+            {
+                let i = r * gpr + g;
+                let s = mlx_scale_at(self.sb_type, self.scales, i);
+                let b = mlx_scale_at(self.sb_type, self.biases, i);
+                mlx_unpack(p, bits, q);
+                for (o, &qi) in o.iter_mut().zip(q.iter()) {
+                    *o = f32::from(qi) * s + b;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quant_kernels::mlx::{self as qmlx, DequantPrecision, Scales};
+
+    /// The engine's row decoder gives quant-kernels' dequantized values bit
+    /// for bit, for every bit width, group size and scale dtype.
+    #[test]
+    fn mlx_rows_match_quant_kernels_dequantizer() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (rows, cols) = (3, 256);
+        for bits in [2u32, 3, 4, 5, 6, 8] {
+            for group in [32usize, 64, 128] {
+                for sb in [DenseType::F32, DenseType::F16, DenseType::BF16] {
+                    let packed: Vec<u8> = (0..rows * cols * bits as usize / 8)
+                        .map(|_| next() as u8)
+                        .collect();
+                    let n_groups = rows * cols / group;
+                    let vals: Vec<f32> = (0..2 * n_groups)
+                        .map(|_| (next() % 2000) as f32 / 997.0 - 1.0)
+                        .collect();
+                    let enc = |v: &[f32]| -> Vec<u8> {
+                        v.iter()
+                            .flat_map(|&x| match sb {
+                                DenseType::F32 => x.to_le_bytes().to_vec(),
+                                DenseType::F16 => f16::from_f32(x).to_le_bytes().to_vec(),
+                                DenseType::BF16 => bf16::from_f32(x).to_le_bytes().to_vec(),
+                            })
+                            .collect()
+                    };
+                    let (sbytes, bbytes) = (enc(&vals[..n_groups]), enc(&vals[n_groups..]));
+                    let w = MlxAffineWeight::new(
+                        "t", &packed, &sbytes, &bbytes, sb, bits, group, rows, cols,
+                    )
+                    .unwrap();
+                    let mut ours = vec![f32::NAN; rows * cols];
+                    w.rows_to_f32(0..rows, &mut ours);
+                    let words: Vec<u32> = packed
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    let (sv, bv): (Vec<f32>, Vec<f32>) = (
+                        (0..n_groups)
+                            .map(|i| mlx_scale_at(sb, &sbytes, i))
+                            .collect(),
+                        (0..n_groups)
+                            .map(|i| mlx_scale_at(sb, &bbytes, i))
+                            .collect(),
+                    );
+                    let (s16, b16): (Vec<f16>, Vec<f16>) = (
+                        sv.iter().map(|&x| f16::from_f32(x)).collect(),
+                        bv.iter().map(|&x| f16::from_f32(x)).collect(),
+                    );
+                    let (s_bf, b_bf): (Vec<bf16>, Vec<bf16>) = (
+                        sv.iter().map(|&x| bf16::from_f32(x)).collect(),
+                        bv.iter().map(|&x| bf16::from_f32(x)).collect(),
+                    );
+                    let (scales, biases) = match sb {
+                        DenseType::F32 => (Scales::F32(&sv), Scales::F32(&bv)),
+                        DenseType::F16 => (Scales::F16(&s16), Scales::F16(&b16)),
+                        DenseType::BF16 => (Scales::BF16(&s_bf), Scales::BF16(&b_bf)),
+                    };
+                    let want = qmlx::dequantize_ref(
+                        &words,
+                        scales,
+                        Some(biases),
+                        cols,
+                        &MlxParams::affine(bits, group),
+                        DequantPrecision::F32,
+                    )
+                    .unwrap();
+                    let same = ours
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{bits}-bit g{group} {sb:?}");
+                }
+            }
+        }
     }
 }
