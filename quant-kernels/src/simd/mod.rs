@@ -145,6 +145,15 @@ versions! {
     portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
     portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
+    portable::mlx_search_row(
+        x: &[f32],
+        importance: Option<&[f32]>,
+        group: usize,
+        bits: u32,
+        dtype: crate::mlx::MlxDtype,
+        codes: &mut [u8],
+        pairs: &mut [(f32, f32)]
+    );
 }
 
 /// Like `versions!` for the dot products, which return their value.

@@ -504,3 +504,20 @@ pub(crate) fn quantize_f32(x: &[f32], y: &mut [u8]) {
         b.copy_from_slice(&v.to_le_bytes());
     }
 }
+
+// ------------------------------------------------------------ searches
+
+/// [`crate::mlx::search::search_row`], compiled per level.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mlx_search_row(
+    x: &[f32],
+    importance: Option<&[f32]>,
+    group: usize,
+    bits: u32,
+    dtype: crate::mlx::MlxDtype,
+    codes: &mut [u8],
+    pairs: &mut [(f32, f32)],
+) {
+    crate::mlx::search::search_row(x, importance, group, bits, dtype, codes, pairs)
+}
