@@ -16,6 +16,7 @@
 pub mod config;
 mod error;
 mod model;
+mod observe;
 pub mod ops;
 mod source;
 pub mod weights;
@@ -23,6 +24,7 @@ pub mod weights;
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use model::{KvCache, Model};
+pub use observe::MatmulObserver;
 pub use source::{Artifact, Role, Tensors};
 
 /// Index of the largest value (the first on ties), as greedy sampling and

@@ -1,10 +1,13 @@
 //! The forward pass: one decoder stack for the six architectures, with
 //! their differences as data (optional norms, biases, fused projections).
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::config::{Arch, ModelConfig};
 use super::error::{EngineError, Result};
+use super::observe::MatmulObserver;
 use super::ops::{self, RopeTable};
 use super::source::{Artifact, Role, Tensors};
 use super::weights::{matmul, Weight};
@@ -53,6 +56,7 @@ pub struct Model<'a> {
     output_norm: Vec<f32>,
     layers: Vec<Layer<'a>>,
     kv_f16: bool,
+    observer: Option<Arc<dyn MatmulObserver>>,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -199,7 +203,20 @@ impl<'a> Model<'a> {
             output_norm,
             layers,
             kv_f16: false,
+            observer: None,
         })
+    }
+
+    /// Installs (or removes) an observer of every matrix product's input.
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
+        self.observer = observer;
+    }
+
+    #[inline]
+    fn observe(&self, layer: usize, role: Role, rows: usize, input: &[f32]) {
+        if let Some(o) = &self.observer {
+            o.observe(layer, role, rows, input);
+        }
     }
 
     /// The hyperparameters.
@@ -280,6 +297,7 @@ impl<'a> Model<'a> {
         ops::rms_norm(&mut h, &self.output_norm, c.norm_eps);
         let out_w: &dyn Weight = self.output.as_deref().unwrap_or(&*self.token_embd);
         let mut logits = vec![0f32; (n - logits_from) * c.n_vocab];
+        self.observe(0, Role::Output, n - logits_from, &h);
         matmul(out_w, &h, &mut logits)?;
         if let Some(cap) = c.final_softcap {
             ops::softcap(&mut logits, cap);
@@ -314,13 +332,17 @@ impl<'a> Model<'a> {
                 k: wk,
                 v: wv,
             } => {
+                self.observe(il, Role::Q, n, &h);
                 matmul(&**wq, &h, &mut q)?;
+                self.observe(il, Role::K, n, &h);
                 matmul(&**wk, &h, &mut k)?;
+                self.observe(il, Role::V, n, &h);
                 matmul(&**wv, &h, &mut v)?;
             }
             QkvProj::Fused(w) => {
                 let all = q_dim + 2 * kv_dim;
                 let mut qkv = vec![0f32; n * all];
+                self.observe(il, Role::Qkv, n, &h);
                 matmul(&**w, &h, &mut qkv)?;
                 for t in 0..n {
                     let r = &qkv[t * all..(t + 1) * all];
@@ -371,6 +393,7 @@ impl<'a> Model<'a> {
         self.attention(&c.layers[il].sliding_window, &q, kc, vc, pos0, &mut attn);
 
         let mut o = vec![0f32; n * d];
+        self.observe(il, Role::O, n, &attn);
         matmul(&*l.o, &attn, &mut o)?;
         if let Some(w) = &l.attn_post_norm {
             ops::rms_norm(&mut o, w, c.norm_eps);
@@ -384,11 +407,14 @@ impl<'a> Model<'a> {
         let mut up = vec![0f32; n * f];
         match &l.gate_up {
             GateUpProj::Separate { gate: wg, up: wu } => {
+                self.observe(il, Role::Gate, n, &h);
                 matmul(&**wg, &h, &mut gate)?;
+                self.observe(il, Role::Up, n, &h);
                 matmul(&**wu, &h, &mut up)?;
             }
             GateUpProj::Fused(w) => {
                 let mut gu = vec![0f32; n * 2 * f];
+                self.observe(il, Role::GateUp, n, &h);
                 matmul(&**w, &h, &mut gu)?;
                 for t in 0..n {
                     let r = &gu[t * 2 * f..(t + 1) * 2 * f];
@@ -399,6 +425,7 @@ impl<'a> Model<'a> {
         }
         ops::gated_activation(c.activation, &mut gate, &up);
         let mut down = vec![0f32; n * d];
+        self.observe(il, Role::Down, n, &gate);
         matmul(&*l.down, &gate, &mut down)?;
         if let Some(w) = &l.ffn_post_norm {
             ops::rms_norm(&mut down, w, c.norm_eps);
