@@ -13,8 +13,8 @@ use super::{parse_size, print_json, FileBars, Progress};
 use crate::convert::{
     self, device_work, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf,
     plan_mlx, plan_safetensors, write_gguf_on, write_mlx, write_safetensors, ErrorStats, FloatType,
-    GgufMetadataOptions, GgufOutType, MlxTarget, ModelView, Provenance, WriteOptions, DEFAULT_BITS,
-    DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
+    GgufMetadataOptions, GgufOutType, MlxMethod, MlxTarget, ModelView, Provenance, WriteOptions,
+    DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
 };
 use crate::device::{Device, DeviceArg, Selection};
 use crate::formats::atomic::AtomicFile;
@@ -23,6 +23,8 @@ use crate::formats::hf::HfModel;
 use crate::formats::mlx::{MlxModel, QuantParams};
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::{sha256_file, HashingWriter};
+use crate::quant::calibrate;
+use crate::quant::imatrix::ImportanceMatrix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum TargetFormat {
@@ -42,6 +44,15 @@ pub(crate) enum OutType {
     BF16,
     #[value(name = "q8_0")]
     Q8_0,
+}
+
+/// `--method` of convert (MLX) and quantize (GGUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Method {
+    /// Round to nearest, as mlx_lm.convert.
+    Rtn,
+    /// Searched scales and biases.
+    Search,
 }
 
 /// Float types of a safetensors output.
@@ -87,6 +98,24 @@ pub(crate) struct ConvertArgs {
     /// MLX output: elements per scale and bias (32, 64, 128; default 64).
     #[arg(long, value_name = "G")]
     group_size: Option<u32>,
+    /// MLX output: how quantized groups get their scale and bias. `search`
+    /// picks, per group, the stored pair with the least (importance-)
+    /// weighted error; `rtn` is mlx_lm.convert's round to nearest, byte
+    /// for byte. The folder's tensors, sizes and config.json are the same.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Method::Search)]
+    method: Method,
+    /// MLX output with `--method search`: weight each column by this
+    /// importance matrix (llama-imatrix's GGUF or .dat file, or one from
+    /// `qforge imatrix`).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// MLX output with `--method search`: tokens of the short forward pass
+    /// over synthetic tokens that finds each matrix's high-activation
+    /// columns (0: none, search on the weights alone); with --imatrix it
+    /// weighs only the tensors the matrix has no entry for (the token
+    /// embedding and output matrix, which llama-imatrix does not record).
+    #[arg(long, value_name = "N", default_value_t = calibrate::DEFAULT_TOKENS)]
+    calibration_tokens: usize,
     /// Largest safetensors shard (default 5GB, as save_pretrained).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_shard_size: Option<u64>,
@@ -149,6 +178,18 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
     if to != TargetFormat::Mlx && (args.bits.is_some() || args.group_size.is_some()) {
         bail!("--bits and --group-size apply to MLX outputs");
     }
+    if to != TargetFormat::Mlx && (args.imatrix.is_some() || args.method != Method::Search) {
+        bail!("--method and --imatrix apply to MLX outputs (for GGUF quant types use `qforge quantize`)");
+    }
+    if args.imatrix.is_some() && args.method == Method::Rtn {
+        bail!("--imatrix steers the search: it has no effect with --method rtn");
+    }
+    if args.calibration_tokens > 0 && args.calibration_tokens < calibrate::MIN_TOKENS {
+        bail!(
+            "--calibration-tokens must be 0 (no calibration) or at least {}",
+            calibrate::MIN_TOKENS
+        );
+    }
     let split = args.split_max_tensors.is_some() || args.split_max_size.is_some();
     match (from, to) {
         (ModelFormat::Gguf, TargetFormat::Gguf) => {
@@ -192,6 +233,10 @@ fn mlx_target(args: &ConvertArgs) -> MlxTarget {
     MlxTarget {
         quantize,
         dtype: args.dtype.map(float_type),
+        method: match args.method {
+            Method::Rtn => MlxMethod::Rtn,
+            Method::Search => MlxMethod::Search,
+        },
     }
 }
 
@@ -222,8 +267,54 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             ModelView::from_hf(&hf)?
         }
     };
+    let mut warnings = Vec::new();
     let mlx_plan = match to {
-        TargetFormat::Mlx => Some(plan_mlx(&view, &mlx_target(args))?),
+        TargetFormat::Mlx => {
+            let mut plan = plan_mlx(&view, &mlx_target(args))?;
+            if let Some(path) = &args.imatrix {
+                let m = ImportanceMatrix::open(path)?;
+                if let Some((name, v)) = m.first_non_finite() {
+                    bail!(
+                        "{}: the importance weights of '{name}' include {v}",
+                        path.display()
+                    );
+                }
+                let missing = plan.attach_importance(&view, &m)?;
+                let quantized = plan
+                    .plan
+                    .tensors
+                    .iter()
+                    .filter(|t| matches!(t.to, crate::convert::Encoding::MlxAffine { .. }))
+                    .count();
+                if missing.len() == quantized {
+                    bail!(
+                        "{} has no entry for any tensor quantized here: it was computed for \
+                         another model",
+                        path.display()
+                    );
+                }
+                if !missing.is_empty() {
+                    let instead = if args.calibration_tokens > 0 {
+                        "the calibration pass's estimate"
+                    } else {
+                        "the default weights"
+                    };
+                    warnings.push(format!(
+                        "the importance matrix has no entry for {} of the quantized tensors \
+                         ({}{}): they are searched with {instead}",
+                        missing.len(),
+                        missing[..missing.len().min(3)].join(", "),
+                        if missing.len() > 3 { ", ..." } else { "" }
+                    ));
+                }
+            }
+            // The calibration pass weighs the matrices the importance
+            // matrix has no entry for (all of them without one).
+            if !args.dry_run {
+                warnings.extend(plan.calibrate(&view, &args.input, args.calibration_tokens)?);
+            }
+            Some(plan)
+        }
         _ => None,
     };
     let other_plan;
@@ -275,7 +366,6 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
         measure: args.report,
         progress: &bars,
     };
-    let mut warnings = Vec::new();
     let report = match to {
         TargetFormat::Gguf => {
             let provenance = Provenance {
@@ -339,6 +429,8 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             "lossless": plan.lossless(),
             "tensors": tensors,
             "warnings": warnings,
+            "method": mlx_plan.as_ref().map(|p| p.method.name()),
+            "importance_tensors": mlx_plan.as_ref().map(|p| p.importance.len()),
             "device": device.name(),
             "seconds": start.elapsed().as_secs_f64(),
         }))?;
