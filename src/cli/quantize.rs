@@ -22,9 +22,13 @@ use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverr
 use crate::quant::mlx_recipe::{
     config_quantization, module_quant, MlxLayout, MlxQuantArgs, MlxRecipe,
 };
-use crate::quant::plan::{plan_gguf, ImatrixRole, PlanOptions, PlannedTensor, Problem, QuantPlan};
+use crate::quant::plan::{
+    plan_gguf, ImatrixRole, Method, PlanOptions, PlannedTensor, Problem, QuantPlan,
+};
 use crate::quant::source::QuantInput;
-use crate::quant::write::{output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance};
+use crate::quant::write::{
+    output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance, SearchOptions,
+};
 
 #[derive(Debug, Args)]
 pub(crate) struct QuantizeArgs {
@@ -78,6 +82,20 @@ pub(crate) struct QuantizeArgs {
     /// tokenizer's is not a known one (as `qforge convert`).
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
+    /// How blocks get their scales. `rtn` (default): llama-quantize's own
+    /// quantizers, byte for byte (round to nearest, or its weighted search
+    /// when --imatrix is given). `search`: Q4_0, Q4_1, Q5_0 and Q5_1
+    /// tensors get a per-block search of their f16 scale (and minimum)
+    /// with less weighted error, starting from llama-quantize's result;
+    /// other types are unchanged. Same types, same sizes.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = super::convert::Method::Rtn)]
+    method: super::convert::Method,
+    /// With `--method search`: tokens of the short forward pass over
+    /// synthetic tokens that finds each matrix's high-activation columns
+    /// (0: none, search on the weights alone); with --imatrix it weighs only
+    /// the searched tensors the matrix has no entry for.
+    #[arg(long, value_name = "N", default_value_t = crate::quant::calibrate::DEFAULT_TOKENS)]
+    calibration_tokens: usize,
     /// Print the per-tensor plan and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -162,6 +180,10 @@ pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
     let Some(file_type) = args.file_type else {
         bail!("pass --type TYPE (Q4_K_M, Q8_0, IQ4_XS, F16 ...)");
     };
+    let min = crate::quant::calibrate::MIN_TOKENS;
+    if args.calibration_tokens > 0 && args.calibration_tokens < min {
+        bail!("--calibration-tokens must be 0 (no calibration) or at least {min}");
+    }
     let threads = match args.threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -265,6 +287,12 @@ fn settings_words(args: &QuantizeArgs, file_type: FileType) -> Vec<String> {
         w.push("--tensor-type".into());
         w.push(format!("{}={}", o.pattern, o.ggml_type.name()));
     }
+    if args.method == super::convert::Method::Search {
+        w.push("--method".into());
+        w.push("search".into());
+        w.push("--calibration-tokens".into());
+        w.push(args.calibration_tokens.to_string());
+    }
     for (flag, on) in [
         ("--pure", args.pure),
         ("--leave-output-tensor", args.leave_output_tensor),
@@ -316,6 +344,28 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         meta.set(key.clone(), value.clone());
     }
     let paths = output_paths(output, plan, args.keep_split);
+    let estimate = if args.method == super::convert::Method::Search
+        && args.calibration_tokens > 0
+        && plan
+            .tensors
+            .iter()
+            .any(|t| quant_kernels::ggml::SEARCHABLE.contains(&t.to) && t.method != Method::Copy)
+    {
+        match crate::quant::calibrate::synthetic_importance(&args.input, args.calibration_tokens) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!(
+                    "warning: the calibration pass failed ({e:#}): searching on the weights alone"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let search = (args.method == super::convert::Method::Search).then(|| SearchOptions {
+        estimate: estimate.as_ref(),
+    });
 
     let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json || args.quiet);
     let files = write_gguf(
@@ -324,6 +374,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         &meta,
         &paths,
         r.imatrix.as_ref(),
+        search.as_ref(),
         &|t: &PlannedTensor| {
             progress.set_message(&t.name);
             progress.inc(t.from_bytes);

@@ -170,14 +170,18 @@ pub struct WrittenFile {
 }
 
 /// Writes `plan` into `paths` (one per split of the plan), taking tensor
-/// bytes from `source`; `metadata` is the first file's. `progress` hears of
-/// each tensor written.
+/// bytes from `source`; `metadata` is the first file's. With `search`,
+/// tensors quantized to Q4_0, Q4_1, Q5_0 or Q5_1 get searched block scales
+/// ([`ggml::quantize_search`]) instead of llama-quantize's. `progress`
+/// hears of each tensor written.
+#[allow(clippy::too_many_arguments)]
 pub fn write_gguf(
     source: &dyn TensorSource,
     plan: &QuantPlan,
     metadata: &Metadata,
     paths: &[PathBuf],
     imatrix: Option<&ImportanceMatrix>,
+    search: Option<&SearchOptions<'_>>,
     progress: &(dyn Fn(&PlannedTensor) + Sync),
 ) -> Result<Vec<WrittenFile>> {
     assert_eq!(paths.len(), plan.n_splits, "one path per split");
@@ -217,11 +221,18 @@ pub fn write_gguf(
                 ImatrixRole::Used => imatrix.and_then(|m| m.get(&t.name)),
                 _ => None,
             };
+            let searched = search.filter(|_| ggml::SEARCHABLE.contains(&t.to));
+            let weights = match searched {
+                Some(s) => weights.or_else(|| s.estimate_for(t)),
+                None => weights,
+            };
             match t.method {
                 Method::Copy => w.write_tensor(&t.name, &src),
                 Method::ViaF32 => {
-                    let data = convert_tensor(t, &src, weights, &|d| source.release(d))
-                        .map_err(|e| FormatError::other(e.to_string()).for_tensor(&t.name))?;
+                    let data = convert_tensor(t, &src, weights, searched.is_some(), &|d| {
+                        source.release(d)
+                    })
+                    .map_err(|e| FormatError::other(e.to_string()).for_tensor(&t.name))?;
                     w.write_tensor(&t.name, &data)
                 }
             }
@@ -243,17 +254,45 @@ pub fn write_gguf(
     Ok(written)
 }
 
+/// `qforge quantize --method search`.
+#[derive(Debug, Default)]
+pub struct SearchOptions<'a> {
+    /// Importance estimated by a calibration pass
+    /// ([`crate::quant::calibrate`]), for tensors the plan gives no
+    /// importance-matrix entry.
+    pub estimate: Option<&'a ImportanceMatrix>,
+}
+
+impl SearchOptions<'_> {
+    /// The estimate's weights for `t` (a 2-D matrix with an entry of its
+    /// row length; the token embedding takes the output matrix's entry,
+    /// which is the same matrix when the model ties them).
+    fn estimate_for(&self, t: &PlannedTensor) -> Option<&[f32]> {
+        let m = self.estimate?;
+        let row = t.row_len() as usize;
+        let fits = |v: &&[f32]| v.len() == row && t.dims.len() == 2;
+        m.get(&t.name).filter(fits).or_else(|| {
+            (t.name == "token_embd.weight")
+                .then(|| m.get("output.weight"))
+                .flatten()
+                .filter(fits)
+        })
+    }
+}
+
 /// Values per row group: small enough that a group's f32 copy stays in a
 /// core's L2 cache, large enough to amortize a task.
 const GROUP_VALUES: usize = 32 * 1024;
 
 /// Decodes `src` (rows of `t.from`) and encodes it as `t.to`, with the
-/// importance weights of each expert matrix. Rows are independent, so the
+/// importance weights of each expert matrix (and searched scales when
+/// `search` asks for them and `t.to` has them). Rows are independent, so the
 /// bytes are the same on any thread count.
 fn convert_tensor(
     t: &PlannedTensor,
     src: &[u8],
     weights: Option<&[f32]>,
+    search: bool,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> std::result::Result<Vec<u8>, KernelError> {
     let row_len = t.row_len() as usize;
@@ -293,7 +332,13 @@ fn convert_tensor(
             let decoded = ggml::dequantize(t.from, s, scratch);
             release(s);
             decoded
-                .and_then(|()| ggml::quantize(t.to, scratch, row_len, w, d))
+                .and_then(|()| {
+                    if search {
+                        ggml::quantize_search(t.to, scratch, row_len, w, d)
+                    } else {
+                        ggml::quantize(t.to, scratch, row_len, w, d)
+                    }
+                })
                 .map_err(|e| match e {
                     KernelError::NonFinite { index, value } => KernelError::NonFinite {
                         index: row0 * row_len + index,
