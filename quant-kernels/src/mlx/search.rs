@@ -84,10 +84,13 @@ fn stored(dtype: MlxDtype, v: f64) -> Option<f32> {
     r.is_finite().then_some(r)
 }
 
+/// A 16-bit dtype's bits of a value, and the value of bits.
+type BitsOf = (fn(f32) -> u16, fn(u16) -> f32);
+
 /// The neighbours of a stored value in its dtype (one step down, one up).
 fn neighbours(dtype: MlxDtype, v: f32) -> [f32; 2] {
     // Bits of a 16-bit dtype, and back.
-    let (to_bits, from_bits): (fn(f32) -> u16, fn(u16) -> f32) = match dtype {
+    let (to_bits, from_bits): BitsOf = match dtype {
         MlxDtype::F32 => return [v.next_down(), v.next_up()],
         MlxDtype::F16 => (
             |x| half::f16::from_f32(x).to_bits(),
@@ -260,14 +263,14 @@ fn solve(v: &[f64; 3], l: &[f64; 3], free_bias: bool) -> Option<(f64, f64, f64)>
     let [sl, sll, slx] = *l;
     if free_bias {
         let det = sw * sll - sl * sl;
-        if !(det > 0.0) {
+        if det.is_nan() || det <= 0.0 {
             return None;
         }
         let scale = (sw * slx - sl * sx) / det;
         let bias = (sll * sx - sl * slx) / det;
         Some((scale, bias, sxx - scale * slx - bias * sx))
     } else {
-        if !(sll > 0.0) {
+        if sll.is_nan() || sll <= 0.0 {
             return None;
         }
         let scale = slx / sll;
@@ -404,7 +407,7 @@ pub(crate) fn search_group(
         let mut kept: [(f64, f32); KEEP] = [(f64::INFINITY, 0.0); KEEP];
         for k in 0..=NSTEP {
             let iscale = (room + RMIN + RDELTA * k as f32) / span;
-            if !(iscale > 0.0) || !iscale.is_finite() {
+            if !iscale.is_finite() || iscale <= 0.0 {
                 continue;
             }
             candidate_levels(x, &lv, iscale, anchor * iscale, scratch);

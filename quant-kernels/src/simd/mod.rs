@@ -112,6 +112,7 @@ macro_rules! versions {
             }
 
             #[inline]
+            #[allow(clippy::too_many_arguments)]
             pub(crate) fn run(level: Level, $($a: $t),*) {
                 match level {
                     #[cfg(target_arch = "x86_64")]
