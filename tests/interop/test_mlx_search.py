@@ -13,8 +13,9 @@ against mlx-lm.
 - With an importance matrix from `qforge imatrix` the search takes it.
 
 mlx-lm runs in this process (the suite runs under the oracle Python).
-Runtime: the six fixtures at 4 and 3 bits take seconds; the SmolLM2 test
-about two minutes on two cores (mlx's quantized matmul is slow on x86).
+Runtime (measured, 2 busy cores): the six fixtures at 4 and 3 bits about
+6 s, the importance-matrix test under 1 s, the SmolLM2 test about 60 s
+plus 25 s to make the Hugging Face copy (shared with test_convert_mlx.py).
 """
 
 import json
@@ -127,8 +128,8 @@ def test_search_takes_an_importance_matrix(qforge, gpl3_text, tmp_path):
     """--imatrix from `qforge imatrix`: it weighs every quantized matrix
     but the token embedding and the output matrix (llama-imatrix's layout
     has no entry for them); the calibration pass weighs the output matrix
-    (an untied embedding is only looked up: nothing weighs it); the folder
-    stays plain mlx-lm."""
+    (an untied embedding is only looked up: nothing weighs it) and adds
+    its estimate to the matrix's; the folder stays plain mlx-lm."""
     src = mlx_ready_copy("qwen2", tmp_path / "src")
     imat = tmp_path / "imatrix.gguf"
     subprocess.run([str(qforge), "imatrix", str(src), "--text", str(gpl3_text), "--ctx", "64", "--chunks", "4",
@@ -147,8 +148,8 @@ def test_search_takes_an_importance_matrix(qforge, gpl3_text, tmp_path):
 
 # SmolLM2 (the transformers copy of the oracle's Q4_1 file, float32): one
 # window of 128 tokens through mlx-lm for the float model, mlx_lm.convert's
-# 4-bit folder and ours. Issue 11's bar is 0.7; measured 0.5 (4 windows
-# of 512 by qforge verify: 0.47).
+# 4-bit folder and ours. Issue 11's bar is 0.7; measured 0.40 here (4
+# windows of 512 by qforge verify: 0.33; BENCH-mlx-search.md).
 SMOLLM2_CTX = 128
 SMOLLM2_RATIO = 0.7
 
