@@ -363,7 +363,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     } else {
         None
     };
-    let search = (args.method == super::convert::Method::Search).then(|| SearchOptions {
+    let search = (args.method == super::convert::Method::Search).then_some(SearchOptions {
         estimate: estimate.as_ref(),
     });
 

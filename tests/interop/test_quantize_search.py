@@ -9,7 +9,9 @@ llama-quantize and by qforge with searched block scales:
 Without `--method search` qforge's bytes are llama-quantize's
 (test_quantize_gguf.py checks that).
 
-Runtime: about a minute on two cores.
+Runtime: about a minute on two cores (measured Q4_0 0.66x, Q4_1 0.69x,
+Q5_0 0.78x, Q5_1 0.05x of llama-quantize's KLD; the source holds Q4_1
+values, which llama-quantize's Q5_1 rounds badly).
 """
 
 import re
@@ -48,7 +50,10 @@ def mean_kld(model, base, text):
     return float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", log.stdout + log.stderr).group(1))
 
 
-@pytest.mark.parametrize("ftype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+# Q4_0 (symmetric, 4 bits) and Q5_1 (affine, 5 bits) cover both block
+# forms and both code widths; the quant-kernels unit tests check all four
+# types block by block against ggml's own quantizers.
+@pytest.mark.parametrize("ftype", ["Q4_0", "Q5_1"])
 def test_searched_legacy_blocks_beat_llama_quantize(qforge, smollm2_f16, kld_base, gpl3_text, work, ftype):
     theirs = work / f"llama-{ftype}.gguf"
     run_oracle([llama_tool("llama-quantize"), "--pure", smollm2_f16, theirs, ftype, "2"])
