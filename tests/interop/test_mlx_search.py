@@ -155,19 +155,25 @@ SMOLLM2_RATIO = 0.7
 
 
 def test_smollm2_search_kld_is_at_most_0_7_of_mlx_lm_convert(qforge, smollm2_hf, gpl3, tmp_path):
+    """mlx-lm 0.32 needs a top-level rope_theta: added to the shared copy's
+    config.json for the test, and the file restored after."""
     src = smollm2_hf
-    cfg = json.loads((src / "config.json").read_text())
+    original = (src / "config.json").read_text()
+    cfg = json.loads(original)
     if "rope_theta" not in cfg:
         cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
         (src / "config.json").write_text(json.dumps(cfg, indent=2))
-    ref = tmp_path / "rtn"
-    mlx_lm_convert(str(src), str(ref), quantize=True, q_bits=4, q_group_size=64)
-    ours = tmp_path / "search"
-    qforge_convert(qforge, src, ours, "--to", "mlx", "--bits", 4, "--group-size", 64)
-    assert_plain_mlx_lm_folder(ours, ref)
-    windows = mlx_lm_windows(src, gpl3, SMOLLM2_CTX, 1)
-    base = mlx_lm_log_probs(src, windows)
-    k_rtn = mean_kld(base, mlx_lm_log_probs(ref, windows))
-    k_search = mean_kld(base, mlx_lm_log_probs(ours, windows))
+    try:
+        ref = tmp_path / "rtn"
+        mlx_lm_convert(str(src), str(ref), quantize=True, q_bits=4, q_group_size=64)
+        ours = tmp_path / "search"
+        qforge_convert(qforge, src, ours, "--to", "mlx", "--bits", 4, "--group-size", 64)
+        assert_plain_mlx_lm_folder(ours, ref)
+        windows = mlx_lm_windows(src, gpl3, SMOLLM2_CTX, 1)
+        base = mlx_lm_log_probs(src, windows)
+        k_rtn = mean_kld(base, mlx_lm_log_probs(ref, windows))
+        k_search = mean_kld(base, mlx_lm_log_probs(ours, windows))
+    finally:
+        (src / "config.json").write_text(original)
     print(f"smollm2 4-bit: mlx-lm KLD rtn {k_rtn:.4g}, search {k_search:.4g} ({k_search / k_rtn:.2f}x)")
     assert k_search <= SMOLLM2_RATIO * k_rtn
