@@ -14,8 +14,8 @@ use crate::convert::Encoding;
 use crate::convert::{
     self, device_work, gguf_metadata, hf_side_files, mlx_config, mlx_side_files, plan_gguf,
     plan_mlx, plan_safetensors, write_gguf_on, write_mlx, write_safetensors, ErrorStats, FloatType,
-    GgufMetadataOptions, GgufOutType, MlxTarget, ModelView, Provenance, WriteOptions, DEFAULT_BITS,
-    DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
+    GgufMetadataOptions, GgufOutType, MlxMethod, MlxTarget, ModelView, Provenance, WriteOptions,
+    DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
 };
 use crate::device::{Device, DeviceArg, Selection};
 use crate::formats::atomic::AtomicFile;
@@ -24,6 +24,8 @@ use crate::formats::hf::HfModel;
 use crate::formats::mlx::{MlxModel, QuantParams};
 use crate::formats::{detect, ModelFormat};
 use crate::hashing::{sha256_file, HashingWriter};
+use crate::quant::calibrate;
+use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mlx_recipe::{MlxQuantArgs, MlxRecipe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,6 +46,15 @@ pub(crate) enum OutType {
     BF16,
     #[value(name = "q8_0")]
     Q8_0,
+}
+
+/// `--method` of convert (MLX) and quantize (GGUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Method {
+    /// Round to nearest, as mlx_lm.convert.
+    Rtn,
+    /// Searched scales and biases.
+    Search,
 }
 
 /// Float types of a safetensors output.
@@ -95,6 +106,27 @@ pub(crate) struct ConvertArgs {
     /// the high bits, the rest the low bits.
     #[arg(long, value_name = "RECIPE")]
     quant_predicate: Option<MlxRecipe>,
+    /// MLX output: how quantized groups get their scale and bias. `search`
+    /// picks, per group, the stored pair with the least (importance-)
+    /// weighted error; `rtn` is mlx_lm.convert's round to nearest, byte
+    /// for byte. The folder's tensors, sizes and config.json are the same.
+    /// Default: search.
+    #[arg(long, value_enum, ignore_case = true)]
+    method: Option<Method>,
+    /// MLX output with `--method search`: weight each column by this
+    /// importance matrix (llama-imatrix's GGUF or .dat file, or one from
+    /// `qforge imatrix`).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// MLX output with `--method search`: tokens of the short forward pass
+    /// over synthetic tokens that finds each matrix's high-activation
+    /// columns (0: none, search on the weights alone, which measured worse
+    /// than rtn on SmolLM2 at 3 bits); with --imatrix its
+    /// estimate is added to the matrix's weights (each scaled to mean 1),
+    /// and alone weighs the tensors the matrix has no entry for (the token
+    /// embedding and output matrix, which llama-imatrix does not record).
+    #[arg(long, value_name = "N", default_value_t = calibrate::DEFAULT_TOKENS)]
+    calibration_tokens: usize,
     /// Largest safetensors shard (default 5GB, as save_pretrained).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_shard_size: Option<u64>,
@@ -137,6 +169,7 @@ impl ConvertArgs {
         input: PathBuf,
         output: PathBuf,
         quant: MlxQuantArgs,
+        search: MlxSearchArgs,
         allow_requantize: bool,
         json: bool,
     ) -> ConvertArgs {
@@ -149,6 +182,9 @@ impl ConvertArgs {
             bits: quant.bits,
             group_size: quant.group_size,
             quant_predicate: quant.recipe,
+            method: search.method,
+            imatrix: search.imatrix,
+            calibration_tokens: search.calibration_tokens,
             max_shard_size: None,
             model_name: None,
             tokenizer_pre: None,
@@ -161,6 +197,14 @@ impl ConvertArgs {
             refuse_requantize: !allow_requantize,
         }
     }
+}
+
+/// How `qforge quantize` wants an MLX folder's groups quantized (its
+/// `--method`, `--imatrix`, `--calibration-tokens`).
+pub(crate) struct MlxSearchArgs {
+    pub method: Option<Method>,
+    pub imatrix: Option<PathBuf>,
+    pub calibration_tokens: usize,
 }
 
 /// Resolves `--device` for `work` and prints its one line, if any.
@@ -195,6 +239,18 @@ pub(crate) fn run(args: ConvertArgs) -> Result<ExitCode> {
         && (args.bits.is_some() || args.group_size.is_some() || args.quant_predicate.is_some())
     {
         bail!("--bits, --group-size and --quant-predicate apply to MLX outputs");
+    }
+    if to != TargetFormat::Mlx && (args.imatrix.is_some() || args.method.is_some()) {
+        bail!("--method and --imatrix apply to MLX outputs (for GGUF quant types use `qforge quantize`)");
+    }
+    if args.imatrix.is_some() && args.method == Some(Method::Rtn) {
+        bail!("--imatrix steers the search: it has no effect with --method rtn");
+    }
+    if args.calibration_tokens > 0 && args.calibration_tokens < calibrate::MIN_TOKENS {
+        bail!(
+            "--calibration-tokens must be 0 (no calibration) or at least {}",
+            calibrate::MIN_TOKENS
+        );
     }
     let split = args.split_max_tensors.is_some() || args.split_max_size.is_some();
     match (from, to) {
@@ -246,6 +302,10 @@ fn mlx_target(args: &ConvertArgs) -> MlxTarget {
         quantize,
         dtype: args.dtype.map(float_type),
         recipe,
+        method: match args.method.unwrap_or(Method::Search) {
+            Method::Rtn => MlxMethod::Rtn,
+            Method::Search => MlxMethod::Search,
+        },
     }
 }
 
@@ -282,8 +342,54 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             ModelView::from_hf(&hf)?
         }
     };
+    let mut warnings = Vec::new();
     let mlx_plan = match to {
-        TargetFormat::Mlx => Some(plan_mlx(&view, &mlx_target(args))?),
+        TargetFormat::Mlx => {
+            let mut plan = plan_mlx(&view, &mlx_target(args))?;
+            if let Some(path) = &args.imatrix {
+                let m = ImportanceMatrix::open(path)?;
+                if let Some((name, v)) = m.first_non_finite() {
+                    bail!(
+                        "{}: the importance weights of '{name}' include {v}",
+                        path.display()
+                    );
+                }
+                let missing = plan.attach_importance(&view, &m)?;
+                let quantized = plan
+                    .plan
+                    .tensors
+                    .iter()
+                    .filter(|t| matches!(t.to, crate::convert::Encoding::MlxAffine { .. }))
+                    .count();
+                if missing.len() == quantized {
+                    bail!(
+                        "{} has no entry for any tensor quantized here: it was computed for \
+                         another model",
+                        path.display()
+                    );
+                }
+                if !missing.is_empty() {
+                    let instead = if args.calibration_tokens > 0 {
+                        "the calibration pass's estimate"
+                    } else {
+                        "the default weights"
+                    };
+                    warnings.push(format!(
+                        "the importance matrix has no entry for {} of the quantized tensors \
+                         ({}{}): they are searched with {instead}",
+                        missing.len(),
+                        missing[..missing.len().min(3)].join(", "),
+                        if missing.len() > 3 { ", ..." } else { "" }
+                    ));
+                }
+            }
+            // The calibration pass weighs the matrices the importance
+            // matrix has no entry for (all of them without one).
+            if !args.dry_run {
+                warnings.extend(plan.calibrate(&view, &args.input, args.calibration_tokens)?);
+            }
+            Some(plan)
+        }
         _ => None,
     };
     if let (true, Some(m)) = (args.refuse_requantize, &mlx_plan) {
@@ -354,7 +460,6 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
         measure: args.report,
         progress: &bars,
     };
-    let mut warnings = Vec::new();
     let report = match to {
         TargetFormat::Gguf => {
             let provenance = Provenance {
@@ -418,6 +523,8 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
             "lossless": plan.lossless(),
             "tensors": tensors,
             "warnings": warnings,
+            "method": mlx_plan.as_ref().map(|p| p.method.name()),
+            "importance_tensors": mlx_plan.as_ref().map(|p| p.importance.len()),
             "device": device.name(),
             "seconds": start.elapsed().as_secs_f64(),
         }))?;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod convert;
 mod fetch;
+mod imatrix;
 mod inspect;
 mod progress;
 pub(crate) mod quantize;
@@ -38,6 +39,9 @@ enum Command {
     /// Quantize a model to a llama.cpp quant mix (Q4_K_M, Q8_0, IQ4_XS ...).
     #[command(visible_alias = "requantize")]
     Quantize(quantize::QuantizeArgs),
+    /// Compute an importance matrix (llama-imatrix's GGUF format) by running
+    /// the model on a text: steers `--imatrix` quantization.
+    Imatrix(imatrix::ImatrixArgs),
     /// Build, verify and report every artifact of a manifest.
     Run(run::RunArgs),
     /// List a manifest's artifacts as independent jobs (for CI matrices).
@@ -58,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Imatrix(args) => imatrix::run(args),
         Command::Run(args) => run::run(args),
         Command::Plan(args) => run::plan(args),
         Command::Report(args) => run::report(args),

@@ -26,6 +26,18 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A bar over `total` items labelled `label` (hidden as [`Progress::bytes`]).
+    pub fn count(total: u64, label: &str, quiet: bool) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), draw_target(quiet));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10.bold} [{bar:30}] {pos}/{len} {elapsed}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        Progress { bar }
+    }
+
     /// Shows what is being worked on.
     pub fn set_message(&self, msg: &str) {
         self.bar.set_message(msg.to_string());

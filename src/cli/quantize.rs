@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value as Json};
 
-use super::convert::{quantize_to_mlx, ConvertArgs};
+use super::convert::{quantize_to_mlx, ConvertArgs, MlxSearchArgs};
 use super::{human_bytes, print_json, Progress};
 use crate::convert::ModelView;
 use crate::device::{Device, DeviceArg, Selection};
@@ -32,6 +32,7 @@ use crate::quant::plan::{
 use crate::quant::source::QuantInput;
 use crate::quant::write::{
     device_work, output_paths, quantized_metadata, write_gguf, ImatrixNote, Provenance,
+    SearchOptions,
 };
 use quant_kernels::ggml::requant::RequantStats;
 
@@ -93,6 +94,23 @@ pub(crate) struct QuantizeArgs {
     /// tokenizer's is not a known one (as `qforge convert`).
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
+    /// How blocks get their scales. GGUF outputs: `rtn` (default): llama-quantize's own
+    /// quantizers, byte for byte (round to nearest, or its weighted search
+    /// when --imatrix is given). `search`: Q4_0, Q4_1, Q5_0 and Q5_1
+    /// tensors get a per-block search of their f16 scale (and minimum)
+    /// with less weighted error, starting from llama-quantize's result;
+    /// other types are unchanged. Same types, same sizes.
+    /// MLX outputs (`--bits`, `--quant-predicate`): as `qforge convert --to
+    /// mlx --method`, whose default is `search`; `rtn` gives mlx_lm.convert's
+    /// bytes.
+    #[arg(long, value_enum, ignore_case = true)]
+    method: Option<super::convert::Method>,
+    /// With `--method search`: tokens of the short forward pass over
+    /// synthetic tokens that finds each matrix's high-activation columns
+    /// (0: none, search on the weights alone); with --imatrix it weighs only
+    /// the searched tensors the matrix has no entry for.
+    #[arg(long, value_name = "N", default_value_t = crate::quant::calibrate::DEFAULT_TOKENS)]
+    calibration_tokens: usize,
     /// Print the per-tensor plan and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -192,6 +210,10 @@ pub(crate) fn run(args: QuantizeArgs) -> Result<ExitCode> {
     let Some(file_type) = args.file_type else {
         bail!("pass --type TYPE (Q4_K_M, Q8_0, IQ4_XS, F16 ...)");
     };
+    let min = crate::quant::calibrate::MIN_TOKENS;
+    if args.calibration_tokens > 0 && args.calibration_tokens < min {
+        bail!("--calibration-tokens must be 0 (no calibration) or at least {min}");
+    }
     let pool = worker_pool(args.threads)?;
     match detect(&args.input)? {
         ModelFormat::Gguf => {
@@ -287,6 +309,12 @@ fn settings_words(args: &QuantizeArgs, file_type: FileType) -> Vec<String> {
         w.push("--tensor-type".into());
         w.push(format!("{}={}", o.pattern, o.ggml_type.name()));
     }
+    if args.method == Some(super::convert::Method::Search) {
+        w.push("--method".into());
+        w.push("search".into());
+        w.push("--calibration-tokens".into());
+        w.push(args.calibration_tokens.to_string());
+    }
     for (flag, on) in [
         ("--pure", args.pure),
         ("--leave-output-tensor", args.leave_output_tensor),
@@ -351,6 +379,28 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     if let (Some(note), false) = (&note, args.quiet) {
         eprintln!("{note}");
     }
+    let estimate = if args.method == Some(super::convert::Method::Search)
+        && args.calibration_tokens > 0
+        && plan
+            .tensors
+            .iter()
+            .any(|t| quant_kernels::ggml::SEARCHABLE.contains(&t.to) && t.method != Method::Copy)
+    {
+        match crate::quant::calibrate::synthetic_importance(&args.input, args.calibration_tokens) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!(
+                    "warning: the calibration pass failed ({e:#}): searching on the weights alone"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let search = (args.method == Some(super::convert::Method::Search)).then_some(SearchOptions {
+        estimate: estimate.as_ref(),
+    });
 
     let progress = Progress::bytes(plan.from_bytes(), "quantizing", args.json || args.quiet);
     let measured: Mutex<HashMap<String, RequantStats>> = Mutex::default();
@@ -361,6 +411,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         &paths,
         r.imatrix.as_ref(),
         &device,
+        search.as_ref(),
         &|t: &PlannedTensor, stats: Option<&RequantStats>| {
             progress.set_message(&t.name);
             progress.inc(t.from_bytes);
@@ -673,7 +724,6 @@ fn write_mlx(args: &QuantizeArgs, quant: MlxQuantArgs) -> Result<ExitCode> {
         .clone()
         .expect("clap requires OUT without --dry-run");
     let unused = [
-        (args.imatrix.is_some(), "--imatrix"),
         (args.pure, "--pure"),
         (args.keep_split, "--keep-split"),
         (args.leave_output_tensor, "--leave-output-tensor"),
@@ -692,6 +742,11 @@ fn write_mlx(args: &QuantizeArgs, quant: MlxQuantArgs) -> Result<ExitCode> {
         args.input.clone(),
         output,
         quant,
+        MlxSearchArgs {
+            method: args.method,
+            imatrix: args.imatrix.clone(),
+            calibration_tokens: args.calibration_tokens,
+        },
         args.allow_requantize,
         args.json,
     );

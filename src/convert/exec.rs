@@ -707,6 +707,16 @@ fn materialize_from_mlx(
     })
 }
 
+/// How [`materialize_mlx`] quantizes values (tensors carried over without
+/// requantizing ignore it).
+#[derive(Debug, Clone, Copy)]
+pub struct MlxQuantizer<'a> {
+    /// Round to nearest or the search.
+    pub method: super::to_mlx::MlxMethod,
+    /// Per-column importance for the search.
+    pub importance: Option<&'a [f32]>,
+}
+
 /// Produces the three tensors of one planned MLX affine output (`to` is
 /// [`Encoding::MlxAffine`]); with `measure`, also the error of a lossy
 /// step.
@@ -714,20 +724,22 @@ fn materialize_from_mlx(
 /// GGML Q4_0/Q4_1/Q8_0 rows going to the matching bits with groups of 32
 /// carry their blocks over without requantizing; an MLX source already in
 /// the target encoding is copied; everything else is decoded to f32, rounded
-/// to the scales' dtype and quantized exactly as `mx.quantize` does on
-/// mlx's CPU backend.
+/// to the scales' dtype and quantized as `how` says: exactly as
+/// `mx.quantize` does on mlx's CPU backend, or with searched scales.
 pub fn materialize_mlx(
     view: &ModelView<'_>,
     plan: &TensorPlan,
     measure: bool,
+    how: MlxQuantizer<'_>,
 ) -> Result<MlxMaterialized> {
-    materialize_mlx_inner(view, plan, measure).map_err(|e| e.for_tensor(&plan.name))
+    materialize_mlx_inner(view, plan, measure, how).map_err(|e| e.for_tensor(&plan.name))
 }
 
 fn materialize_mlx_inner(
     view: &ModelView<'_>,
     plan: &TensorPlan,
     measure: bool,
+    how: MlxQuantizer<'_>,
 ) -> Result<MlxMaterialized> {
     let PlanSource::Tensor(i) = plan.source else {
         return Err(ConvertError::Unsupported(
@@ -786,7 +798,7 @@ fn materialize_mlx_inner(
                     src.release_rows(a..b + 1, view.pages);
                 }
                 apply_shift(plan, &mut vals);
-                let q = mlx_exec::quantize_rows(&vals, cols, &params, dtype)?;
+                let q = mlx_exec::quantize_rows(&vals, cols, &params, dtype, how)?;
                 if !(measure && lossy) {
                     return Ok((q, (0.0, 0.0), 0));
                 }

@@ -17,6 +17,8 @@ use quant_kernels::GgmlType;
 use rayon::prelude::*;
 
 use super::error::{ConvertError, Result};
+use super::exec::MlxQuantizer;
+use super::to_mlx::MlxMethod;
 use super::view::{Encoding, FloatType, TensorBytes, ViewTensor};
 
 /// The three tensors of one MLX affine matrix, as little-endian bytes.
@@ -262,23 +264,29 @@ fn scale_buf(d: MlxDtype, bytes: &[u8]) -> ScaleBuf {
 }
 
 /// Quantizes rows of `cols` values as `mx.quantize` does for an array of
-/// dtype `dtype`: the values are first rounded to it (mlx's `astype`), so
-/// scales and biases come out in it too.
+/// dtype `dtype` (or with searched scales, as `how` says): the values are
+/// first rounded to it (mlx's `astype`), so scales and biases come out in
+/// it too.
 pub fn quantize_rows(
     vals: &[f32],
     cols: usize,
     params: &MlxParams,
     dtype: MlxDtype,
+    how: MlxQuantizer<'_>,
 ) -> Result<MlxQuantized> {
+    let run = |input: MlxInput<'_>| match how.method {
+        MlxMethod::Rtn => mlx::quantize(input, cols, params),
+        MlxMethod::Search => mlx::quantize_search(input, cols, params, how.importance),
+    };
     Ok(match dtype {
-        MlxDtype::F32 => mlx::quantize(MlxInput::F32(vals), cols, params)?,
+        MlxDtype::F32 => run(MlxInput::F32(vals))?,
         MlxDtype::F16 => {
             let v: Vec<f16> = vals.iter().map(|&x| f16::from_f32(x)).collect();
-            mlx::quantize(MlxInput::F16(&v), cols, params)?
+            run(MlxInput::F16(&v))?
         }
         MlxDtype::BF16 => {
             let v: Vec<bf16> = vals.iter().map(|&x| bf16::from_f32(x)).collect();
-            mlx::quantize(MlxInput::BF16(&v), cols, params)?
+            run(MlxInput::BF16(&v))?
         }
     })
 }

@@ -44,7 +44,7 @@ use serde_json::{json, Value as Json};
 pub use error::{ConvertError, Result};
 pub use exec::{
     device_work, materialize, materialize_mlx, materialize_on, ErrorStats, Materialized,
-    MlxMaterialized,
+    MlxMaterialized, MlxQuantizer,
 };
 pub use mlx_exec::MlxParts;
 pub use plan::{
@@ -53,8 +53,8 @@ pub use plan::{
 pub use to_gguf::{gguf_metadata, write_gguf, write_gguf_on, GgufMetadataOptions, MetadataNotes};
 pub use to_hf::{hf_side_files, write_safetensors, DEFAULT_MAX_SHARD_BYTES};
 pub use to_mlx::{
-    mlx_config, mlx_lm_default_dtype, mlx_side_files, plan_mlx, write_mlx, MlxPlan, MlxTarget,
-    DEFAULT_BITS, DEFAULT_GROUP_SIZE,
+    mlx_config, mlx_lm_default_dtype, mlx_side_files, plan_mlx, write_mlx, MlxMethod, MlxPlan,
+    MlxTarget, DEFAULT_BITS, DEFAULT_GROUP_SIZE,
 };
 pub use view::{Encoding, FloatType, ModelView, Source, TensorBytes, ViewTensor};
 

@@ -15,13 +15,13 @@
 //! other quantized types are dequantized and requantized, which the plan
 //! says, and float tensors stay floats unless `--bits` asks to quantize.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde_json::{json, Map, Value as Json};
 
 use super::error::{ConvertError, Result};
-use super::exec::{materialize, materialize_mlx};
+use super::exec::{materialize, materialize_mlx, MlxQuantizer};
 use super::mlx_exec::{self, MlxParts};
 use super::plan::{is_lossless, Plan, PlanSource, TensorPlan};
 use super::tokenizer_bridge::{self, HF_TOKENIZER_FILES};
@@ -33,9 +33,34 @@ use crate::formats::mlx::{self as mlx_format, MlxFolder, QuantConfig, QuantParam
 use crate::formats::paths::{read_side_file, MAX_TOKENIZER_FILE};
 use crate::formats::safetensors::{Dtype, StTensorSpec};
 use crate::hashing::sha256_file;
+use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mlx_recipe::{module_quant, MlxLayout, MlxQuantArgs};
 
 pub use crate::formats::mlx::{DEFAULT_BITS, DEFAULT_GROUP_SIZE};
+
+/// How quantized MLX groups get their scale and bias (`--method`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MlxMethod {
+    /// `mx.quantize`'s round to nearest from each group's min and max:
+    /// `mlx_lm.convert`'s bytes.
+    Rtn,
+    /// A search per group for the stored scale and bias with the least
+    /// weighted squared error ([`quant_kernels::mlx::quantize_search`]),
+    /// steered by an importance matrix when one is given. Same tensors,
+    /// same sizes, same config.json.
+    #[default]
+    Search,
+}
+
+impl MlxMethod {
+    /// The option's value (`rtn`, `search`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MlxMethod::Rtn => "rtn",
+            MlxMethod::Search => "search",
+        }
+    }
+}
 
 /// What an MLX output should be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +76,8 @@ pub struct MlxTarget {
     /// `mlx_lm.convert --quant-predicate` picks them. Takes the place of
     /// `quantize`.
     pub recipe: Option<MlxQuantArgs>,
+    /// How tensors that are quantized from values get their scales.
+    pub method: MlxMethod,
 }
 
 /// A mixed recipe applied to one model: its layer layout and arguments.
@@ -109,6 +136,130 @@ pub struct MlxPlan {
     pub plan: Plan,
     /// config.json's `quantization` block, when anything is quantized.
     pub quantization: Option<QuantConfig>,
+    /// How tensors quantized from values get their scales.
+    pub method: MlxMethod,
+    /// Per-column importance of tensors (by their name in the plan), from
+    /// an importance matrix ([`MlxPlan::attach_importance`]); used by
+    /// [`MlxMethod::Search`] only.
+    pub importance: BTreeMap<String, Vec<f32>>,
+}
+
+impl MlxPlan {
+    /// Whether the plan quantizes any tensor from values (the tensors
+    /// [`MlxMethod::Search`] acts on; carried-over blocks are not).
+    pub fn quantizes_values(&self) -> bool {
+        self.plan
+            .tensors
+            .iter()
+            .any(|t| matches!(t.to, Encoding::MlxAffine { .. }) && !t.lossless)
+    }
+
+    /// For a search: per-column weights from one forward pass of `model`
+    /// (the plan's source, run by qforge's engine) over `tokens` synthetic
+    /// tokens ([`crate::quant::calibrate`]), added (each scaled to mean 1)
+    /// to those an importance matrix gave ([`MlxPlan::attach_importance`],
+    /// called before). Does nothing when the plan does not search, or
+    /// `tokens` is 0. When the engine cannot run the model the plan falls
+    /// back to round to nearest (mlx_lm.convert's bytes: the search on the
+    /// weights alone can lose to it at 3 bits, see BENCH-mlx-search.md),
+    /// or with an importance matrix searches the tensors it has no entry
+    /// for on the weights alone; the returned warning says so.
+    pub fn calibrate(
+        &mut self,
+        view: &ModelView<'_>,
+        model: &Path,
+        tokens: usize,
+    ) -> Result<Option<String>> {
+        if self.method != MlxMethod::Search || tokens == 0 || !self.quantizes_values() {
+            return Ok(None);
+        }
+        match crate::quant::calibrate::synthetic_importance(model, tokens) {
+            Ok(m) => {
+                // An importance matrix attached before and the estimate,
+                // each scaled to mean 1, are summed: the text's statistics
+                // and the calibration's high-activation columns both count
+                // (on SmolLM2 at 3 bits this measured better than the
+                // matrix alone; BENCH-mlx-search.md).
+                let given = std::mem::take(&mut self.importance);
+                self.attach_importance(view, &m)?;
+                for (name, mut v) in given {
+                    if let Some(c) = self.importance.get(&name) {
+                        let (mv, mc) = (mean(&v), mean(c));
+                        if mv > 0.0 && mc > 0.0 {
+                            for (x, &y) in v.iter_mut().zip(c) {
+                                *x = *x / mv + y / mc;
+                            }
+                        }
+                    }
+                    self.importance.insert(name, v);
+                }
+                Ok(None)
+            }
+            Err(e) if !self.importance.is_empty() => Ok(Some(format!(
+                "the calibration pass failed ({e:#}): the tensors the importance matrix has \
+                 no entry for are searched on the weights alone"
+            ))),
+            Err(e) => {
+                self.method = MlxMethod::Rtn;
+                Ok(Some(format!(
+                    "the calibration pass failed ({e:#}): quantizing by round to nearest as \
+                     mlx_lm.convert does (--calibration-tokens 0 searches on the weights alone)"
+                )))
+            }
+        }
+    }
+
+    /// Takes the per-column weights of every quantized tensor from an
+    /// importance matrix, which names tensors as GGUF does
+    /// (`blk.0.attn_q.weight`); the token embedding of a model with tied
+    /// embeddings takes the output matrix's entry (it is that matrix).
+    /// Returns the names of quantized tensors it has no usable entry for
+    /// (llama-imatrix records no token embedding, and no output matrix
+    /// without `--process-output`); those are searched with the default
+    /// weights.
+    pub fn attach_importance(
+        &mut self,
+        view: &ModelView<'_>,
+        imatrix: &ImportanceMatrix,
+    ) -> Result<Vec<String>> {
+        let tied = view.hparams.bool("tie_word_embeddings") == Some(true);
+        let mut missing = Vec::new();
+        for step in &self.plan.tensors {
+            if !matches!(step.to, Encoding::MlxAffine { .. }) {
+                continue;
+            }
+            let cols = step.shape.last().copied().unwrap_or(0) as usize;
+            let entry = view.arch.gguf_name(&step.name).and_then(|g| {
+                let found = imatrix.get(&g).map(|v| (g.clone(), v));
+                match found {
+                    None if tied && g == "token_embd.weight" => imatrix
+                        .get("output.weight")
+                        .map(|v| ("output.weight".to_string(), v)),
+                    f => f,
+                }
+            });
+            match entry {
+                Some((_, v)) if v.len() == cols => {
+                    self.importance.insert(step.name.clone(), v.to_vec());
+                }
+                Some((g, v)) => {
+                    return Err(ConvertError::Unsupported(format!(
+                    "the importance matrix's entry {g} has {} values, the tensor's rows {cols}: \
+                         it was computed for another model",
+                    v.len()
+                ))
+                    .for_tensor(&step.name))
+                }
+                None => missing.push(step.name.clone()),
+            }
+        }
+        Ok(missing)
+    }
+}
+
+/// The mean of non-negative weights (0 for none).
+fn mean(v: &[f32]) -> f32 {
+    (v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64) as f32
 }
 
 /// The dtype `mlx_lm.convert` casts a Hugging Face model to when no
@@ -279,6 +430,8 @@ pub fn plan_mlx(view: &ModelView<'_>, target: &MlxTarget) -> Result<MlxPlan> {
             hf_dtype: None,
         },
         quantization,
+        method: target.method,
+        importance: BTreeMap::new(),
     })
 }
 
@@ -637,7 +790,11 @@ pub fn write_mlx(
             let bytes = if spec.name == step.name {
                 progress.tensor(&step.name);
                 let done = if matches!(step.to, Encoding::MlxAffine { .. }) {
-                    materialize_mlx(view, step, opts.measure).map(|mut m| {
+                    let how = MlxQuantizer {
+                        method: plan.method,
+                        importance: plan.importance.get(&step.name).map(Vec::as_slice),
+                    };
+                    materialize_mlx(view, step, opts.measure, how).map(|mut m| {
                         let weight = std::mem::take(&mut m.parts.weight);
                         pending = Some((i, m.parts));
                         (weight, m.error, m.inexact)

@@ -505,10 +505,15 @@ impl ModelConfig {
 /// pattern: every `n`-th layer is global.
 fn swa_pattern_from_gguf(md: &Metadata, key: &str, n_layer: usize) -> Vec<bool> {
     if let Some(arr) = md.get_array(key) {
-        if let Some(v) = arr.to_i64_vec() {
-            if v.len() == n_layer {
-                return v.into_iter().map(|b| b != 0).collect();
-            }
+        // convert_hf_to_gguf.py writes the pattern as a bool array.
+        let flags = match arr {
+            crate::formats::gguf::Array::Bool(v) => Some(v.clone()),
+            a => a
+                .to_i64_vec()
+                .map(|v| v.into_iter().map(|b| b != 0).collect()),
+        };
+        if let Some(v) = flags.filter(|v| v.len() == n_layer) {
+            return v;
         }
     }
     let n = 6;
@@ -548,6 +553,21 @@ fn llama3_freq_factors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gguf_sliding_window_pattern_is_read_as_convert_hf_to_gguf_writes_it() {
+        use crate::formats::gguf::{Array, Value};
+        // A bool array (convert_hf_to_gguf.py's), an integer one, and
+        // llama.cpp's default (every sixth layer global) without one.
+        let key = "gemma3.attention.sliding_window_pattern";
+        let mut md = Metadata::new();
+        md.set(key, Value::Array(Array::Bool(vec![true, false])));
+        assert_eq!(swa_pattern_from_gguf(&md, key, 2), [true, false]);
+        md.set(key, Value::Array(Array::I32(vec![0, 1])));
+        assert_eq!(swa_pattern_from_gguf(&md, key, 2), [false, true]);
+        let default = swa_pattern_from_gguf(&Metadata::new(), key, 7);
+        assert_eq!(default, [true, true, true, true, true, false, true]);
+    }
 
     #[test]
     fn gemma3_layer_types_pick_window_and_rope_base() {

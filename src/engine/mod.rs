@@ -18,6 +18,7 @@ mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 mod model;
+mod observe;
 pub mod ops;
 pub mod runner;
 mod source;
@@ -26,6 +27,7 @@ pub mod weights;
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use model::{KvCache, Model};
+pub use observe::MatmulObserver;
 pub use runner::{Forward, Runner, RunnerCache};
 pub use source::{Artifact, Role, Tensors};
 

@@ -1,11 +1,14 @@
 //! The forward pass: one decoder stack for the six architectures, with
 //! their differences as data (optional norms, biases, fused projections).
 
+use std::sync::Arc;
+
 use quant_kernels::vector;
 use rayon::prelude::*;
 
 use super::config::{Arch, ModelConfig};
 use super::error::{EngineError, Result};
+use super::observe::MatmulObserver;
 use super::ops::{self, RopeTable};
 use super::source::{Artifact, Role, Tensors};
 use super::weights::{matmul, matmul_group, Product, Weight};
@@ -54,6 +57,7 @@ pub struct Model<'a> {
     output_norm: Vec<f32>,
     layers: Vec<Layer<'a>>,
     kv_f16: bool,
+    observer: Option<Arc<dyn MatmulObserver>>,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -204,7 +208,20 @@ impl<'a> Model<'a> {
             output_norm,
             layers,
             kv_f16: false,
+            observer: None,
         })
+    }
+
+    /// Installs (or removes) an observer of every matrix product's input.
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
+        self.observer = observer;
+    }
+
+    #[inline]
+    fn observe(&self, layer: usize, role: Role, rows: usize, input: &[f32]) {
+        if let Some(o) = &self.observer {
+            o.observe(layer, role, rows, input);
+        }
     }
 
     /// The hyperparameters.
@@ -284,6 +301,7 @@ impl<'a> Model<'a> {
         ops::rms_norm(&mut h, &self.output_norm, c.norm_eps);
         let out_w: &dyn Weight = self.output.as_deref().unwrap_or(&*self.token_embd);
         let mut logits = vec![0f32; (n - logits_from) * c.n_vocab];
+        self.observe(0, Role::Output, n - logits_from, &h);
         matmul(out_w, &h, &mut logits)?;
         if let Some(cap) = c.final_softcap {
             ops::softcap(&mut logits, cap);
@@ -325,18 +343,24 @@ impl<'a> Model<'a> {
                 q: wq,
                 k: wk,
                 v: wv,
-            } => matmul_group(
-                h,
-                d,
-                &mut [
-                    Product { w: &**wq, out: q },
-                    Product { w: &**wk, out: k },
-                    Product { w: &**wv, out: v },
-                ],
-            )?,
+            } => {
+                self.observe(il, Role::Q, n, h);
+                self.observe(il, Role::K, n, h);
+                self.observe(il, Role::V, n, h);
+                matmul_group(
+                    h,
+                    d,
+                    &mut [
+                        Product { w: &**wq, out: q },
+                        Product { w: &**wk, out: k },
+                        Product { w: &**wv, out: v },
+                    ],
+                )?
+            }
             QkvProj::Fused(w) => {
                 let all = q_dim + 2 * kv_dim;
                 fused.resize(n * all, 0.0);
+                self.observe(il, Role::Qkv, n, h);
                 matmul(&**w, h, fused)?;
                 for t in 0..n {
                     let r = &fused[t * all..(t + 1) * all];
@@ -389,6 +413,7 @@ impl<'a> Model<'a> {
 
         self.attention(&c.layers[il].sliding_window, q, kt, cap, vc, pos0, attn);
 
+        self.observe(il, Role::O, n, attn);
         matmul(&*l.o, attn, o)?;
         if let Some(w) = &l.attn_post_norm {
             ops::rms_norm(o, w, c.norm_eps);
@@ -399,19 +424,24 @@ impl<'a> Model<'a> {
         ops::rms_norm(h, &l.ffn_norm, c.norm_eps);
         let f = c.n_ff;
         match &l.gate_up {
-            GateUpProj::Separate { gate: wg, up: wu } => matmul_group(
-                h,
-                d,
-                &mut [
-                    Product {
-                        w: &**wg,
-                        out: gate,
-                    },
-                    Product { w: &**wu, out: up },
-                ],
-            )?,
+            GateUpProj::Separate { gate: wg, up: wu } => {
+                self.observe(il, Role::Gate, n, h);
+                self.observe(il, Role::Up, n, h);
+                matmul_group(
+                    h,
+                    d,
+                    &mut [
+                        Product {
+                            w: &**wg,
+                            out: gate,
+                        },
+                        Product { w: &**wu, out: up },
+                    ],
+                )?
+            }
             GateUpProj::Fused(w) => {
                 fused.resize(n * 2 * f, 0.0);
+                self.observe(il, Role::GateUp, n, h);
                 matmul(&**w, h, fused)?;
                 for t in 0..n {
                     let r = &fused[t * 2 * f..(t + 1) * 2 * f];
@@ -422,6 +452,7 @@ impl<'a> Model<'a> {
         }
         ops::gated_activation(c.activation, gate, up);
         let down = o;
+        self.observe(il, Role::Down, n, gate);
         matmul(&*l.down, gate, down)?;
         if let Some(w) = &l.ffn_post_norm {
             ops::rms_norm(down, w, c.norm_eps);

@@ -569,8 +569,13 @@ pub mod real {
                     quantize,
                     dtype: dtype.map(float),
                     recipe,
+                    method: Default::default(),
                 };
-                let plan = plan_mlx(&view, &target).map_err(cerr)?;
+                let mut plan = plan_mlx(&view, &target).map_err(cerr)?;
+                // When the engine cannot run the source, the plan falls
+                // back to mlx_lm.convert's round to nearest.
+                let tokens = crate::quant::calibrate::DEFAULT_TOKENS;
+                plan.calibrate(&view, req.input, tokens).map_err(cerr)?;
                 let config = mlx_config(&view, plan.quantization.as_ref());
                 let mut side = mlx_side_files(&view).map_err(cerr)?;
                 if let Some(t) = req.chat_template {

@@ -259,6 +259,34 @@ impl ImportanceMatrix {
         })
     }
 
+    /// The matrix `stats` describe, normalized as [`ImportanceMatrix::open`]
+    /// normalizes a GGUF file holding them (sums divided by the rounded
+    /// token count; a matrix never seen weighs 1).
+    pub fn from_stats(
+        stats: &BTreeMap<String, ColumnStats>,
+        provenance: &ImatrixProvenance,
+    ) -> ImportanceMatrix {
+        let entries = stats
+            .iter()
+            .map(|(name, e)| {
+                let count = e.count as f32;
+                let values = if count > 0.0 {
+                    e.sum2.iter().map(|s| s / count).collect()
+                } else {
+                    vec![1.0; e.sum2.len()]
+                };
+                (name.clone(), values)
+            })
+            .collect();
+        ImportanceMatrix {
+            format: ImatrixFormat::Gguf,
+            datasets: provenance.datasets.clone(),
+            chunk_count: i64::from(provenance.chunk_count),
+            chunk_size: provenance.chunk_size,
+            entries,
+        }
+    }
+
     /// Keeps only the entries llama-quantize would use with
     /// `--exclude-weights` (names containing any of `exclude` dropped) and
     /// `--include-weights` (only names containing one of `include` kept).
@@ -300,6 +328,136 @@ impl ImportanceMatrix {
             .iter()
             .find_map(|(k, v)| v.iter().find(|x| !x.is_finite()).map(|&x| (k.as_str(), x)))
     }
+}
+
+/// Accumulates an importance matrix over a model's forward passes the way
+/// llama-imatrix does (tools/imatrix/imatrix.cpp, `collect_imatrix`): for
+/// every matrix of the decoder layers (`blk.*`, and the output matrix when
+/// asked), the sums of squared input activations per input column, in
+/// f32, token by token, and the number of tokens seen. Batches of fewer
+/// than 16 tokens are skipped, as llama-imatrix skips them.
+#[derive(Debug, Default)]
+pub struct ImatrixCollector {
+    process_output: bool,
+    stats: std::sync::Mutex<BTreeMap<String, ColumnStats>>,
+}
+
+/// One matrix's running sums.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColumnStats {
+    /// Sum over tokens of each input column's squared activation.
+    pub sum2: Vec<f32>,
+    /// Tokens accumulated.
+    pub count: u64,
+}
+
+/// llama-imatrix ignores matrix products over fewer tokens than this.
+const MIN_BATCH: usize = 16;
+
+impl ImatrixCollector {
+    /// A collector of the decoder layers' matrices; with `process_output`
+    /// also the output matrix (llama-imatrix's `--process-output`).
+    pub fn new(process_output: bool) -> ImatrixCollector {
+        ImatrixCollector {
+            process_output,
+            stats: Default::default(),
+        }
+    }
+
+    /// The sums so far, by GGUF tensor name.
+    pub fn into_stats(self) -> BTreeMap<String, ColumnStats> {
+        self.stats.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl crate::engine::MatmulObserver for ImatrixCollector {
+    fn observe(&self, layer: usize, role: crate::engine::Role, rows: usize, input: &[f32]) {
+        if rows < MIN_BATCH || input.is_empty() {
+            return;
+        }
+        if role == crate::engine::Role::Output && !self.process_output {
+            return;
+        }
+        let cols = input.len() / rows;
+        let name = role.gguf_name(layer, "weight");
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let e = stats.entry(name).or_insert_with(|| ColumnStats {
+            sum2: vec![0.0; cols],
+            count: 0,
+        });
+        if e.sum2.len() != cols {
+            // A matrix seen with another width cannot happen in one model;
+            // keep the first shape rather than mix them.
+            return;
+        }
+        for row in input.chunks_exact(cols) {
+            for (acc, &x) in e.sum2.iter_mut().zip(row) {
+                *acc += x * x;
+            }
+        }
+        e.count += rows as u64;
+    }
+}
+
+/// What a GGUF importance matrix records besides its sums.
+#[derive(Debug, Clone)]
+pub struct ImatrixProvenance {
+    /// The texts it was computed on (llama-imatrix records the path given
+    /// to `-f`).
+    pub datasets: Vec<String>,
+    /// Chunks (windows) evaluated.
+    pub chunk_count: u32,
+    /// Tokens per chunk (the context size).
+    pub chunk_size: u32,
+}
+
+/// Writes `stats` as llama-imatrix's GGUF importance matrix: `general.type
+/// = imatrix`, the `imatrix.*` keys, and per matrix (in name order) an F32
+/// `NAME.in_sum2` tensor of `[columns, 1]` and an F32 `NAME.counts` of
+/// `[1, 1]`. Written to a temporary file, renamed at the end.
+pub fn write_gguf(
+    path: &Path,
+    stats: &BTreeMap<String, ColumnStats>,
+    provenance: &ImatrixProvenance,
+) -> Result<()> {
+    use crate::formats::atomic::AtomicFile;
+    use crate::formats::gguf::{Array, GgufWriter, Metadata, TensorSpec, VERSION};
+
+    let mut meta = Metadata::new();
+    meta.set("general.type", Value::String("imatrix".into()));
+    meta.set(
+        KEY_DATASETS,
+        Value::Array(Array::String(provenance.datasets.clone())),
+    );
+    meta.set(KEY_CHUNK_COUNT, Value::U32(provenance.chunk_count));
+    meta.set(KEY_CHUNK_SIZE, Value::U32(provenance.chunk_size));
+    let mut specs = Vec::with_capacity(2 * stats.len());
+    for (name, e) in stats {
+        specs.push(TensorSpec {
+            name: format!("{name}{SUFFIX_SUMS}"),
+            dims: vec![e.sum2.len() as u64, 1],
+            ggml_type: GgmlType::F32,
+        });
+        specs.push(TensorSpec {
+            name: format!("{name}{SUFFIX_COUNTS}"),
+            dims: vec![1, 1],
+            ggml_type: GgmlType::F32,
+        });
+    }
+    let mut out = AtomicFile::create(path)?;
+    let mut w = GgufWriter::new(&mut out, VERSION, &meta, &specs).map_err(|e| e.in_file(path))?;
+    for (name, e) in stats {
+        let sums: Vec<u8> = e.sum2.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_tensor(&format!("{name}{SUFFIX_SUMS}"), &sums)
+            .map_err(|e| e.in_file(path))?;
+        w.write_tensor(
+            &format!("{name}{SUFFIX_COUNTS}"),
+            &(e.count as f32).to_le_bytes(),
+        )
+        .map_err(|e| e.in_file(path))?;
+    }
+    w.finish().map_err(|e| e.in_file(path))?;
+    out.commit()
 }
 
 fn f32s_of(bytes: &[u8]) -> Vec<f32> {

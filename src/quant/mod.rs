@@ -1,6 +1,7 @@
 //! Quantization policy: file types and type mixes, importance matrices,
 //! MLX recipes, and the plan that puts them together per tensor.
 
+pub mod calibrate;
 pub mod ftype;
 pub mod imatrix;
 pub mod mix;

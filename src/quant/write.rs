@@ -188,7 +188,10 @@ pub fn device_work(t: &PlannedTensor, imatrix: Option<&ImportanceMatrix>) -> Opt
 /// type with a GPU kernel run where `device` puts them; the bytes are the
 /// same on either. `progress` also hears what requantizing measured
 /// against the source values (for [`Method::Exact`] and
-/// [`Method::GridSearch`]).
+/// [`Method::GridSearch`]). With `search`, tensors quantized to Q4_0,
+/// Q4_1, Q5_0 or Q5_1 get searched block scales ([`ggml::quantize_search`],
+/// on the CPU) instead of llama-quantize's.
+#[allow(clippy::too_many_arguments)]
 pub fn write_gguf(
     source: &dyn TensorSource,
     plan: &QuantPlan,
@@ -196,6 +199,7 @@ pub fn write_gguf(
     paths: &[PathBuf],
     imatrix: Option<&ImportanceMatrix>,
     device: &Device,
+    search: Option<&SearchOptions<'_>>,
     progress: &(dyn Fn(&PlannedTensor, Option<&RequantStats>) + Sync),
 ) -> Result<Vec<WrittenFile>> {
     assert_eq!(paths.len(), plan.n_splits, "one path per split");
@@ -236,17 +240,24 @@ pub fn write_gguf(
                 _ => None,
             };
             let mut stats = None;
+            let searched = search.filter(|_| ggml::SEARCHABLE.contains(&t.to));
+            let weights = match searched {
+                Some(s) => weights.or_else(|| s.estimate_for(t)),
+                None => weights,
+            };
             match t.method {
                 Method::Copy => w.write_tensor(&t.name, &src),
                 Method::ViaF32 => {
                     let target = device_work(t, imatrix)
-                        .filter(|_| GPU_GGML_TYPES.contains(&t.to))
+                        .filter(|_| searched.is_none() && GPU_GGML_TYPES.contains(&t.to))
                         .map(|work| device.target(work))
                         .filter(|target| target.is_gpu());
                     let data = match target {
                         Some(target) => convert_tensor_on(target, t, &src),
-                        None => convert_tensor(t, &src, weights, &|d| source.release(d))
-                            .map_err(|e| e.to_string()),
+                        None => convert_tensor(t, &src, weights, searched.is_some(), &|d| {
+                            source.release(d)
+                        })
+                        .map_err(|e| e.to_string()),
                     }
                     .map_err(|e| FormatError::other(e).for_tensor(&t.name))?;
                     w.write_tensor(&t.name, &data)
@@ -365,17 +376,45 @@ fn requantize_tensor(
     Ok((out, stats))
 }
 
+/// `qforge quantize --method search`.
+#[derive(Debug, Default)]
+pub struct SearchOptions<'a> {
+    /// Importance estimated by a calibration pass
+    /// ([`crate::quant::calibrate`]), for tensors the plan gives no
+    /// importance-matrix entry.
+    pub estimate: Option<&'a ImportanceMatrix>,
+}
+
+impl SearchOptions<'_> {
+    /// The estimate's weights for `t` (a 2-D matrix with an entry of its
+    /// row length; the token embedding takes the output matrix's entry,
+    /// which is the same matrix when the model ties them).
+    fn estimate_for(&self, t: &PlannedTensor) -> Option<&[f32]> {
+        let m = self.estimate?;
+        let row = t.row_len() as usize;
+        let fits = |v: &&[f32]| v.len() == row && t.dims.len() == 2;
+        m.get(&t.name).filter(fits).or_else(|| {
+            (t.name == "token_embd.weight")
+                .then(|| m.get("output.weight"))
+                .flatten()
+                .filter(fits)
+        })
+    }
+}
+
 /// Values per row group: small enough that a group's f32 copy stays in a
 /// core's L2 cache, large enough to amortize a task.
 const GROUP_VALUES: usize = 32 * 1024;
 
 /// Decodes `src` (rows of `t.from`) and encodes it as `t.to`, with the
-/// importance weights of each expert matrix. Rows are independent, so the
+/// importance weights of each expert matrix (and searched scales when
+/// `search` asks for them and `t.to` has them). Rows are independent, so the
 /// bytes are the same on any thread count.
 fn convert_tensor(
     t: &PlannedTensor,
     src: &[u8],
     weights: Option<&[f32]>,
+    search: bool,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> std::result::Result<Vec<u8>, KernelError> {
     let row_len = t.row_len() as usize;
@@ -415,7 +454,13 @@ fn convert_tensor(
             let decoded = ggml::dequantize(t.from, s, scratch);
             release(s);
             decoded
-                .and_then(|()| ggml::quantize(t.to, scratch, row_len, w, d))
+                .and_then(|()| {
+                    if search {
+                        ggml::quantize_search(t.to, scratch, row_len, w, d)
+                    } else {
+                        ggml::quantize(t.to, scratch, row_len, w, d)
+                    }
+                })
                 .map_err(|e| match e {
                     KernelError::NonFinite { index, value } => KernelError::NonFinite {
                         index: row0 * row_len + index,

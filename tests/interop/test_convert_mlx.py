@@ -2,7 +2,7 @@
 against mlx-lm, mlx, llama.cpp and gguf-py.
 
 - HF -> MLX: tensors byte-identical to `mlx_lm.convert -q --q-bits B
-  --q-group-size G` (B 4, 8; G 32, 64, 128) on the six fixtures and the
+  --q-group-size G` (B 4, 8; G 32, 64, 128) with `--method rtn` on the six fixtures and the
   Hugging Face copy of SmolLM2; the index equal, config.json equal but for
   the top-level rope keys qforge adds on purpose (ADDED_CONFIG_KEYS).
 - GGUF -> MLX: Q4_0, Q4_1 and Q8_0 tensors carried over losslessly (mlx's
@@ -84,7 +84,8 @@ def test_fixture_to_mlx_matches_mlx_lm(qforge, arch, bits, group, tmp_path):
     src = fixture_dir(arch)
     ref = mlx_lm_reference(src, tmp_path / "ref", bits, group)
     ours = tmp_path / "ours"
-    report = qforge_convert(qforge, src, ours, "--to", "mlx", "--bits", bits, "--group-size", group)
+    report = qforge_convert(qforge, src, ours, "--to", "mlx", "--bits", bits, "--group-size", group,
+                            "--method", "rtn")
     assert report["to"] == "mlx"
     assert_same_tensors(ours, ref)
     assert_same_config(ours, ref)
@@ -94,7 +95,8 @@ def test_fixture_to_mlx_matches_mlx_lm(qforge, arch, bits, group, tmp_path):
 def test_smollm2_copy_to_mlx_matches_mlx_lm(qforge, smollm2_hf, bits, group, tmp_path):
     ref = mlx_lm_reference(smollm2_hf, tmp_path / "ref", bits, group)
     ours = tmp_path / "ours"
-    qforge_convert(qforge, smollm2_hf, ours, "--to", "mlx", "--bits", bits, "--group-size", group)
+    qforge_convert(qforge, smollm2_hf, ours, "--to", "mlx", "--bits", bits, "--group-size", group,
+                   "--method", "rtn")
     assert_same_tensors(ours, ref)
     assert_same_config(ours, ref)
 
@@ -104,7 +106,8 @@ def test_smollm2_copy_recipe_matches_mlx_lm(qforge, smollm2_hf, tmp_path):
     ref = tmp_path / "ref"
     mlx_lm_convert(str(smollm2_hf), str(ref), quantize=True, quant_predicate="mixed_3_6")
     ours = tmp_path / "ours"
-    qforge_convert(qforge, smollm2_hf, ours, "--to", "mlx", "--quant-predicate", "mixed_3_6")
+    qforge_convert(qforge, smollm2_hf, ours, "--to", "mlx", "--quant-predicate", "mixed_3_6",
+                   "--method", "rtn")
     assert_same_tensors(ours, ref)
     assert_same_config(ours, ref)
 
@@ -256,7 +259,8 @@ def test_requantized_tensors_are_mx_quantize_and_reported(qforge, smollm2, tmp_p
     gguf-py's dequantization (in the scales' dtype, f16), and --report gives
     the max and RMS error mlx's dequantization shows."""
     out = tmp_path / "mlx"
-    report = qforge_convert(qforge, smollm2, out, "--to", "mlx", "--bits", "8", "--group-size", "64", "--report")
+    report = qforge_convert(qforge, smollm2, out, "--to", "mlx", "--bits", "8", "--group-size", "64", "--report",
+                            "--method", "rtn")
     by_name = {t["name"]: t for t in report["tensors"]}
     arrays = {}
     for f in sorted(out.glob("*.safetensors")):

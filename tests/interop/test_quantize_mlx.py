@@ -130,7 +130,7 @@ def test_folder_matches_mlx_lm(qforge, mlx_lm_outputs, arch, case, tmp_path):
     ref = mlx_lm_outputs[(arch, case)]
     out = tmp_path / "out"
     r = subprocess.run(
-        [str(qforge), "quantize", str(ROOT / "fixtures" / arch), str(out), *CASES[case][0]],
+        [str(qforge), "quantize", str(ROOT / "fixtures" / arch), str(out), *CASES[case][0], "--method", "rtn"],
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr
@@ -156,7 +156,7 @@ def test_requantizing_an_mlx_folder_needs_allow_requantize(qforge, tmp_path):
     assert "--allow-requantize" in r.stderr and "already quantized" in r.stderr
     assert not eight.exists()
     r = subprocess.run([str(qforge), "quantize", str(four), str(eight), "--bits", "8", "--allow-requantize",
-                        "--json"], capture_output=True, text=True)
+                        "--method", "rtn", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     config = json.loads((eight / "config.json").read_text())
     assert config["quantization"] == {"group_size": 64, "bits": 8, "mode": "affine"}

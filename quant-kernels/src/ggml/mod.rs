@@ -22,6 +22,9 @@ use crate::{simd, GgmlType, KernelError};
 
 pub mod reference;
 pub mod requant;
+mod search;
+
+pub use search::{quantize_row_search_ref, quantize_search, SEARCHABLE};
 
 /// The types [`quantize`] and [`dequantize`] handle (model-file types;
 /// [`dequantize`] also reads the activation types Q8_1 and Q8_K).

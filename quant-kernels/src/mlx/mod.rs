@@ -60,6 +60,7 @@ mod affine;
 mod fp;
 mod numeric;
 mod rows;
+pub(crate) mod search;
 pub mod transcode;
 
 use half::{bf16, f16};
@@ -68,7 +69,10 @@ use crate::KernelError;
 
 #[cfg(feature = "gpu")]
 pub(crate) use rows::{check_cols, check_quantized};
-pub use rows::{dequantize, dequantize_into, dequantize_ref, quantize, quantize_ref};
+pub use rows::{
+    dequantize, dequantize_into, dequantize_ref, quantize, quantize_ref, quantize_search,
+    quantize_search_ref,
+};
 
 /// A floating dtype of MLX arrays (inputs, affine scales and biases,
 /// dequantized outputs).

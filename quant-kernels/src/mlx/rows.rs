@@ -5,6 +5,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::search;
 use super::{
     affine, fp, DequantPrecision, MlxDtype, MlxInput, MlxMode, MlxParams, MlxQuantized, MlxVariant,
     ScaleBuf, Scales,
@@ -105,6 +106,72 @@ pub fn quantize_ref(
     quantize_with(src, cols, params, Engine::Reference)
 }
 
+/// Quantizes a row-major `rows x cols` matrix into the same tensors as
+/// [`quantize`] (affine mode only), with each group's scale and bias
+/// searched rather than derived from its min and max: the stored pair
+/// (rounded to the input's dtype) that minimizes the weighted squared error
+/// of `scale*q + bias`, never worse by that measure than [`quantize`]'s own
+/// pair for the group. Each value's weight is `sqrt(sigma2 + x^2)`
+/// (`sigma2` the row's mean square) times `importance[column]` when an
+/// importance vector (one non-negative weight per column, e.g. an
+/// imatrix's mean squared activations) is given. Rows run in parallel; the
+/// result does not depend on the thread count.
+pub fn quantize_search(
+    src: MlxInput<'_>,
+    cols: usize,
+    params: &MlxParams,
+    importance: Option<&[f32]>,
+) -> Result<MlxQuantized, KernelError> {
+    check_search(params, cols, importance)?;
+    quantize_with_method(src, cols, params, Engine::Fast, Method::Search(importance))
+}
+
+/// The single-threaded reference of [`quantize_search`]: same arguments,
+/// same result.
+pub fn quantize_search_ref(
+    src: MlxInput<'_>,
+    cols: usize,
+    params: &MlxParams,
+    importance: Option<&[f32]>,
+) -> Result<MlxQuantized, KernelError> {
+    check_search(params, cols, importance)?;
+    quantize_with_method(
+        src,
+        cols,
+        params,
+        Engine::Reference,
+        Method::Search(importance),
+    )
+}
+
+fn check_search(
+    params: &MlxParams,
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> Result<(), KernelError> {
+    if params.mode != MlxMode::Affine {
+        return Err(KernelError::Unsupported(format!(
+            "searched scales for MLX {} (only affine mode has a scale and bias to search)",
+            params.mode.name()
+        )));
+    }
+    if let Some(imp) = importance {
+        if imp.len() != cols {
+            return Err(KernelError::BadLength(format!(
+                "the importance vector has {} entries, the rows {cols} values",
+                imp.len()
+            )));
+        }
+        if let Some(i) = imp.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(KernelError::BadLength(format!(
+                "importance weight {i} is {}, not a finite non-negative number",
+                imp[i]
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Dequantizes mlx-lm's tensors of a `rows x cols` matrix to f32, rounding
 /// as `precision` says. `weight` holds `rows x cols*bits/32` words,
 /// `scales` (and `biases`, affine only, same dtype as `scales`)
@@ -200,18 +267,37 @@ pub(crate) fn check_cols(
     Ok(len / cols)
 }
 
+/// How affine groups get their scale and bias.
+#[derive(Clone, Copy)]
+enum Method<'a> {
+    /// mlx's round to nearest.
+    Rtn,
+    /// The search, with optional per-column importance.
+    Search(Option<&'a [f32]>),
+}
+
 fn quantize_with(
     src: MlxInput<'_>,
     cols: usize,
     params: &MlxParams,
     engine: Engine,
 ) -> Result<MlxQuantized, KernelError> {
+    quantize_with_method(src, cols, params, engine, Method::Rtn)
+}
+
+fn quantize_with_method(
+    src: MlxInput<'_>,
+    cols: usize,
+    params: &MlxParams,
+    engine: Engine,
+    method: Method<'_>,
+) -> Result<MlxQuantized, KernelError> {
     let rows = check_cols(src.len(), cols, params)?;
     let dtype = src.dtype();
     match src {
-        MlxInput::F32(v) => quantize_typed(v, rows, cols, params, dtype, engine),
-        MlxInput::F16(v) => quantize_typed(v, rows, cols, params, dtype, engine),
-        MlxInput::BF16(v) => quantize_typed(v, rows, cols, params, dtype, engine),
+        MlxInput::F32(v) => quantize_typed(v, rows, cols, params, dtype, engine, method),
+        MlxInput::F16(v) => quantize_typed(v, rows, cols, params, dtype, engine, method),
+        MlxInput::BF16(v) => quantize_typed(v, rows, cols, params, dtype, engine, method),
     }
 }
 
@@ -245,6 +331,7 @@ fn quantize_typed<T: Elem + IntoScaleBuf + Default>(
     params: &MlxParams,
     dtype: MlxDtype,
     engine: Engine,
+    method: Method<'_>,
 ) -> Result<MlxQuantized, KernelError> {
     let wpr = params.words_per_row(cols);
     let gpr = params.groups_per_row(cols);
@@ -252,8 +339,9 @@ fn quantize_typed<T: Elem + IntoScaleBuf + Default>(
     if params.mode == MlxMode::Affine {
         let mut scales = vec![T::default(); rows * gpr];
         let mut biases = vec![T::default(); rows * gpr];
-        let row_fn = |row: &[T], w: &mut [u32], s: &mut [T], b: &mut [T]| {
-            affine_row(row, params, dtype, engine, w, s, b)
+        let row_fn = |row: &[T], w: &mut [u32], s: &mut [T], b: &mut [T]| match method {
+            Method::Rtn => affine_row(row, params, dtype, engine, w, s, b),
+            Method::Search(imp) => search_row(row, params, dtype, imp, engine, w, s, b),
         };
         let bad = run_rows(
             engine,
@@ -379,6 +467,54 @@ fn affine_row<T: Elem>(
             affine::pack_ref(q, bits, out);
             sb
         };
+        scales[g] = T::narrow(s);
+        biases[g] = T::narrow(b);
+    }
+    None
+}
+
+/// One row of [`quantize_search`]: widened and checked, then
+/// [`search::search_row`] (the scalar definition for the reference, the
+/// CPU's SIMD level for the fast path: the same bits), then packed.
+#[allow(clippy::too_many_arguments)]
+fn search_row<T: Elem>(
+    row: &[T],
+    params: &MlxParams,
+    dtype: MlxDtype,
+    importance: Option<&[f32]>,
+    engine: Engine,
+    words: &mut [u32],
+    scales: &mut [T],
+    biases: &mut [T],
+) -> Option<usize> {
+    let gs = params.group_size;
+    let bits = params.bits;
+    let wpg = gs * bits as usize / 32;
+    let mut x = vec![0f32; row.len()];
+    for (g, (group, buf)) in row.chunks_exact(gs).zip(x.chunks_exact_mut(gs)).enumerate() {
+        if let Some(c) = widen_group(group, buf) {
+            return Some(g * gs + c);
+        }
+    }
+    let mut codes = vec![0u8; row.len()];
+    let mut pairs = vec![(0f32, 0f32); row.len() / gs];
+    match engine {
+        Engine::Reference => {
+            search::search_row(&x, importance, gs, bits, dtype, &mut codes, &mut pairs)
+        }
+        Engine::Fast => crate::simd::mlx_search_row::run(
+            crate::simd::level(),
+            &x,
+            importance,
+            gs,
+            bits,
+            dtype,
+            &mut codes,
+            &mut pairs,
+        ),
+    }
+    for (g, (q, &(s, b))) in codes.chunks_exact(gs).zip(&pairs).enumerate() {
+        affine::pack_ref(q, bits, &mut words[g * wpg..(g + 1) * wpg]);
         scales[g] = T::narrow(s);
         biases[g] = T::narrow(b);
     }

@@ -163,6 +163,15 @@ versions! {
     portable::dots_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
     portable::weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
     portable::matmul_f32(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, k: usize, n: usize, out: &mut [f32], ldo: usize);
+    portable::mlx_search_row(
+        x: &[f32],
+        importance: Option<&[f32]>,
+        group: usize,
+        bits: u32,
+        dtype: crate::mlx::MlxDtype,
+        codes: &mut [u8],
+        pairs: &mut [(f32, f32)]
+    );
 }
 
 /// Like `versions!` for the dot products, which return their value.
