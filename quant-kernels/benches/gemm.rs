@@ -9,7 +9,7 @@
 //! Prints the rate of both in billions of multiply-adds per second and
 //! their ratio (the machine may be shared: read the ratio).
 
-use std::time::Instant;
+mod common;
 
 use quant_kernels::ggml;
 use quant_kernels::GgmlType;
@@ -26,17 +26,6 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
         })
         .collect()
-}
-
-fn best_secs(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..REPS)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -74,9 +63,9 @@ fn main() {
                 ggml::quantize_activations(vdt, src, dst).unwrap();
             }
             let mut out = vec![0f32; rows * toks];
-            let tg = best_secs(|| ggml::gemm(ty, n, &w, &a, &mut out).unwrap());
+            let tg = common::best_secs(REPS, || ggml::gemm(ty, n, &w, &a, &mut out).unwrap());
             let (wb, ab) = (w.len() / rows, a.len() / toks);
-            let tv = best_secs(|| {
+            let tv = common::best_secs(REPS, || {
                 for (t, at) in a.chunks(ab).enumerate() {
                     for (r, wr) in w.chunks(wb).enumerate() {
                         out[t * rows + r] = ggml::vec_dot(ty, wr, at, n).unwrap();

@@ -13,10 +13,11 @@
 //! the best of a few runs over 32 MiB of rows, which is what the table
 //! needs; criterion's statistics would not change a ratio of 2.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use quant_kernels::ggml;
 use quant_kernels::GgmlType;
@@ -24,37 +25,6 @@ use quant_kernels::GgmlType;
 const N_PER_ROW: usize = 4096;
 const N_ROWS: usize = 2048;
 const REPS: usize = 5;
-
-/// Weight-like rows: gaussian (Box-Muller over xorshift), a few outliers.
-fn rows() -> Vec<f32> {
-    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..N_PER_ROW * N_ROWS)
-        .map(|i| {
-            let g = (-2.0 * next().ln()).sqrt() * (std::f64::consts::TAU * next()).cos();
-            let v = 0.02 * g;
-            (if i % 997 == 0 { v * 20.0 } else { v }) as f32
-        })
-        .collect()
-}
-
-/// Best of `REPS` runs after a warm-up: the machine these numbers come
-/// from is shared, and the minimum is the least disturbed run.
-fn best_secs(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..REPS)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
@@ -103,14 +73,14 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .map(|a| a.split(',').filter_map(GgmlType::from_name).collect());
     let types: Vec<GgmlType> = filter.unwrap_or_else(|| ggml::QUANTIZABLE.to_vec());
-    let x = rows();
+    let x = common::weight_values(N_PER_ROW * N_ROWS);
     let gb = (x.len() * 4) as f64 / 1e9;
 
     let mut copy = vec![0f32; x.len()];
-    let memcpy1 = gb / best_secs(|| copy.copy_from_slice(&x));
+    let memcpy1 = gb / common::best_secs(REPS, || copy.copy_from_slice(&x));
     let memcpy2 = gb
         / pool(2).install(|| {
-            best_secs(|| {
+            common::best_secs(REPS, || {
                 use rayon::prelude::*;
                 copy.par_chunks_mut(1 << 20)
                     .zip(x.par_chunks(1 << 20))
@@ -134,9 +104,14 @@ fn main() {
         let mut back = vec![0f32; x.len()];
         for th in [1usize, 2] {
             let p = pool(th);
-            let tq =
-                p.install(|| best_secs(|| ggml::quantize(t, &x, N_PER_ROW, None, &mut q).unwrap()));
-            let td = p.install(|| best_secs(|| ggml::dequantize(t, &q, &mut back).unwrap()));
+            let tq = p.install(|| {
+                common::best_secs(REPS, || {
+                    ggml::quantize(t, &x, N_PER_ROW, None, &mut q).unwrap()
+                })
+            });
+            let td = p.install(|| {
+                common::best_secs(REPS, || ggml::dequantize(t, &q, &mut back).unwrap())
+            });
             ours.push((th, gb / tq, gb / td));
         }
         let baseline = rows_file.as_ref().and_then(|f| ggml_baseline(f, t));

@@ -10,7 +10,7 @@
 //! against the source's values and their ratio, and the blocks kept
 //! exactly.
 
-use std::time::Instant;
+mod common;
 
 use quant_kernels::ggml::{self, requant};
 use quant_kernels::GgmlType;
@@ -18,34 +18,6 @@ use quant_kernels::GgmlType;
 const N_PER_ROW: usize = 4096;
 const N_ROWS: usize = 256;
 const REPS: usize = 3;
-
-fn rows() -> Vec<f32> {
-    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..N_PER_ROW * N_ROWS)
-        .map(|i| {
-            let g = (-2.0 * next().ln()).sqrt() * (std::f64::consts::TAU * next()).cos();
-            let v = 0.02 * g;
-            (if i % 997 == 0 { v * 20.0 } else { v }) as f32
-        })
-        .collect()
-}
-
-fn best_secs(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..REPS)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn rms(a: &[f32], b: &[f32]) -> f64 {
     let s: f64 = a
@@ -89,7 +61,7 @@ fn main() {
         .num_threads(2)
         .build()
         .expect("a thread pool");
-    let x0 = rows();
+    let x0 = common::weight_values(N_PER_ROW * N_ROWS);
     let n = x0.len();
     println!(
         "{} rows of {N_PER_ROW}, 2 threads; time and RMS error against the source values",
@@ -117,12 +89,12 @@ fn main() {
         let mut ours = vec![0u8; row(to) * N_ROWS];
         let mut stats = None;
         let (t_llama, t_ours) = pool.install(|| {
-            let t_llama = best_secs(|| {
+            let t_llama = common::best_secs(REPS, || {
                 let mut y = vec![0f32; n];
                 ggml::dequantize(from, &src, &mut y).expect("dequantize");
                 ggml::quantize(to, &y, N_PER_ROW, None, &mut llama).expect("quantize");
             });
-            let t_ours = best_secs(|| {
+            let t_ours = common::best_secs(REPS, || {
                 stats = Some(
                     requant::requantize(from, to, &src, N_PER_ROW, None, &mut ours)
                         .expect("requantize"),

@@ -187,24 +187,9 @@ proptest! {
     }
 }
 
-/// The types with tile kernels, and the rest (which `ggml::gemm` loops).
-const DOT_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::IQ4NL,
-    GgmlType::IQ4XS,
-];
+/// The types with tile kernels, and the rest (which `ggml::gemm` loops):
+/// every model-file type.
+const DOT_TYPES: &[GgmlType] = crate::ggml::QUANTIZABLE;
 
 /// `gemm_at` at every level against the reference `vec_dot` of every
 /// (row, token) pair, bit for bit.
