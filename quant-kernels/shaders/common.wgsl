@@ -12,6 +12,12 @@ struct Params {
     a: u32,
     b: u32,
     c: u32,
+    // Always 0, set by the host; the shader compiler cannot know that (see
+    // `fenced`).
+    zero: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<u32>;
@@ -31,6 +37,22 @@ fn note_if_not_finite(index: u32, bits: u32) {
     if ((bits & 0x7f800000u) == 0x7f800000u) {
         atomicMin(&status[0], index);
     }
+}
+
+// The bits of a float result, XORed with `params.zero`. A float operation
+// that reads them back (`bitcast<f32>`) cannot be fused with the one that
+// produced them (no FMA contraction, no reassociation under fast-math),
+// because the compiler cannot prove the XOR changes nothing: each operation
+// rounds on its own, as IEEE and the CPU reference say.
+fn fenced(x: f32) -> u32 {
+    return bitcast<u32>(x) ^ params.zero;
+}
+
+// Order-preserving integer key of a finite float's bits, with -0 and +0
+// equal (as float comparisons have them).
+fn order_key(v: u32) -> i32 {
+    let mag = i32(v & 0x7fffffffu);
+    return select(mag, -mag, (v >> 31u) != 0u);
 }
 
 // Byte `i` of the input.

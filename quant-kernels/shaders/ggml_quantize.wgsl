@@ -1,11 +1,14 @@
 // GGML quantizers, byte for byte the scalar references in
 // src/ggml/reference (ggml's `quantize_row_*_ref`): every float operation
-// goes through softfloat.wgsl in the order the C code evaluates it.
+// goes through softfloat.wgsl in the order the C code evaluates it, or
+// through the float unit where that provably gives the same bits (the
+// legacy types' per-value arithmetic, below).
 //
 // Input: f32 bit patterns, `params.n_units` blocks. Output: the blocks'
-// bytes. Q8_0 (34 B), Q4_0 (18 B) and Q6_K (210 B) blocks do not fill whole
-// words, so those kernels quantize a pair of blocks per invocation (68, 36,
-// 420 bytes: whole words); Q4_1 (20 B) and Q4_K (144 B) take one block.
+// bytes. Q8_0, Q4_0 and Q4_1 work in tiles of 64 blocks per workgroup.
+// Q6_K blocks (210 B) do not fill whole words, so that kernel quantizes a
+// pair of blocks per invocation (420 bytes: whole words); Q4_K (144 B)
+// takes one block.
 
 const F_ONE: u32 = 0x3f800000u;
 const F_HALF: u32 = 0x3f000000u;
@@ -26,23 +29,182 @@ fn nibble_from(v: u32) -> u32 {
     return u32(min(i, 15)) & 0xffu;
 }
 
-// Largest-magnitude element with its sign (first on ties; the running
-// maximum starts at 0).
-fn signed_absmax(base: u32, n: u32) -> u32 {
-    var amax = 0u;
-    var vmax = 0u;
-    for (var j = 0u; j < n; j = j + 1u) {
-        let v = src[base + j];
-        note_if_not_finite(base + j, v);
-        if (sf_lt(amax, sf_abs(v))) {
-            amax = sf_abs(v);
-            vmax = v;
+// The legacy quantizers' fast case. Their references compute one scale per
+// block, then per value a product (and for the nibble types a sum) that is
+// rounded or truncated to a small integer. When the block's magnitude is
+// at least 2^-100 (and finite), the inverse scale is below 2^108, so a
+// subnormal value (which a GPU may flush to zero) or a product that would
+// round to a subnormal gives the same integer as zero does; every other
+// operation has normal operands and a normal result, where WGSL, Vulkan,
+// Metal and D3D require the float unit to round correctly, and `fenced`
+// keeps each operation from being fused with the next. So such blocks run
+// on the float unit and the others through softfloat.wgsl, with the same
+// bytes either way (the host rejects non-finite input, so no NaN reaches a
+// kept result).
+const FAST_MIN: u32 = 0x0d800000u; // 2^-100
+
+fn fast_magnitude(m: u32) -> bool {
+    return m >= FAST_MIN && m < SF_INF;
+}
+
+// roundf(p) as an integer, for the bits of a finite |p| < 2^23.
+fn round_away_small(p: u32) -> i32 {
+    let e = (p >> 23u) & 0xffu;
+    let s = 150u - clamp(e, 126u, 150u);
+    let m = (p & 0x7fffffu) | 0x00800000u;
+    let r = select((m + ((1u << s) >> 1u)) >> s, 0u, e < 126u);
+    return select(i32(r), -i32(r), (p >> 31u) != 0u);
+}
+
+// A nibble `min(15, (int8)(p + add))` for p a fast block's product.
+fn nibble_fast(p: u32, add: f32) -> u32 {
+    return min(u32(i32(bitcast<f32>(p) + add)), 15u);
+}
+
+// ------------------------------------------------- tiles of 32-value blocks
+//
+// The legacy kernels work in tiles of 64 blocks, one workgroup each: the
+// workgroup loads the tile's 2048 values with coalesced reads (invocation
+// i reads words i, i+64, ...) into workgroup memory, each invocation then
+// quantizes one block from there (rows of 33 words, so that the 64 rows
+// fall in different banks), stages the block's bytes as words, and the
+// workgroup writes the tile's output with coalesced stores. Reading 32
+// consecutive words per invocation straight from the buffer instead
+// touches 32 cache lines per warp-wide load: an H100 then tops out near
+// 470 GB/s for the reads alone, against ~1.6 TB/s coalesced
+// (BENCH-gpu.md).
+
+const TILE: u32 = 64u;
+const ROW: u32 = 33u;
+// Staged output words per block (the largest block, Q8_0's 34 bytes).
+const OUT_ROW: u32 = 9u;
+
+var<workgroup> tile_in: array<u32, 2112>;
+var<workgroup> tile_out: array<u32, 576>;
+
+struct Tile {
+    // Index of the tile's first block in the chunk.
+    first: u32,
+    // Blocks present (TILE except in the last tile).
+    blocks: u32,
+}
+
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
+    let first = (wid.x + wid.y * nwg.x) * TILE;
+    return Tile(first, min(TILE, params.n_units - min(first, params.n_units)));
+}
+
+fn tile_load(t: Tile, lid: u32) {
+    let words = t.blocks * 32u;
+    let base = t.first * 32u;
+    // The first non-finite value's index, noted once after the loop: an
+    // atomic inside it would keep the loads from overlapping. Eight loads
+    // are issued before their values are stored, so that they are in
+    // flight together.
+    var bad = 0xffffffffu;
+    for (var i0 = 0u; i0 < 32u; i0 = i0 + 8u) {
+        var v: array<u32, 8>;
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let w = lid + (i0 + i) * TILE;
+            v[i] = select(0u, src[min(base + w, arrayLength(&src) - 1u)], w < words);
+        }
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let w = lid + (i0 + i) * TILE;
+            if ((v[i] & 0x7f800000u) == 0x7f800000u && w < words) {
+                bad = min(bad, base + w);
+            }
+            tile_in[w + w / 32u] = v[i];
         }
     }
-    return vmax;
+    if (bad != 0xffffffffu) {
+        atomicMin(&status[0], bad);
+    }
+}
+
+// Value j of the tile's block b.
+fn tv(b: u32, j: u32) -> u32 {
+    return tile_in[b * ROW + j];
+}
+
+// Bytes y, y+1 (y even) of the tile's output: block y / ts, staged in
+// OUT_ROW words per block.
+fn tile_half(y: u32, ts: u32) -> u32 {
+    let b = y / ts;
+    let r = y - b * ts;
+    return (tile_out[b * OUT_ROW + r / 4u] >> ((r & 2u) * 8u)) & 0xffffu;
+}
+
+// Writes the tile's output: `ts` bytes per block (an even number), the
+// staged words of absent blocks being zero.
+fn tile_store(t: Tile, lid: u32, ts: u32) {
+    let words = (t.blocks * ts + 3u) / 4u;
+    let base = t.first * ts / 4u;
+    for (var i = 0u; i * TILE < TILE * ts / 4u; i = i + 1u) {
+        let w = lid + i * TILE;
+        if (w < words) {
+            dst[base + w] = tile_half(4u * w, ts) | (tile_half(4u * w + 2u, ts) << 16u);
+        }
+    }
+}
+
+// Stages a block whose bytes are a 2-byte scale then `n` packed code words
+// (Q8_0: 8, Q4_0: 4): the codes straddle words, shifted by the scale.
+fn stage_after_half(b: u32, d16: u32, codes: ptr<function, array<u32, 8>>, n: u32) {
+    var carry = d16;
+    for (var k = 0u; k < n; k = k + 1u) {
+        let p = (*codes)[k];
+        tile_out[b * OUT_ROW + k] = carry | (p << 16u);
+        carry = p >> 16u;
+    }
+    tile_out[b * OUT_ROW + n] = carry;
+}
+
+fn stage_zero(b: u32) {
+    for (var k = 0u; k < OUT_ROW; k = k + 1u) {
+        tile_out[b * OUT_ROW + k] = 0u;
+    }
 }
 
 // ------------------------------------------------------------------ Q8_0
+
+// amax = MAX(amax, fabsf(x)) over the block (an integer maximum of the
+// magnitudes' bits, for finite values), d = amax/127, id = 1/d or 0, then
+// each code `(int8)roundf(x*id)`.
+fn q8_0_stage(b: u32) {
+    var amax = 0u;
+    for (var j = 0u; j < 32u; j = j + 1u) {
+        amax = max(amax, tv(b, j) & 0x7fffffffu);
+    }
+    let d = sf_div_fast(amax, F_127);
+    var id = 0u;
+    if (d != 0u) {
+        id = sf_div_fast(F_ONE, d);
+    }
+    // The two cases in separate loops, so that the soft one is not
+    // inlined into every value of the fast one.
+    var codes: array<u32, 8>;
+    if (fast_magnitude(amax)) {
+        let fid = bitcast<f32>(id);
+        for (var k = 0u; k < 8u; k = k + 1u) {
+            var w = 0u;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                let q = round_away_small(fenced(bitcast<f32>(tv(b, 4u * k + i)) * fid));
+                w = w | ((u32(q) & 0xffu) << (8u * i));
+            }
+            codes[k] = w;
+        }
+    } else {
+        for (var k = 0u; k < 8u; k = k + 1u) {
+            var w = 0u;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                let q = sf_cvtt(sf_round_away(sf_mul_fast(tv(b, 4u * k + i), id)));
+                w = w | ((u32(q) & 0xffu) << (8u * i));
+            }
+            codes[k] = w;
+        }
+    }
+    stage_after_half(b, sf_to_f16(d), &codes, 8u);
+}
 
 @compute @workgroup_size(64)
 fn quantize_q8_0(
@@ -50,38 +212,75 @@ fn quantize_q8_0(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let first = invocation_index(wid, nwg, lid) * 2u;
-    if (first >= params.n_units) {
+    let t = tile_of(wid, nwg);
+    if (t.blocks == 0u) {
         return;
     }
-    let count = min(2u, params.n_units - first);
-    var w = ByteWriter(first / 2u * 17u, 0u, 0u);
-    for (var b = 0u; b < count; b = b + 1u) {
-        let base = (first + b) * 32u;
-        var amax = 0u;
-        for (var j = 0u; j < 32u; j = j + 1u) {
-            let v = src[base + j];
-            note_if_not_finite(base + j, v);
-            // MAX(a, b) is `a > b ? a : b`.
-            if (!sf_gt(amax, sf_abs(v))) {
-                amax = sf_abs(v);
-            }
-        }
-        let d = sf_div_fast(amax, F_127);
-        var id = 0u;
-        if (!sf_eq(d, 0u)) {
-            id = sf_div_fast(F_ONE, d);
-        }
-        bw_push_u16(&w, sf_to_f16(d));
-        for (var j = 0u; j < 32u; j = j + 1u) {
-            let q = sf_cvtt(sf_round_away(sf_mul_fast(src[base + j], id)));
-            bw_push(&w, u32(q));
-        }
+    tile_load(t, lid);
+    workgroupBarrier();
+    if (lid < t.blocks) {
+        q8_0_stage(lid);
+    } else {
+        stage_zero(lid);
     }
-    bw_flush(&w);
+    workgroupBarrier();
+    tile_store(t, lid, 34u);
 }
 
 // ------------------------------------------------------------------ Q4_0
+
+// Code byte j (values j and j+16) of a Q4_0 block: `MIN(15, (int8)(x*id
+// + 8.5f))` per nibble, on the float unit or through softfloat.
+fn q4_0_byte_fast(b: u32, j: u32, id: f32) -> u32 {
+    let lo = nibble_fast(fenced(bitcast<f32>(tv(b, j)) * id), 8.5);
+    let hi = nibble_fast(fenced(bitcast<f32>(tv(b, j + 16u)) * id), 8.5);
+    return lo | (hi << 4u);
+}
+
+fn q4_0_byte_soft(b: u32, j: u32, id: u32) -> u32 {
+    let lo = nibble_from(sf_add(sf_mul_fast(tv(b, j), id), F_8_5));
+    let hi = nibble_from(sf_add(sf_mul_fast(tv(b, j + 16u), id), F_8_5));
+    return lo | (hi << 4u);
+}
+
+// The first largest-magnitude value (the running maximum starts at 0), d =
+// max/-8, id = 1/d or 0; byte j of the codes holds value j in its low
+// nibble and value j+16 in its high one.
+fn q4_0_stage(b: u32) {
+    var amax = 0u;
+    var vmax = 0u;
+    for (var j = 0u; j < 32u; j = j + 1u) {
+        let v = tv(b, j);
+        if ((v & 0x7fffffffu) > amax) {
+            amax = v & 0x7fffffffu;
+            vmax = v;
+        }
+    }
+    let d = sf_div_fast(vmax, F_NEG_8);
+    var id = 0u;
+    if ((d & 0x7fffffffu) != 0u) {
+        id = sf_div_fast(F_ONE, d);
+    }
+    var codes: array<u32, 8>;
+    if (fast_magnitude(amax)) {
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            var w = 0u;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                w = w | (q4_0_byte_fast(b, 4u * k + i, bitcast<f32>(id)) << (8u * i));
+            }
+            codes[k] = w;
+        }
+    } else {
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            var w = 0u;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                w = w | (q4_0_byte_soft(b, 4u * k + i, id) << (8u * i));
+            }
+            codes[k] = w;
+        }
+    }
+    stage_after_half(b, sf_to_f16(d), &codes, 4u);
+}
 
 @compute @workgroup_size(64)
 fn quantize_q4_0(
@@ -89,33 +288,91 @@ fn quantize_q4_0(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let first = invocation_index(wid, nwg, lid) * 2u;
-    if (first >= params.n_units) {
+    let t = tile_of(wid, nwg);
+    if (t.blocks == 0u) {
         return;
     }
-    let count = min(2u, params.n_units - first);
-    var w = ByteWriter(first / 2u * 9u, 0u, 0u);
-    for (var b = 0u; b < count; b = b + 1u) {
-        let base = (first + b) * 32u;
-        let vmax = signed_absmax(base, 32u);
-        let d = sf_div_fast(vmax, F_NEG_8);
-        var id = 0u;
-        if (!sf_eq(d, 0u)) {
-            id = sf_div_fast(F_ONE, d);
-        }
-        bw_push_u16(&w, sf_to_f16(d));
-        for (var j = 0u; j < 16u; j = j + 1u) {
-            let x0 = sf_mul_fast(src[base + j], id);
-            let x1 = sf_mul_fast(src[base + 16u + j], id);
-            let xi0 = nibble_from(sf_add(x0, F_8_5));
-            let xi1 = nibble_from(sf_add(x1, F_8_5));
-            bw_push(&w, xi0 | (xi1 << 4u));
-        }
+    tile_load(t, lid);
+    workgroupBarrier();
+    if (lid < t.blocks) {
+        q4_0_stage(lid);
+    } else {
+        stage_zero(lid);
     }
-    bw_flush(&w);
+    workgroupBarrier();
+    tile_store(t, lid, 18u);
 }
 
 // ------------------------------------------------------------------ Q4_1
+
+// Code byte j (values j and j+16) of a Q4_1 block: `MIN(15, (int8)((x -
+// min)*id + 0.5f))` per nibble, on the float unit or through softfloat.
+fn q4_1_nibble_fast(v: u32, vmin: f32, id: f32) -> u32 {
+    let diff = fenced(bitcast<f32>(v) - vmin);
+    return nibble_fast(fenced(bitcast<f32>(diff) * id), 0.5);
+}
+
+fn q4_1_byte_fast(b: u32, j: u32, vmin: f32, id: f32) -> u32 {
+    let lo = q4_1_nibble_fast(tv(b, j), vmin, id);
+    let hi = q4_1_nibble_fast(tv(b, j + 16u), vmin, id);
+    return lo | (hi << 4u);
+}
+
+fn q4_1_byte_soft(b: u32, j: u32, vmin: u32, id: u32) -> u32 {
+    let lo = nibble_from(sf_add(sf_mul_fast(sf_sub(tv(b, j), vmin), id), F_HALF));
+    let hi = nibble_from(sf_add(sf_mul_fast(sf_sub(tv(b, j + 16u), vmin), id), F_HALF));
+    return lo | (hi << 4u);
+}
+
+// `if (v < min) min = v; if (v > max) max = v;` from FLT_MAX and -FLT_MAX
+// (compared through order_key), d = (max - min)/15, id = 1/d or 0. A
+// subnormal value sends the block to the soft path (x - min could round
+// differently on a GPU that flushes it).
+fn q4_1_stage(b: u32) {
+    var vmin = F_MAX;
+    var vmax = F_MAX | 0x80000000u;
+    var kmin = order_key(vmin);
+    var kmax = order_key(vmax);
+    var subnormal = false;
+    for (var j = 0u; j < 32u; j = j + 1u) {
+        let v = tv(b, j);
+        let k = order_key(v);
+        if (k < kmin) {
+            kmin = k;
+            vmin = v;
+        }
+        if (k > kmax) {
+            kmax = k;
+            vmax = v;
+        }
+        subnormal = subnormal || ((v & 0x7f800000u) == 0u && (v & 0x7fffffu) != 0u);
+    }
+    let range = sf_sub(vmax, vmin);
+    let d = sf_div_fast(range, F_15);
+    var id = 0u;
+    if ((d & 0x7fffffffu) != 0u) {
+        id = sf_div_fast(F_ONE, d);
+    }
+    tile_out[b * OUT_ROW] = sf_to_f16(d) | (sf_to_f16(vmin) << 16u);
+    if (!subnormal && fast_magnitude(range)) {
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            var w = 0u;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                let byte = q4_1_byte_fast(b, 4u * k + i, bitcast<f32>(vmin), bitcast<f32>(id));
+                w = w | (byte << (8u * i));
+            }
+            tile_out[b * OUT_ROW + 1u + k] = w;
+        }
+    } else {
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            var w = 0u;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                w = w | (q4_1_byte_soft(b, 4u * k + i, vmin, id) << (8u * i));
+            }
+            tile_out[b * OUT_ROW + 1u + k] = w;
+        }
+    }
+}
 
 @compute @workgroup_size(64)
 fn quantize_q4_1(
@@ -123,39 +380,19 @@ fn quantize_q4_1(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let blk = invocation_index(wid, nwg, lid);
-    if (blk >= params.n_units) {
+    let t = tile_of(wid, nwg);
+    if (t.blocks == 0u) {
         return;
     }
-    let base = blk * 32u;
-    var vmin = F_MAX;
-    var vmax = F_MAX | 0x80000000u;
-    for (var j = 0u; j < 32u; j = j + 1u) {
-        let v = src[base + j];
-        note_if_not_finite(base + j, v);
-        if (sf_lt(v, vmin)) {
-            vmin = v;
-        }
-        if (sf_gt(v, vmax)) {
-            vmax = v;
-        }
+    tile_load(t, lid);
+    workgroupBarrier();
+    if (lid < t.blocks) {
+        q4_1_stage(lid);
+    } else {
+        stage_zero(lid);
     }
-    let d = sf_div_fast(sf_sub(vmax, vmin), F_15);
-    var id = 0u;
-    if (!sf_eq(d, 0u)) {
-        id = sf_div_fast(F_ONE, d);
-    }
-    var w = ByteWriter(blk * 5u, 0u, 0u);
-    bw_push_u16(&w, sf_to_f16(d));
-    bw_push_u16(&w, sf_to_f16(vmin));
-    for (var j = 0u; j < 16u; j = j + 1u) {
-        let x0 = sf_mul_fast(sf_sub(src[base + j], vmin), id);
-        let x1 = sf_mul_fast(sf_sub(src[base + 16u + j], vmin), id);
-        let xi0 = nibble_from(sf_add(x0, F_HALF));
-        let xi1 = nibble_from(sf_add(x1, F_HALF));
-        bw_push(&w, xi0 | (xi1 << 4u));
-    }
-    bw_flush(&w);
+    workgroupBarrier();
+    tile_store(t, lid, 20u);
 }
 
 // ------------------------------------------------------------------ Q4_K

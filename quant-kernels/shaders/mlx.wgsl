@@ -7,25 +7,13 @@
 //
 // Quantize output (words): the packed values of every group, then the
 // scales, then the biases (2-byte dtypes two to a word, each part padded
-// to a whole word). One invocation quantizes a pair of groups, so a scale
-// word is never shared between invocations.
+// to a whole word). One invocation per row of 32 values, 64 rows per
+// workgroup (below).
 
 const MLX_F32: u32 = 0u;
 const MLX_F16: u32 = 1u;
 const MLX_EPS: u32 = 0x33d6bf95u; // (float)1e-7
 const NEG_INF: u32 = 0xff800000u;
-
-// Element e of the input, widened to f32 bits.
-fn mlx_in(e: u32) -> u32 {
-    if (params.c == MLX_F32) {
-        return src[e];
-    }
-    let h = (src[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu;
-    if (params.c == MLX_F16) {
-        return sf_from_f16(h);
-    }
-    return h << 16u;
-}
 
 // f32 bits rounded to the storage dtype, as stored (f32 bits, or the f16 /
 // bf16 bits in the low half).
@@ -44,20 +32,8 @@ struct GroupParams {
     bias: u32,
 }
 
-fn affine_params(first: u32, gs: u32, nb: u32) -> GroupParams {
-    var w_min = SF_INF;
-    var w_max = NEG_INF;
-    for (var i = 0u; i < gs; i = i + 1u) {
-        let x = mlx_in(first + i);
-        note_if_not_finite(first + i, x);
-        // std::max(a, b) is `a < b ? b : a`; std::min(a, b) `b < a ? b : a`.
-        if (sf_lt(w_max, x)) {
-            w_max = x;
-        }
-        if (sf_lt(x, w_min)) {
-            w_min = x;
-        }
-    }
+// mlx's scale and bias from the group's min and max.
+fn affine_params(w_min: u32, w_max: u32, nb: u32) -> GroupParams {
     let mask = sf_gt(sf_abs(w_min), sf_abs(w_max));
     var scale = sf_div_fast(sf_sub(w_max, w_min), nb);
     if (sf_lt(scale, MLX_EPS)) {
@@ -74,43 +50,178 @@ fn affine_params(first: u32, gs: u32, nb: u32) -> GroupParams {
     return GroupParams(scale, 0u);
 }
 
+// The code of x, `rint(clamp((x - bias)/scale, 0, nb))`, exactly.
+fn mlx_code_exact(x: u32, p: GroupParams, nb: u32) -> u32 {
+    var r = sf_rint(sf_div_fast(sf_sub(x, p.bias), p.scale));
+    if (sf_lt(r, 0u)) {
+        r = 0u;
+    }
+    if (sf_lt(nb, r)) {
+        r = nb;
+    }
+    return u32(sf_cvtt(r));
+}
+
+// Rows of 32 values: the quantizer works in tiles of 64 rows (2048
+// values, whole groups of 32, 64 or 128), one workgroup each, as the GGML
+// legacy quantizers do (ggml_quantize.wgsl): coalesced loads into
+// workgroup memory, one invocation per row, the row's packed words staged
+// and written with coalesced stores.
+const MLX_ROWS: u32 = 64u;
+const MLX_ROW: u32 = 33u;
+
+var<workgroup> mt_in: array<u32, 2112>;
+// Packed words, row r's at r * (bits | 1): an odd stride keeps the rows'
+// stores in different banks.
+var<workgroup> mt_out: array<u32, 576>;
+var<workgroup> mt_min: array<u32, 64>;
+var<workgroup> mt_max: array<u32, 64>;
+var<workgroup> mt_stored: array<vec2<u32>, 64>;
+
+// std::max(a, b) is `a < b ? b : a`; std::min(a, b) `b < a ? b : a`
+// (compared through order_key: non-finite input is refused).
+fn mlx_min(a: u32, x: u32) -> u32 {
+    return select(a, x, order_key(x) < order_key(a));
+}
+
+fn mlx_max(a: u32, x: u32) -> u32 {
+    return select(a, x, order_key(a) < order_key(x));
+}
+
+// Codes of the tile's row r in place of its values. Each code comes from
+// the float unit where that is provably the exact one: the subtraction
+// (the bias is 0 or a normal value above 5e-8, so a flushed subnormal x
+// or a flushed subnormal difference gives the same code as the exact
+// one), then an estimate of the quotient through the correctly rounded
+// reciprocal `inv` (within 2^-8 of the true quotient while below 512,
+// whatever the float unit's rounding or fusing), which decides the
+// rounding when it lies more than 2^-6 from a half-integer. The other values, and every value of a group
+// whose scale is outside [2^-40, 2^100], take the exact division after.
+fn mlx_row_codes(r: u32, p: GroupParams, nb: u32) {
+    let base = r * MLX_ROW;
+    let mag = p.scale & 0x7fffffffu;
+    var exact = 0xffffffffu;
+    if (mag >= 0x2b800000u && mag <= 0x71800000u) {
+        exact = 0u;
+        let inv = bitcast<f32>(sf_div_fast(0x3f800000u, p.scale));
+        let bias = bitcast<f32>(p.bias);
+        let top = bitcast<f32>(nb);
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            let d = fenced(bitcast<f32>(mt_in[base + i]) - bias);
+            let y = bitcast<f32>(d) * inv;
+            let t = floor(y + 0.5);
+            if (abs(y - t) < 0.484375 && abs(y) < 512.0) {
+                mt_in[base + i] = u32(clamp(t, 0.0, top));
+            } else {
+                exact = exact | (1u << i);
+            }
+        }
+    }
+    // One value per pass: the mask loses a bit each time.
+    while (exact != 0u) {
+        let i = firstTrailingBit(exact);
+        exact = exact & (exact - 1u);
+        mt_in[base + i] = mlx_code_exact(mt_in[base + i], p, nb);
+    }
+}
+
 @compute @workgroup_size(64)
 fn mlx_quantize(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let first = invocation_index(wid, nwg, lid) * 2u;
-    if (first >= params.n_units) {
-        return;
-    }
     let bits = params.a;
     let gs = params.b;
-    let wpg = gs * bits / 32u;
+    let rpg = gs / 32u;
+    let total_rows = params.n_units * rpg;
+    let first_row = (wid.x + wid.y * nwg.x) * MLX_ROWS;
+    if (first_row >= total_rows) {
+        return;
+    }
+    let rows = min(MLX_ROWS, total_rows - first_row);
     let nb = sf_from_i32(i32((1u << bits) - 1u));
-    let count = min(2u, params.n_units - first);
-    var stored: array<vec2<u32>, 2>;
-    for (var g = 0u; g < count; g = g + 1u) {
-        let group = first + g;
-        let e0 = group * gs;
-        let p = affine_params(e0, gs, nb);
+
+    // The tile's values, widened to f32 bits (the dtype decided outside
+    // the loops, so that each loop's loads can be in flight together); the
+    // first non-finite one is noted once after the loop (an atomic inside
+    // it would keep the loads from overlapping).
+    let words = rows * 32u;
+    let e0 = first_row * 32u;
+    var bad = 0xffffffffu;
+    if (params.c == MLX_F32) {
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            let w = lid + i * MLX_ROWS;
+            if (w < words) {
+                let x = src[e0 + w];
+                if ((x & 0x7f800000u) == 0x7f800000u) {
+                    bad = min(bad, e0 + w);
+                }
+                mt_in[w + w / 32u] = x;
+            }
+        }
+    } else {
+        // Two values per word: invocation i widens word i of the tile.
+        let f16 = params.c == MLX_F16;
+        for (var i = 0u; i < 16u; i = i + 1u) {
+            let h = lid + i * MLX_ROWS;
+            if (2u * h < words) {
+                let pair = src[(e0 >> 1u) + h];
+                for (var k = 0u; k < 2u; k = k + 1u) {
+                    let bits = (pair >> (16u * k)) & 0xffffu;
+                    let x = select(bits << 16u, sf_from_f16(bits), f16);
+                    let w = 2u * h + k;
+                    if ((x & 0x7f800000u) == 0x7f800000u) {
+                        bad = min(bad, e0 + w);
+                    }
+                    mt_in[w + w / 32u] = x;
+                }
+            }
+        }
+    }
+    if (bad != 0xffffffffu) {
+        atomicMin(&status[0], bad);
+    }
+    workgroupBarrier();
+
+    // Each row's min and max, then each group's from its rows in order.
+    let r = lid;
+    var lo = SF_INF;
+    var hi = NEG_INF;
+    if (r < rows) {
+        for (var j = 0u; j < 32u; j = j + 1u) {
+            let x = mt_in[r * MLX_ROW + j];
+            hi = mlx_max(hi, x);
+            lo = mlx_min(lo, x);
+        }
+    }
+    mt_min[r] = lo;
+    mt_max[r] = hi;
+    workgroupBarrier();
+
+    if (r < rows) {
+        let g0 = r - r % rpg;
+        var w_min = SF_INF;
+        var w_max = NEG_INF;
+        for (var k = 0u; k < rpg; k = k + 1u) {
+            w_max = mlx_max(w_max, mt_max[g0 + k]);
+            w_min = mlx_min(w_min, mt_min[g0 + k]);
+        }
+        let p = affine_params(w_min, w_max, nb);
+        if (r == g0) {
+            mt_stored[r / rpg] = vec2<u32>(mlx_store(p.scale), mlx_store(p.bias));
+        }
+        mlx_row_codes(r, p, nb);
+        // 32 codes fill `bits` words exactly.
         var acc = 0u;
         var nbits = 0u;
-        var word = group * wpg;
-        for (var i = 0u; i < gs; i = i + 1u) {
-            let y = sf_div_fast(sf_sub(mlx_in(e0 + i), p.bias), p.scale);
-            var r = sf_rint(y);
-            if (sf_lt(r, 0u)) {
-                r = 0u;
-            }
-            if (sf_lt(nb, r)) {
-                r = nb;
-            }
-            let q = u32(sf_cvtt(r));
+        var word = r * (bits | 1u);
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            let q = mt_in[r * MLX_ROW + i];
             acc = acc | (q << nbits);
             nbits = nbits + bits;
             if (nbits >= 32u) {
-                dst[word] = acc;
+                mt_out[word] = acc;
                 word = word + 1u;
                 nbits = nbits - 32u;
                 acc = 0u;
@@ -119,26 +230,41 @@ fn mlx_quantize(
                 }
             }
         }
-        stored[g] = vec2<u32>(mlx_store(p.scale), mlx_store(p.bias));
     }
-    let packed_words = params.n_units * wpg;
+    workgroupBarrier();
+
+    // Packed words (every group's, in order), then the scales, then the
+    // biases (2-byte dtypes two to a word: a tile holds an even number of
+    // groups except at the very end).
+    let out_words = rows * bits;
+    let base = first_row * bits;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        let w = lid + i * MLX_ROWS;
+        if (w < out_words) {
+            let row = w / bits;
+            dst[base + w] = mt_out[row * (bits | 1u) + w - row * bits];
+        }
+    }
+    let groups = rows / rpg;
+    let g_first = first_row / rpg;
+    let packed_words = params.n_units * gs * bits / 32u;
     if (params.c == MLX_F32) {
-        let scale_words = params.n_units;
-        for (var g = 0u; g < count; g = g + 1u) {
-            dst[packed_words + first + g] = stored[g].x;
-            dst[packed_words + scale_words + first + g] = stored[g].y;
+        if (lid < groups) {
+            dst[packed_words + g_first + lid] = mt_stored[lid].x;
+            dst[packed_words + params.n_units + g_first + lid] = mt_stored[lid].y;
         }
     } else {
         let scale_words = (params.n_units + 1u) / 2u;
-        let k = first / 2u;
-        var s = stored[0].x;
-        var b = stored[0].y;
-        if (count == 2u) {
-            s = s | (stored[1].x << 16u);
-            b = b | (stored[1].y << 16u);
+        if (2u * lid < groups) {
+            var s = mt_stored[2u * lid].x;
+            var b = mt_stored[2u * lid].y;
+            if (2u * lid + 1u < groups) {
+                s = s | (mt_stored[2u * lid + 1u].x << 16u);
+                b = b | (mt_stored[2u * lid + 1u].y << 16u);
+            }
+            dst[packed_words + g_first / 2u + lid] = s;
+            dst[packed_words + scale_words + g_first / 2u + lid] = b;
         }
-        dst[packed_words + k] = s;
-        dst[packed_words + scale_words + k] = b;
     }
 }
 

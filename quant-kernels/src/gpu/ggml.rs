@@ -17,8 +17,8 @@ pub const GPU_TYPES: &[GgmlType] = &[
 /// (quantize entry, dequantize entry, blocks per quantize invocation).
 pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
     Some(match ty {
-        GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 2),
-        GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 2),
+        GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 1),
+        GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 1),
         GgmlType::Q4_1 => ("quantize_q4_1", "dequantize_q4_1", 1),
         GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 1),
         GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 2),

@@ -99,7 +99,8 @@ impl Gpu {
                     entry: "mlx_quantize",
                     input: &input[done * gs * es..(done + n) * gs * es],
                     n_units: n as u32,
-                    invocations: n.div_ceil(2) as u32,
+                    // One invocation per row of 32 values.
+                    invocations: (n * gs / 32) as u32,
                     extra: [params.bits, gs as u32, dtype_code(dtype)],
                 },
                 &mut out,

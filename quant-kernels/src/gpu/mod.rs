@@ -358,13 +358,26 @@ impl Gpu {
             modules
                 .entry(module)
                 .or_insert_with(|| {
-                    Arc::new(
-                        self.device
-                            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                                label: Some(module.name()),
-                                source: wgpu::ShaderSource::Wgsl(module.source().into()),
-                            }),
-                    )
+                    let desc = wgpu::ShaderModuleDescriptor {
+                        label: Some(module.name()),
+                        source: wgpu::ShaderSource::Wgsl(module.source().into()),
+                    };
+                    // Without the loop counters that wgpu adds to every loop
+                    // by default (a guard against shaders that never end):
+                    // they keep the driver from unrolling, and the legacy
+                    // and MLX quantizers run about 4x slower with them on
+                    // an H100 (BENCH-gpu.md). SAFETY: every loop in these
+                    // shaders ends: each `for` counts to a constant or to a
+                    // bound the host sets from the sizes of the buffers it
+                    // binds, softfloat's `loop` retires at least one
+                    // quotient bit per pass, and the MLX quantizer's
+                    // `while` clears one bit of its mask per pass. Bounds
+                    // checks stay on.
+                    let checks = wgpu::ShaderRuntimeChecks {
+                        force_loop_bounding: false,
+                        ..wgpu::ShaderRuntimeChecks::checked()
+                    };
+                    Arc::new(unsafe { self.device.create_shader_module_trusted(desc, checks) })
                 })
                 .clone()
         };
@@ -579,15 +592,17 @@ impl Gpu {
         Ok((first != u32::MAX).then_some(first))
     }
 
+    /// The `Params` of common.wgsl: `words`, then `zero` (0) and padding.
     fn uniform(&self, words: &[u32; 4]) -> wgpu::Buffer {
+        let mut all = [0u32; 8];
+        all[..4].copy_from_slice(words);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
-            size: 16,
+            size: 32,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.queue
-            .write_buffer(&buf, 0, bytemuck::cast_slice(words));
+        self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&all));
         buf
     }
 }
