@@ -500,7 +500,7 @@ fn search_row<T: Elem>(
     let mut pairs = vec![(0f32, 0f32); row.len() / gs];
     match engine {
         Engine::Reference => {
-            search::search_row(&x, importance, gs, bits, dtype, &mut codes, &mut pairs)
+            search::search_row::<[f32; 8]>(&x, importance, gs, bits, dtype, &mut codes, &mut pairs)
         }
         Engine::Fast => crate::simd::mlx_search_row::run(
             crate::simd::level(),

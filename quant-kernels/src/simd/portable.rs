@@ -755,20 +755,3 @@ pub(crate) fn matmul_f32(
         _ => {}
     }
 }
-
-// ------------------------------------------------------------ searches
-
-/// [`crate::mlx::search::search_row`], compiled per level.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mlx_search_row(
-    x: &[f32],
-    importance: Option<&[f32]>,
-    group: usize,
-    bits: u32,
-    dtype: crate::mlx::MlxDtype,
-    codes: &mut [u8],
-    pairs: &mut [(f32, f32)],
-) {
-    crate::mlx::search::search_row(x, importance, group, bits, dtype, codes, pairs)
-}
