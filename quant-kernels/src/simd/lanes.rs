@@ -176,7 +176,7 @@ mod tests {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            if s % 5 == 0 {
+            if s.is_multiple_of(5) {
                 specials[(s / 5 % 10) as usize]
             } else {
                 (s as f32 / u32::MAX as f32 - 0.5) * 20.0
