@@ -141,7 +141,7 @@ pub fn quantize_row_search_ref(ty: GgmlType, x: &[f32], y: &mut [u8], importance
         } else {
             0.0
         };
-        let (d, m) = search_group(xb, &w, &l.grid, (d, m), &mut q, &mut work);
+        let (d, m) = search_group::<[f32; 8]>(xb, &w, &l.grid, (d, m), &mut q, &mut work);
         write_f16(&mut yb[0..2], d);
         if l.header == 4 {
             write_f16(&mut yb[2..4], m);

@@ -500,7 +500,7 @@ fn search_row<T: Elem>(
     let mut pairs = vec![(0f32, 0f32); row.len() / gs];
     match engine {
         Engine::Reference => {
-            search::search_row(&x, importance, gs, bits, dtype, &mut codes, &mut pairs)
+            search::search_row::<[f32; 8]>(&x, importance, gs, bits, dtype, &mut codes, &mut pairs)
         }
         Engine::Fast => crate::simd::mlx_search_row::run(
             crate::simd::level(),
@@ -514,7 +514,16 @@ fn search_row<T: Elem>(
         ),
     }
     for (g, (q, &(s, b))) in codes.chunks_exact(gs).zip(&pairs).enumerate() {
-        affine::pack_ref(q, bits, &mut words[g * wpg..(g + 1) * wpg]);
+        let out = &mut words[g * wpg..(g + 1) * wpg];
+        match (engine, bits) {
+            (Engine::Fast, 2) => affine::pack_fast::<2>(q, out),
+            (Engine::Fast, 3) => affine::pack_fast::<3>(q, out),
+            (Engine::Fast, 4) => affine::pack_fast::<4>(q, out),
+            (Engine::Fast, 5) => affine::pack_fast::<5>(q, out),
+            (Engine::Fast, 6) => affine::pack_fast::<6>(q, out),
+            (Engine::Fast, 8) => affine::pack_fast::<8>(q, out),
+            _ => affine::pack_ref(q, bits, out),
+        }
         scales[g] = T::narrow(s);
         biases[g] = T::narrow(b);
     }

@@ -17,12 +17,15 @@
 //! candidate, so the result is never worse than it by the objective.
 //!
 //! Everything is f32 except the 2x2 least-squares solves (f64). Loops run
-//! in 8 lanes so they vectorize; the lane order is fixed, so the result
-//! depends on the inputs alone.
+//! in 8 lanes ([`F32x8`]: scalar arrays on the baseline, one AVX register
+//! with AVX2 and AVX-512), each candidate's sums in one pass over the
+//! group; the lane order is fixed, so the result depends on the inputs
+//! alone.
 
 use super::affine;
 use super::numeric::round_to;
 use super::MlxDtype;
+pub(crate) use crate::simd::lanes::F32x8;
 
 /// Lanes of the accumulation loops (groups are multiples of 8 values).
 const LANES: usize = 8;
@@ -66,14 +69,6 @@ struct Fit {
     scale: f32,
     bias: f32,
     err: f32,
-}
-
-/// Round-to-nearest-even of a value in `[0, 2^22)` through the float
-/// magic number, as an f32 (what `rint` gives for such values).
-#[inline(always)]
-fn rint_small(y: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (y + MAGIC) - MAGIC
 }
 
 /// The stored value of `v` in `dtype`, or `None` when it is not a finite
@@ -146,113 +141,122 @@ impl Levels {
     }
 }
 
-/// `y` clamped to `[lo, hi]` with plain comparisons (they vectorize).
-#[inline(always)]
-fn clamp(y: f32, lo: f32, hi: f32) -> f32 {
-    let y = if y < lo { lo } else { y };
-    if y > hi {
-        hi
-    } else {
-        y
-    }
-}
-
 /// Re-picks the levels of `x` for a stored pair into `out` and returns the
 /// weighted squared error of `level*scale + bias`, computed as the
 /// format's f32 dequantization does.
 #[inline(always)]
-fn fit(x: &[f32], w: &[f32], lv: &Levels, scale: f32, bias: f32, out: &mut [f32]) -> f32 {
+fn fit<V: F32x8>(x: &[f32], w: &[f32], lv: &Levels, scale: f32, bias: f32, out: &mut [f32]) -> f32 {
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    for (o, &xi) in out.iter_mut().zip(x) {
-        *o = rint_small(clamp((xi - bias) * inv, lv.lo, lv.hi));
+    let (vinv, vs, vb) = (V::splat(inv), V::splat(scale), V::splat(bias));
+    let (lo, hi) = (V::splat(lv.lo), V::splat(lv.hi));
+    // One pass: each level, then its term of [`levels_error`]'s sum.
+    let mut acc = V::splat(0.0);
+    for ((xc, wc), oc) in lanes(x).iter().zip(lanes(w)).zip(lanes_mut(out)) {
+        let xv = V::load(xc);
+        let l = rint_lanes(xv.sub(vb).mul(vinv).clamp(lo, hi));
+        l.store(oc);
+        let e = xv.sub(l.mul(vs).add(vb));
+        acc = acc.add(V::load(wc).mul(e).mul(e));
     }
-    levels_error(x, w, scale, bias, out)
+    acc.sum()
+}
+
+/// Round-to-nearest-even per lane of values in `(-2^22, 2^22)` through
+/// the float magic number (what `rint` gives for such values).
+#[inline(always)]
+fn rint_lanes<V: F32x8>(y: V) -> V {
+    let magic = V::splat(12_582_912.0);
+    y.add(magic).sub(magic)
+}
+
+/// `x` in blocks of [`LANES`] (the callers' lengths are multiples of it).
+#[inline(always)]
+fn lanes(x: &[f32]) -> &[[f32; LANES]] {
+    x.as_chunks::<LANES>().0
+}
+
+/// [`lanes`], mutable.
+#[inline(always)]
+fn lanes_mut(x: &mut [f32]) -> &mut [[f32; LANES]] {
+    x.as_chunks_mut::<LANES>().0
 }
 
 /// The weighted squared error of given levels, in [`fit`]'s arithmetic.
 #[inline(always)]
-fn levels_error(x: &[f32], w: &[f32], scale: f32, bias: f32, levels: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    for ((xc, wc), lc) in x
-        .chunks_exact(LANES)
-        .zip(w.chunks_exact(LANES))
-        .zip(levels.chunks_exact(LANES))
-    {
-        for i in 0..LANES {
-            let e = xc[i] - (lc[i] * scale + bias);
-            acc[i] += wc[i] * e * e;
-        }
+fn levels_error<V: F32x8>(x: &[f32], w: &[f32], scale: f32, bias: f32, levels: &[f32]) -> f32 {
+    let (vs, vb) = (V::splat(scale), V::splat(bias));
+    let mut acc = V::splat(0.0);
+    for ((xc, wc), lc) in lanes(x).iter().zip(lanes(w)).zip(lanes(levels)) {
+        let e = V::load(xc).sub(V::load(lc).mul(vs).add(vb));
+        acc = acc.add(V::load(wc).mul(e).mul(e));
     }
-    sum_lanes(&acc)
-}
-
-#[inline(always)]
-fn sum_lanes(acc: &[f32; LANES]) -> f32 {
-    let a = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (a[0] + a[2]) + (a[1] + a[3])
-}
-
-/// `sum(a*b)` in 8 lanes.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    for (ac, bc) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += ac[i] * bc[i];
-        }
-    }
-    sum_lanes(&acc)
+    acc.sum()
 }
 
 /// `sum(x*x)` in 8 lanes (a row's mean square, group by group).
 #[inline(always)]
-pub(crate) fn sum_squares(x: &[f32]) -> f32 {
-    dot(x, x)
-}
-
-/// `sum(a)` in 8 lanes.
-#[inline(always)]
-fn total(a: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    for ac in a.chunks_exact(LANES) {
-        for i in 0..LANES {
-            acc[i] += ac[i];
-        }
+pub(crate) fn sum_squares<V: F32x8>(x: &[f32]) -> f32 {
+    let mut acc = V::splat(0.0);
+    for xc in lanes(x) {
+        let v = V::load(xc);
+        acc = acc.add(v.mul(v));
     }
-    sum_lanes(&acc)
+    acc.sum()
 }
 
 /// Weighted sums that do not depend on the levels: `[w, w*x, w*x*x]`;
 /// `wx` receives `w*x`.
 #[inline(always)]
-fn value_sums(x: &[f32], w: &[f32], wx: &mut [f32]) -> [f64; 3] {
-    for ((o, &xi), &wi) in wx.iter_mut().zip(x).zip(w) {
-        *o = wi * xi;
+fn value_sums<V: F32x8>(x: &[f32], w: &[f32], wx: &mut [f32]) -> [f64; 3] {
+    let (mut s0, mut s1, mut s2) = (V::splat(0.0), V::splat(0.0), V::splat(0.0));
+    for ((xc, wc), oc) in lanes(x).iter().zip(lanes(w)).zip(lanes_mut(wx)) {
+        let (xv, wv) = (V::load(xc), V::load(wc));
+        let p = wv.mul(xv);
+        p.store(oc);
+        s0 = s0.add(wv);
+        s1 = s1.add(p);
+        s2 = s2.add(p.mul(xv));
     }
-    [total(w), total(wx), dot(wx, x)].map(f64::from)
+    [s0.sum(), s1.sum(), s2.sum()].map(f64::from)
 }
 
-/// A candidate's levels `rint(x*iscale - shift)` (clamped) into `out`.
+/// Weighted sums of a candidate's levels `l = rint(x*iscale - shift)`
+/// (clamped), without storing them: [`level_sums`] of those levels.
 #[inline(always)]
-fn candidate_levels(x: &[f32], lv: &Levels, iscale: f32, shift: f32, out: &mut [f32]) {
-    for (o, &xi) in out.iter_mut().zip(x) {
-        *o = rint_small(clamp(xi * iscale - shift, lv.lo, lv.hi));
+fn candidate_sums<V: F32x8>(
+    x: &[f32],
+    w: &[f32],
+    wx: &[f32],
+    lv: &Levels,
+    iscale: f32,
+    shift: f32,
+) -> [f64; 3] {
+    let (vi, vsh) = (V::splat(iscale), V::splat(shift));
+    let (lo, hi) = (V::splat(lv.lo), V::splat(lv.hi));
+    let (mut s0, mut s1, mut s2) = (V::splat(0.0), V::splat(0.0), V::splat(0.0));
+    for ((xc, wc), pc) in lanes(x).iter().zip(lanes(w)).zip(lanes(wx)) {
+        let l = rint_lanes(V::load(xc).mul(vi).sub(vsh).clamp(lo, hi));
+        let wl = V::load(wc).mul(l);
+        s0 = s0.add(wl);
+        s1 = s1.add(wl.mul(l));
+        s2 = s2.add(V::load(pc).mul(l));
     }
+    [s0.sum(), s1.sum(), s2.sum()].map(f64::from)
 }
 
-/// Weighted sums of levels: `[w*l, w*l*l, w*l*x]`, with `wx = w*x` and
-/// `wl` scratch for `w*l`.
+/// Weighted sums of levels: `[w*l, w*l*l, w*l*x]` (each summed in
+/// [`LANES`] lanes), with `wx = w*x`.
 #[inline(always)]
-fn level_sums(w: &[f32], wx: &[f32], levels: &[f32], wl: &mut [f32]) -> [f64; 3] {
-    for ((o, &wi), &l) in wl.iter_mut().zip(w).zip(levels) {
-        *o = wi * l;
+fn level_sums<V: F32x8>(w: &[f32], wx: &[f32], levels: &[f32]) -> [f64; 3] {
+    let (mut s0, mut s1, mut s2) = (V::splat(0.0), V::splat(0.0), V::splat(0.0));
+    for ((wc, pc), lc) in lanes(w).iter().zip(lanes(wx)).zip(lanes(levels)) {
+        let l = V::load(lc);
+        let wl = V::load(wc).mul(l);
+        s0 = s0.add(wl);
+        s1 = s1.add(wl.mul(l));
+        s2 = s2.add(V::load(pc).mul(l));
     }
-    [total(wl), dot(wl, levels), dot(wx, levels)].map(f64::from)
+    [s0.sum(), s1.sum(), s2.sum()].map(f64::from)
 }
 
 /// The least-squares pair for the sums, before rounding, and its weighted
@@ -288,7 +292,7 @@ impl Best<'_> {
     /// Evaluates a stored pair (levels re-picked into `scratch`); keeps it
     /// when it is better (ties keep the earlier one).
     #[inline(always)]
-    fn consider(
+    fn consider<V: F32x8>(
         &mut self,
         x: &[f32],
         w: &[f32],
@@ -300,7 +304,7 @@ impl Best<'_> {
         if scale == 0.0 || !scale.is_finite() || !bias.is_finite() {
             return false;
         }
-        let err = fit(x, w, lv, scale, bias, scratch);
+        let err = fit::<V>(x, w, lv, scale, bias, scratch);
         if err < self.fit.err {
             self.fit = Fit { scale, bias, err };
             self.levels.copy_from_slice(scratch);
@@ -318,9 +322,7 @@ pub(crate) const MAX_N: usize = 128;
 pub(crate) struct Scratch {
     best: [f32; MAX_N],
     cur: [f32; MAX_N],
-    cand: [f32; MAX_N],
     wx: [f32; MAX_N],
-    wl: [f32; MAX_N],
 }
 
 impl Scratch {
@@ -328,9 +330,7 @@ impl Scratch {
         Scratch {
             best: [0.0; MAX_N],
             cur: [0.0; MAX_N],
-            cand: [0.0; MAX_N],
             wx: [0.0; MAX_N],
-            wl: [0.0; MAX_N],
         }
     }
 }
@@ -348,7 +348,7 @@ const KEEP: usize = 3;
 /// SIMD levels of [`crate::simd`] compile it whole for their instruction
 /// sets.
 #[inline(always)]
-pub(crate) fn search_group(
+pub(crate) fn search_group<V: F32x8>(
     x: &[f32],
     w: &[f32],
     grid: &Grid,
@@ -364,9 +364,7 @@ pub(crate) fn search_group(
     let Scratch {
         best: best_buf,
         cur: scratch_buf,
-        cand,
         wx: wx_buf,
-        wl: wl_buf,
     } = work;
     let scratch = &mut scratch_buf[..n];
     for (l, &c) in best_buf.iter_mut().zip(q.iter()) {
@@ -378,11 +376,11 @@ pub(crate) fn search_group(
         fit: Fit {
             scale: start.0,
             bias: start_bias,
-            err: levels_error(x, w, start.0, start_bias, &best_buf[..n]),
+            err: levels_error::<V>(x, w, start.0, start_bias, &best_buf[..n]),
         },
         levels: &mut best_buf[..n],
     };
-    best.consider(x, w, &lv, start.0, start_bias, scratch);
+    best.consider::<V>(x, w, &lv, start.0, start_bias, scratch);
 
     let (mut lo, mut hi) = (x[0], x[0]);
     for &v in x {
@@ -390,8 +388,8 @@ pub(crate) fn search_group(
         hi = if v > hi { v } else { hi };
     }
     if hi > lo && best.fit.err > 0.0 {
-        let (wx, wl) = (&mut wx_buf[..n], &mut wl_buf[..n]);
-        let vsums = value_sums(x, w, wx);
+        let wx = &mut wx_buf[..n];
+        let vsums = value_sums::<V>(x, w, wx);
         let wx = &*wx;
         // Candidate inverse scales: the range over `room + RMIN +
         // RDELTA*k` steps; affine levels count from the group minimum,
@@ -404,15 +402,17 @@ pub(crate) fn search_group(
             let room = if ext < 0.0 { -lv.lo } else { lv.hi };
             (ext.abs(), room, 0.0)
         };
-        let mut kept: [(f64, f32); KEEP] = [(f64::INFINITY, 0.0); KEEP];
+        // The cheap pass: each candidate's least-squares pair and error
+        // before rounding; the best KEEP pairs go on to the exact
+        // evaluation.
+        let mut kept: [(f64, f64, f64); KEEP] = [(f64::INFINITY, 0.0, 0.0); KEEP];
         for k in 0..=NSTEP {
             let iscale = (room + RMIN + RDELTA * k as f32) / span;
             if !iscale.is_finite() || iscale <= 0.0 {
                 continue;
             }
-            candidate_levels(x, &lv, iscale, anchor * iscale, scratch);
-            let lsums = level_sums(w, wx, scratch, wl);
-            let Some((_, _, sse)) = solve(&vsums, &lsums, lv.free_bias) else {
+            let lsums = candidate_sums::<V>(x, w, wx, &lv, iscale, anchor * iscale);
+            let Some((s, b, sse)) = solve(&vsums, &lsums, lv.free_bias) else {
                 continue;
             };
             if sse < kept[KEEP - 1].0 {
@@ -421,33 +421,28 @@ pub(crate) fn search_group(
                     kept[i] = kept[i - 1];
                     i -= 1;
                 }
-                kept[i] = (sse, iscale);
+                kept[i] = (sse, s, b);
             }
         }
-        let cand = &mut cand[..n];
-        for &(sse, iscale) in &kept {
+        for &(sse, s, b) in &kept {
             if !sse.is_finite() {
                 break;
             }
-            candidate_levels(x, &lv, iscale, anchor * iscale, cand);
-            let lsums = level_sums(w, wx, cand, wl);
-            let Some((s, b, _)) = solve(&vsums, &lsums, lv.free_bias) else {
-                continue;
-            };
             if let (Some(s), Some(b)) = (stored(dtype, s), stored(dtype, b)) {
-                best.consider(x, w, &lv, s, b, scratch);
+                best.consider::<V>(x, w, &lv, s, b, scratch);
             }
         }
         // Refit the winner to its own levels until it stops improving.
         for _ in 0..REFINE {
-            let lsums = level_sums(w, wx, best.levels, wl);
+            let lsums = level_sums::<V>(w, wx, best.levels);
             let Some((s, b, _)) = solve(&vsums, &lsums, lv.free_bias) else {
                 break;
             };
             let (Some(s), Some(b)) = (stored(dtype, s), stored(dtype, b)) else {
                 break;
             };
-            if (s, b) == (best.fit.scale, best.fit.bias) || !best.consider(x, w, &lv, s, b, scratch)
+            if (s, b) == (best.fit.scale, best.fit.bias)
+                || !best.consider::<V>(x, w, &lv, s, b, scratch)
             {
                 break;
             }
@@ -455,7 +450,7 @@ pub(crate) fn search_group(
         // The scale's neighbours in the dtype, each with the bias refitted
         // to the current levels (the weighted mean of x - scale*level),
         // then the bias's neighbours.
-        let lsums = level_sums(w, wx, best.levels, wl);
+        let lsums = level_sums::<V>(w, wx, best.levels);
         for s in neighbours(dtype, best.fit.scale) {
             let b = if lv.free_bias && vsums[0] > 0.0 {
                 match stored(dtype, (vsums[1] - f64::from(s) * lsums[0]) / vsums[0]) {
@@ -465,7 +460,7 @@ pub(crate) fn search_group(
             } else {
                 best.fit.bias
             };
-            best.consider(x, w, &lv, s, b, scratch);
+            best.consider::<V>(x, w, &lv, s, b, scratch);
         }
     }
     for (c, &l) in q.iter_mut().zip(best.levels.iter()) {
@@ -482,7 +477,7 @@ pub(crate) fn search_group(
 /// group's stored (scale, bias) into `pairs`. The definition of
 /// [`super::quantize_search`]; [`crate::simd`] compiles it per level.
 #[inline(always)]
-pub(crate) fn search_row(
+pub(crate) fn search_row<V: F32x8>(
     x: &[f32],
     importance: Option<&[f32]>,
     group: usize,
@@ -493,7 +488,7 @@ pub(crate) fn search_row(
 ) {
     let mut sum2 = 0f64;
     for g in x.chunks_exact(group) {
-        sum2 += f64::from(sum_squares(g));
+        sum2 += f64::from(sum_squares::<V>(g));
     }
     let sigma2 = (sum2 / x.len() as f64) as f32;
     let grid = Grid {
@@ -525,7 +520,7 @@ pub(crate) fn search_row(
             importance.map(|imp| &imp[g * group..(g + 1) * group]),
             w,
         );
-        *pair = search_group(xg, w, &grid, start, q, &mut work);
+        *pair = search_group::<V>(xg, w, &grid, start, q, &mut work);
     }
 }
 
@@ -615,7 +610,7 @@ mod tests {
             dtype,
         };
         let rtn = group_error(&xs, w, &grid, s0, b0, &q);
-        let (s, b) = search_group(&xs, w, &grid, (s0, b0), &mut q, &mut Scratch::new());
+        let (s, b) = search_group::<[f32; 8]>(&xs, w, &grid, (s0, b0), &mut q, &mut Scratch::new());
         assert!(stored_in(dtype, s) && stored_in(dtype, b), "{s} {b}");
         assert!(q.iter().all(|&c| u32::from(c) <= grid.nmax));
         (group_error(&xs, w, &grid, s, b, &q), rtn)
@@ -790,7 +785,9 @@ mod tests {
                 for importance in [None, Some(imp.as_slice())] {
                     let row: Vec<f32> = x[..256].iter().map(|&v| round_to(dtype, v)).collect();
                     let (mut codes, mut pairs) = (vec![0u8; 256], vec![(0f32, 0f32); 256 / group]);
-                    search_row(&row, importance, group, bits, dtype, &mut codes, &mut pairs);
+                    search_row::<[f32; 8]>(
+                        &row, importance, group, bits, dtype, &mut codes, &mut pairs,
+                    );
                     for level in crate::simd::available_levels() {
                         let (mut c, mut p) = (vec![0u8; 256], vec![(0f32, 0f32); 256 / group]);
                         crate::simd::mlx_search_row::run(

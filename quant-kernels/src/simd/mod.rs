@@ -23,6 +23,7 @@ mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
 mod iq4;
 mod kquants;
+pub(crate) mod lanes;
 pub(crate) mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -160,18 +161,78 @@ versions! {
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
     portable::dot_f32(a: &[f32], b: &[f32], out: &mut f32);
     portable::axpy_f32(a: f32, x: &[f32], y: &mut [f32]);
+    portable::dot_tile_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]);
     portable::dots_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
     portable::weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
     portable::matmul_f32(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, k: usize, n: usize, out: &mut [f32], ldo: usize);
-    portable::mlx_search_row(
+}
+
+/// [`crate::mlx::search::search_row`] per level: on the baseline with
+/// [`lanes::F32x8`]'s scalar definition (`[f32; 8]`), with AVX2 and
+/// AVX-512 in AVX registers ([`lanes::Avx`]; the search's loops keep
+/// several sums per lane, which the vectorizer packs the wrong way). The
+/// same bits at every level.
+pub(crate) mod mlx_search_row {
+    #[allow(unused_imports)]
+    use super::*;
+    use crate::mlx::search::search_row;
+    use crate::mlx::MlxDtype;
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2(
         x: &[f32],
         importance: Option<&[f32]>,
         group: usize,
         bits: u32,
-        dtype: crate::mlx::MlxDtype,
+        dtype: MlxDtype,
         codes: &mut [u8],
-        pairs: &mut [(f32, f32)]
-    );
+        pairs: &mut [(f32, f32)],
+    ) {
+        search_row::<lanes::Avx>(x, importance, group, bits, dtype, codes, pairs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx512(
+        x: &[f32],
+        importance: Option<&[f32]>,
+        group: usize,
+        bits: u32,
+        dtype: MlxDtype,
+        codes: &mut [u8],
+        pairs: &mut [(f32, f32)],
+    ) {
+        search_row::<lanes::Avx>(x, importance, group, bits, dtype, codes, pairs)
+    }
+
+    /// One row of the MLX search compiled for `level`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(
+        level: Level,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        group: usize,
+        bits: u32,
+        dtype: MlxDtype,
+        codes: &mut [u8],
+        pairs: &mut [(f32, f32)],
+    ) {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `level` never exceeds what `detect` found on this
+            // CPU, so AVX-512 F/BW/VL/DQ, AVX2, FMA, F16C and BMI are
+            // present.
+            Level::Avx512 => unsafe { avx512(x, importance, group, bits, dtype, codes, pairs) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2, FMA, F16C and BMI are present.
+            Level::Avx2 => unsafe { avx2(x, importance, group, bits, dtype, codes, pairs) },
+            _ => search_row::<[f32; 8]>(x, importance, group, bits, dtype, codes, pairs),
+        }
+    }
 }
 
 /// Like `versions!` for the dot products, which return their value.

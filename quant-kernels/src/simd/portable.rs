@@ -534,6 +534,100 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32], out: &mut f32) {
     *out = acc[0] + tail;
 }
 
+/// `acc[i] += a[i] * b[i]` (a product, then a sum).
+#[inline(always)]
+fn mac16(acc: &mut [f32; 16], a: &[f32; 16], b: &[f32; 16]) {
+    for i in 0..16 {
+        acc[i] += a[i] * b[i];
+    }
+}
+
+/// [`dot_f32`]'s end: the accumulators folded pairwise, the tail added.
+#[inline(always)]
+fn fold16(mut acc: [f32; 16], tail: f32) -> f32 {
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    acc[0] + tail
+}
+
+/// The 16 values at `k` of a row.
+#[inline(always)]
+fn at16(row: &[f32], k: usize) -> &[f32; 16] {
+    row[k..k + 16].try_into().unwrap()
+}
+
+/// [`dot_f32`] of 2 rows `w0`, `w1` with 4 rows `x0..x3` (all `cols`
+/// long): the 8 chains are independent, each exactly [`dot_f32`]'s, so
+/// running them side by side hides the latency of each one's adds.
+/// `out[t * ldo + r]`.
+#[inline(always)]
+fn dot_block_2x4(w: [&[f32]; 2], x: [&[f32]; 4], out: &mut [f32], ldo: usize) {
+    let cols = w[0].len();
+    let n16 = cols / 16 * 16;
+    let mut a = [[0f32; 16]; 8];
+    let mut k = 0;
+    while k < n16 {
+        let (w0, w1) = (at16(w[0], k), at16(w[1], k));
+        let (x0, x1, x2, x3) = (at16(x[0], k), at16(x[1], k), at16(x[2], k), at16(x[3], k));
+        mac16(&mut a[0], w0, x0);
+        mac16(&mut a[1], w0, x1);
+        mac16(&mut a[2], w0, x2);
+        mac16(&mut a[3], w0, x3);
+        mac16(&mut a[4], w1, x0);
+        mac16(&mut a[5], w1, x1);
+        mac16(&mut a[6], w1, x2);
+        mac16(&mut a[7], w1, x3);
+        k += 16;
+    }
+    for (c, acc) in a.into_iter().enumerate() {
+        let (r, t) = (c / 4, c % 4);
+        let mut tail = 0f32;
+        for d in n16..cols {
+            tail += w[r][d] * x[t][d];
+        }
+        out[t * ldo + r] = fold16(acc, tail);
+    }
+}
+
+/// `out[t * rows + r] = dot_f32(w row r, x row t)` for the `rows` rows of
+/// `w` and the `x.len() / cols` rows of `x` (a tile of a matrix product
+/// with decoded weights), every value [`dot_f32`]'s bits.
+#[inline(always)]
+pub(crate) fn dot_tile_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rows = w.len() / cols;
+    let toks = x.len() / cols;
+    assert!(out.len() >= rows * toks);
+    let wr = |r: usize| &w[r * cols..(r + 1) * cols];
+    let xr = |t: usize| &x[t * cols..(t + 1) * cols];
+    let (rows2, toks4) = (rows / 2 * 2, toks / 4 * 4);
+    for t in (0..toks4).step_by(4) {
+        for r in (0..rows2).step_by(2) {
+            dot_block_2x4(
+                [wr(r), wr(r + 1)],
+                [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)],
+                &mut out[t * rows + r..],
+                rows,
+            );
+        }
+    }
+    // The edges one product at a time.
+    for t in 0..toks {
+        let r0 = if t < toks4 { rows2 } else { 0 };
+        for r in r0..rows {
+            dot_f32(wr(r), xr(t), &mut out[t * rows + r]);
+        }
+    }
+}
+
 /// `y += a * x` (a product then a sum per value, no FMA).
 #[inline(always)]
 pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
@@ -660,21 +754,4 @@ pub(crate) fn matmul_f32(
         1 => matmul_rows::<1>(a, lda, b, ldb, k, n, out, ldo, i),
         _ => {}
     }
-}
-
-// ------------------------------------------------------------ searches
-
-/// [`crate::mlx::search::search_row`], compiled per level.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mlx_search_row(
-    x: &[f32],
-    importance: Option<&[f32]>,
-    group: usize,
-    bits: u32,
-    dtype: crate::mlx::MlxDtype,
-    codes: &mut [u8],
-    pairs: &mut [(f32, f32)],
-) {
-    crate::mlx::search::search_row(x, importance, group, bits, dtype, codes, pairs)
 }
