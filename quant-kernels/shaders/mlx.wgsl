@@ -76,6 +76,7 @@ var<workgroup> mt_in: array<u32, 2112>;
 var<workgroup> mt_out: array<u32, 576>;
 var<workgroup> mt_min: array<u32, 64>;
 var<workgroup> mt_max: array<u32, 64>;
+var<workgroup> mt_params: array<vec2<u32>, 64>;
 var<workgroup> mt_stored: array<vec2<u32>, 64>;
 
 // std::max(a, b) is `a < b ? b : a`; std::min(a, b) `b < a ? b : a`
@@ -88,14 +89,19 @@ fn mlx_max(a: u32, x: u32) -> u32 {
     return select(a, x, order_key(a) < order_key(x));
 }
 
+// The float bits of an order key (+0 for zero).
+fn key_bits(k: i32) -> u32 {
+    return select(u32(k), u32(-k) | SF_SIGN, k < 0);
+}
+
 // Codes of the tile's row r in place of its values. Each code comes from
 // the float unit where that is provably the exact one: the subtraction
 // (the bias is 0 or a normal value above 5e-8, so a flushed subnormal x
 // or a flushed subnormal difference gives the same code as the exact
 // one), then an estimate of the quotient through the correctly rounded
-// reciprocal `inv` (within 2^-8 of the true quotient while below 512,
-// whatever the float unit's rounding or fusing), which decides the
-// rounding when it lies more than 2^-6 from a half-integer. The other values, and every value of a group
+// reciprocal `inv`: below 512 it is within 2^-13 of the correctly rounded
+// quotient (two roundings of 2^-24 relative each, fused or not), so it
+// decides the rounding when it lies more than 2^-10 from a half-integer. The other values, and every value of a group
 // whose scale is outside [2^-40, 2^100], take the exact division after.
 fn mlx_row_codes(r: u32, p: GroupParams, nb: u32) {
     let base = r * MLX_ROW;
@@ -110,7 +116,7 @@ fn mlx_row_codes(r: u32, p: GroupParams, nb: u32) {
             let d = fenced(bitcast<f32>(mt_in[base + i]) - bias);
             let y = bitcast<f32>(d) * inv;
             let t = floor(y + 0.5);
-            if (abs(y - t) < 0.484375 && abs(y) < 512.0) {
+            if (abs(y - t) < 0.4990234375 && abs(y) < 512.0) {
                 mt_in[base + i] = u32(clamp(t, 0.0, top));
             } else {
                 exact = exact | (1u << i);
@@ -184,33 +190,42 @@ fn mlx_quantize(
     }
     workgroupBarrier();
 
-    // Each row's min and max, then each group's from its rows in order.
+    // Each row's min and max, as integer maxima of order keys; a zero
+    // comes back as +0, where mlx's scan keeps the first zero's sign,
+    // which never reaches the output (a zero edge gives q0 = 0: bias 0, and
+    // a scale decided by magnitudes alone, as src/mlx/affine.rs notes).
     let r = lid;
-    var lo = SF_INF;
-    var hi = NEG_INF;
+    var lo = order_key(SF_INF);
+    var hi = order_key(NEG_INF);
     if (r < rows) {
         for (var j = 0u; j < 32u; j = j + 1u) {
-            let x = mt_in[r * MLX_ROW + j];
-            hi = mlx_max(hi, x);
-            lo = mlx_min(lo, x);
+            let k = order_key(mt_in[r * MLX_ROW + j]);
+            hi = max(hi, k);
+            lo = min(lo, k);
         }
     }
-    mt_min[r] = lo;
-    mt_max[r] = hi;
+    mt_min[r] = key_bits(lo);
+    mt_max[r] = key_bits(hi);
     workgroupBarrier();
 
-    if (r < rows) {
-        let g0 = r - r % rpg;
+    // Invocation g computes group g's scale and bias, once per group.
+    let groups = rows / rpg;
+    if (lid < groups) {
         var w_min = SF_INF;
         var w_max = NEG_INF;
         for (var k = 0u; k < rpg; k = k + 1u) {
-            w_max = mlx_max(w_max, mt_max[g0 + k]);
-            w_min = mlx_min(w_min, mt_min[g0 + k]);
+            w_max = mlx_max(w_max, mt_max[lid * rpg + k]);
+            w_min = mlx_min(w_min, mt_min[lid * rpg + k]);
         }
         let p = affine_params(w_min, w_max, nb);
-        if (r == g0) {
-            mt_stored[r / rpg] = vec2<u32>(mlx_store(p.scale), mlx_store(p.bias));
-        }
+        mt_params[lid] = vec2<u32>(p.scale, p.bias);
+        mt_stored[lid] = vec2<u32>(mlx_store(p.scale), mlx_store(p.bias));
+    }
+    workgroupBarrier();
+
+    if (r < rows) {
+        let pp = mt_params[r / rpg];
+        let p = GroupParams(pp.x, pp.y);
         mlx_row_codes(r, p, nb);
         // 32 codes fill `bits` words exactly.
         var acc = 0u;
@@ -245,7 +260,6 @@ fn mlx_quantize(
             dst[base + w] = mt_out[row * (bits | 1u) + w - row * bits];
         }
     }
-    let groups = rows / rpg;
     let g_first = first_row / rpg;
     let packed_words = params.n_units * gs * bits / 32u;
     if (params.c == MLX_F32) {
