@@ -165,6 +165,33 @@ fn stage_zero(b: u32) {
     }
 }
 
+// The legacy kernels' common body: load the tile, quantize one block per
+// invocation (`kind` is a constant at each entry point, so the driver
+// keeps only that type's path), store the tile.
+const LEGACY_Q8_0: u32 = 0u;
+const LEGACY_Q4_0: u32 = 1u;
+const LEGACY_Q4_1: u32 = 2u;
+
+fn legacy_tile(t: Tile, lid: u32, kind: u32) {
+    if (t.blocks == 0u) {
+        return;
+    }
+    tile_load(t, lid);
+    workgroupBarrier();
+    if (lid >= t.blocks) {
+        stage_zero(lid);
+    } else if (kind == LEGACY_Q8_0) {
+        q8_0_stage(lid);
+    } else if (kind == LEGACY_Q4_0) {
+        q4_0_stage(lid);
+    } else {
+        q4_1_stage(lid);
+    }
+    workgroupBarrier();
+    // Bytes per block: 34, 18, 20.
+    tile_store(t, lid, select(select(20u, 18u, kind == LEGACY_Q4_0), 34u, kind == LEGACY_Q8_0));
+}
+
 // ------------------------------------------------------------------ Q8_0
 
 // amax = MAX(amax, fabsf(x)) over the block (an integer maximum of the
@@ -212,19 +239,7 @@ fn quantize_q8_0(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let t = tile_of(wid, nwg);
-    if (t.blocks == 0u) {
-        return;
-    }
-    tile_load(t, lid);
-    workgroupBarrier();
-    if (lid < t.blocks) {
-        q8_0_stage(lid);
-    } else {
-        stage_zero(lid);
-    }
-    workgroupBarrier();
-    tile_store(t, lid, 34u);
+    legacy_tile(tile_of(wid, nwg), lid, LEGACY_Q8_0);
 }
 
 // ------------------------------------------------------------------ Q4_0
@@ -288,19 +303,7 @@ fn quantize_q4_0(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let t = tile_of(wid, nwg);
-    if (t.blocks == 0u) {
-        return;
-    }
-    tile_load(t, lid);
-    workgroupBarrier();
-    if (lid < t.blocks) {
-        q4_0_stage(lid);
-    } else {
-        stage_zero(lid);
-    }
-    workgroupBarrier();
-    tile_store(t, lid, 18u);
+    legacy_tile(tile_of(wid, nwg), lid, LEGACY_Q4_0);
 }
 
 // ------------------------------------------------------------------ Q4_1
@@ -380,19 +383,7 @@ fn quantize_q4_1(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let t = tile_of(wid, nwg);
-    if (t.blocks == 0u) {
-        return;
-    }
-    tile_load(t, lid);
-    workgroupBarrier();
-    if (lid < t.blocks) {
-        q4_1_stage(lid);
-    } else {
-        stage_zero(lid);
-    }
-    workgroupBarrier();
-    tile_store(t, lid, 20u);
+    legacy_tile(tile_of(wid, nwg), lid, LEGACY_Q4_1);
 }
 
 // ------------------------------------------------------------------ Q4_K
