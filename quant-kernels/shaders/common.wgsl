@@ -55,6 +55,25 @@ fn order_key(v: u32) -> i32 {
     return select(mag, -mag, (v >> 31u) != 0u);
 }
 
+// The float bits of an order key (+0 for zero).
+fn key_bits(k: i32) -> u32 {
+    return select(u32(k), u32(-k) | SF_SIGN, k < 0);
+}
+
+// For loops that load many values: `bad`, lowered to `index` when `bits`
+// is a NaN or an infinity. Start from ~0u and pass the result to
+// note_first_non_finite after the loop: an atomic inside the loop would
+// keep its loads from overlapping.
+fn first_non_finite(bad: u32, index: u32, bits: u32) -> u32 {
+    return select(bad, min(bad, index), (bits & 0x7f800000u) == 0x7f800000u);
+}
+
+fn note_first_non_finite(bad: u32) {
+    if (bad != 0xffffffffu) {
+        atomicMin(&status[0], bad);
+    }
+}
+
 // Byte `i` of the input.
 fn src_byte(i: u32) -> u32 {
     return (src[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;

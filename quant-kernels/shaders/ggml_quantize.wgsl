@@ -97,10 +97,9 @@ fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
 fn tile_load(t: Tile, lid: u32) {
     let words = t.blocks * 32u;
     let base = t.first * 32u;
-    // The first non-finite value's index, noted once after the loop: an
-    // atomic inside it would keep the loads from overlapping. Eight loads
-    // are issued before their values are stored, so that they are in
-    // flight together.
+    // Eight loads issued before their values are stored, so that they are
+    // in flight together (a plain loop: Q8_0 703, Q4_1 618 GB/s on the H100
+    // against 1019 and 804 with this).
     var bad = 0xffffffffu;
     for (var i0 = 0u; i0 < 32u; i0 = i0 + 8u) {
         var v: array<u32, 8>;
@@ -110,15 +109,13 @@ fn tile_load(t: Tile, lid: u32) {
         }
         for (var i = 0u; i < 8u; i = i + 1u) {
             let w = lid + (i0 + i) * TILE;
-            if ((v[i] & 0x7f800000u) == 0x7f800000u && w < words) {
-                bad = min(bad, base + w);
+            if (w < words) {
+                bad = first_non_finite(bad, base + w, v[i]);
             }
             tile_in[w + w / 32u] = v[i];
         }
     }
-    if (bad != 0xffffffffu) {
-        atomicMin(&status[0], bad);
-    }
+    note_first_non_finite(bad);
 }
 
 // Value j of the tile's block b.

@@ -74,25 +74,11 @@ var<workgroup> mt_in: array<u32, 2112>;
 // Packed words, row r's at r * (bits | 1): an odd stride keeps the rows'
 // stores in different banks.
 var<workgroup> mt_out: array<u32, 576>;
-var<workgroup> mt_min: array<u32, 64>;
-var<workgroup> mt_max: array<u32, 64>;
+// Each row's least and greatest order key (common.wgsl).
+var<workgroup> mt_min: array<i32, 64>;
+var<workgroup> mt_max: array<i32, 64>;
 var<workgroup> mt_params: array<vec2<u32>, 64>;
 var<workgroup> mt_stored: array<vec2<u32>, 64>;
-
-// std::max(a, b) is `a < b ? b : a`; std::min(a, b) `b < a ? b : a`
-// (compared through order_key: non-finite input is refused).
-fn mlx_min(a: u32, x: u32) -> u32 {
-    return select(a, x, order_key(x) < order_key(a));
-}
-
-fn mlx_max(a: u32, x: u32) -> u32 {
-    return select(a, x, order_key(a) < order_key(x));
-}
-
-// The float bits of an order key (+0 for zero).
-fn key_bits(k: i32) -> u32 {
-    return select(u32(k), u32(-k) | SF_SIGN, k < 0);
-}
 
 // Codes of the tile's row r in place of its values. Each code comes from
 // the float unit where that is provably the exact one: the subtraction
@@ -101,8 +87,9 @@ fn key_bits(k: i32) -> u32 {
 // one), then an estimate of the quotient through the correctly rounded
 // reciprocal `inv`: below 512 it is within 2^-13 of the correctly rounded
 // quotient (two roundings of 2^-24 relative each, fused or not), so it
-// decides the rounding when it lies more than 2^-10 from a half-integer. The other values, and every value of a group
-// whose scale is outside [2^-40, 2^100], take the exact division after.
+// decides the rounding when it lies more than 2^-10 from a half-integer.
+// The other values, and every value of a group whose scale is outside
+// [2^-40, 2^100], take the exact division after.
 fn mlx_row_codes(r: u32, p: GroupParams, nb: u32) {
     let base = r * MLX_ROW;
     let mag = p.scale & 0x7fffffffu;
@@ -160,9 +147,7 @@ fn mlx_quantize(
             let w = lid + i * MLX_ROWS;
             if (w < words) {
                 let x = src[e0 + w];
-                if ((x & 0x7f800000u) == 0x7f800000u) {
-                    bad = min(bad, e0 + w);
-                }
+                bad = first_non_finite(bad, e0 + w, x);
                 mt_in[w + w / 32u] = x;
             }
         }
@@ -177,23 +162,20 @@ fn mlx_quantize(
                     let bits = (pair >> (16u * k)) & 0xffffu;
                     let x = select(bits << 16u, sf_from_f16(bits), f16);
                     let w = 2u * h + k;
-                    if ((x & 0x7f800000u) == 0x7f800000u) {
-                        bad = min(bad, e0 + w);
-                    }
+                    bad = first_non_finite(bad, e0 + w, x);
                     mt_in[w + w / 32u] = x;
                 }
             }
         }
     }
-    if (bad != 0xffffffffu) {
-        atomicMin(&status[0], bad);
-    }
+    note_first_non_finite(bad);
     workgroupBarrier();
 
-    // Each row's min and max, as integer maxima of order keys; a zero
-    // comes back as +0, where mlx's scan keeps the first zero's sign,
-    // which never reaches the output (a zero edge gives q0 = 0: bias 0, and
-    // a scale decided by magnitudes alone, as src/mlx/affine.rs notes).
+    // Each row's min and max, then each group's, as integer extremes of
+    // order keys (non-finite input is refused); a zero comes back as +0,
+    // where mlx's scan keeps the first zero's sign, which never reaches
+    // the output (a zero edge gives q0 = 0: bias 0, and a scale decided by
+    // magnitudes alone, as src/mlx/affine.rs notes).
     let r = lid;
     var lo = order_key(SF_INF);
     var hi = order_key(NEG_INF);
@@ -204,20 +186,20 @@ fn mlx_quantize(
             lo = min(lo, k);
         }
     }
-    mt_min[r] = key_bits(lo);
-    mt_max[r] = key_bits(hi);
+    mt_min[r] = lo;
+    mt_max[r] = hi;
     workgroupBarrier();
 
     // Invocation g computes group g's scale and bias, once per group.
     let groups = rows / rpg;
     if (lid < groups) {
-        var w_min = SF_INF;
-        var w_max = NEG_INF;
-        for (var k = 0u; k < rpg; k = k + 1u) {
-            w_max = mlx_max(w_max, mt_max[lid * rpg + k]);
-            w_min = mlx_min(w_min, mt_min[lid * rpg + k]);
+        var lo_g = mt_min[lid * rpg];
+        var hi_g = mt_max[lid * rpg];
+        for (var k = 1u; k < rpg; k = k + 1u) {
+            lo_g = min(lo_g, mt_min[lid * rpg + k]);
+            hi_g = max(hi_g, mt_max[lid * rpg + k]);
         }
-        let p = affine_params(w_min, w_max, nb);
+        let p = affine_params(key_bits(lo_g), key_bits(hi_g), nb);
         mt_params[lid] = vec2<u32>(p.scale, p.bias);
         mt_stored[lid] = vec2<u32>(mlx_store(p.scale), mlx_store(p.bias));
     }
