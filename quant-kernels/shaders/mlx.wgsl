@@ -118,15 +118,15 @@ fn mlx_row_codes(r: u32, p: GroupParams, nb: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn mlx_quantize(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let bits = params.a;
+// The quantizer's body. `bits` is a constant at the 4- and 8-bit entry
+// points (below), so the driver turns the packing loop and the divisions
+// by `bits` into shifts there; the generic entry point reads it from the
+// parameters.
+fn mlx_quantize_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, bits: u32) {
     let gs = params.b;
-    let rpg = gs / 32u;
+    // Rows per group (1, 2 or 4) as a shift.
+    let rpg_shift = firstTrailingBit(gs) - 5u;
+    let rpg = 1u << rpg_shift;
     let total_rows = params.n_units * rpg;
     let first_row = (wid.x + wid.y * nwg.x) * MLX_ROWS;
     if (first_row >= total_rows) {
@@ -191,13 +191,14 @@ fn mlx_quantize(
     workgroupBarrier();
 
     // Invocation g computes group g's scale and bias, once per group.
-    let groups = rows / rpg;
+    let groups = rows >> rpg_shift;
     if (lid < groups) {
-        var lo_g = mt_min[lid * rpg];
-        var hi_g = mt_max[lid * rpg];
+        let r0 = lid << rpg_shift;
+        var lo_g = mt_min[r0];
+        var hi_g = mt_max[r0];
         for (var k = 1u; k < rpg; k = k + 1u) {
-            lo_g = min(lo_g, mt_min[lid * rpg + k]);
-            hi_g = max(hi_g, mt_max[lid * rpg + k]);
+            lo_g = min(lo_g, mt_min[r0 + k]);
+            hi_g = max(hi_g, mt_max[r0 + k]);
         }
         let p = affine_params(key_bits(lo_g), key_bits(hi_g), nb);
         mt_params[lid] = vec2<u32>(p.scale, p.bias);
@@ -206,7 +207,7 @@ fn mlx_quantize(
     workgroupBarrier();
 
     if (r < rows) {
-        let pp = mt_params[r / rpg];
+        let pp = mt_params[r >> rpg_shift];
         let p = GroupParams(pp.x, pp.y);
         mlx_row_codes(r, p, nb);
         // 32 codes fill `bits` words exactly.
@@ -242,7 +243,7 @@ fn mlx_quantize(
             dst[base + w] = mt_out[row * (bits | 1u) + w - row * bits];
         }
     }
-    let g_first = first_row / rpg;
+    let g_first = first_row >> rpg_shift;
     let packed_words = params.n_units * gs * bits / 32u;
     if (params.c == MLX_F32) {
         if (lid < groups) {
@@ -262,6 +263,33 @@ fn mlx_quantize(
             dst[packed_words + scale_words + g_first / 2u + lid] = b;
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn mlx_quantize(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    mlx_quantize_tile(wid, nwg, lid, params.a);
+}
+
+@compute @workgroup_size(64)
+fn mlx_quantize_4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    mlx_quantize_tile(wid, nwg, lid, 4u);
+}
+
+@compute @workgroup_size(64)
+fn mlx_quantize_8(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    mlx_quantize_tile(wid, nwg, lid, 8u);
 }
 
 // Dequantization: 4 outputs per invocation (n_units = elements / 4). The

@@ -112,7 +112,7 @@ impl Gpu {
             let out = groups * u64::from(group * bits / 32) * 4 + 2 * groups * 4;
             self.resident(
                 Module::Mlx,
-                "mlx_quantize",
+                super::mlx::quantize_entry(bits),
                 input,
                 out,
                 groups as u32,

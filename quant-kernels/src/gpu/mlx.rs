@@ -52,6 +52,16 @@ fn scale_bytes(n: usize, d: MlxDtype) -> usize {
     (n * dtype_size(d)).next_multiple_of(4)
 }
 
+/// The quantize kernel's entry point for `bits`: 4 and 8 have their own,
+/// with the width a constant the driver can fold.
+pub(super) fn quantize_entry(bits: u32) -> &'static str {
+    match bits {
+        4 => "mlx_quantize_4",
+        8 => "mlx_quantize_8",
+        _ => "mlx_quantize",
+    }
+}
+
 impl Gpu {
     /// Quantizes a row-major `rows x cols` matrix exactly as
     /// [`crate::mlx::quantize`] does with the CPU variant (same words,
@@ -96,7 +106,7 @@ impl Gpu {
             let first_bad = self.launch(
                 &Launch {
                     module: Module::Mlx,
-                    entry: "mlx_quantize",
+                    entry: quantize_entry(params.bits),
                     input: &input[done * gs * es..(done + n) * gs * es],
                     n_units: n as u32,
                     // One invocation per row of 32 values.
