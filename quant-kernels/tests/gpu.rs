@@ -352,6 +352,96 @@ fn ggml_quantize_odd_block_counts_and_chunks() {
     }
 }
 
+/// Values that probe the K-quant kernels' fast cases sub-block by
+/// sub-block (`sub` values each): magnitudes on both sides of the fast
+/// range's ends (2^-20 and 2^16 for Q6_K), tiny and subnormal values among
+/// ordinary ones, small integers times powers of two (quotients on exact
+/// half-integers, ties in the searches), all-zero and single-value
+/// sub-blocks.
+fn sub_block_probes(n: usize, sub: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed);
+    let mut v = Vec::with_capacity(n);
+    let mags = [
+        2f32.powi(-21),
+        2f32.powi(-20),
+        2f32.powi(-20) * 1.0001,
+        2f32.powi(-19),
+        2f32.powi(15),
+        2f32.powi(16),
+        2f32.powi(16) * 1.0001,
+        2f32.powi(17),
+        1e-3,
+        0.02,
+        1.0,
+    ];
+    for _ in 0..n.div_ceil(sub) {
+        let kind = r.u32() % 8;
+        let m = mags[(r.u32() % mags.len() as u32) as usize];
+        let pow2 = 2f32.powi((r.u32() % 24) as i32 - 12);
+        for i in 0..sub {
+            let x = match kind {
+                0 => 0.0,
+                1 => {
+                    if i == 3 {
+                        m
+                    } else {
+                        0.0
+                    }
+                }
+                // Small integers times a power of two.
+                2 => ((r.u32() % 65) as f32 - 32.0) * pow2,
+                3 => ((r.u32() % 9) as f32 - 4.0) * 0.5 * pow2,
+                // Tiny and subnormal values among ordinary ones.
+                4 => match i % 4 {
+                    0 => f32::from_bits(r.u32() & 0x807f_ffff),
+                    1 => r.normal() * 1e-36,
+                    _ => r.normal() * m,
+                },
+                5 => r.normal() * m * if i % 5 == 0 { 1e-12 } else { 1.0 },
+                _ => r.normal() * m,
+            };
+            v.push(x);
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+fn check_quantize_values(g: &Gpu, ty: GgmlType, x: &[f32]) {
+    let size = ggml::row_size(ty, x.len()).unwrap();
+    let mut cpu = vec![0u8; size];
+    ggml::quantize(ty, x, x.len(), None, &mut cpu).unwrap();
+    let mut gpu_out = vec![0xa5u8; size];
+    g.quantize(ty, x, x.len(), &mut gpu_out).unwrap();
+    let bs = ty.type_size() as usize;
+    let e = ty.block_size() as usize;
+    if let Some(b) =
+        (0..size / bs).find(|&b| cpu[b * bs..(b + 1) * bs] != gpu_out[b * bs..(b + 1) * bs])
+    {
+        panic!(
+            "{ty}: block {b} differs\n cpu {:02x?}\n gpu {:02x?}\n input {:?}",
+            &cpu[b * bs..(b + 1) * bs],
+            &gpu_out[b * bs..(b + 1) * bs],
+            &x[b * e..(b + 1) * e]
+        );
+    }
+}
+
+#[test]
+fn k_quant_fast_case_boundaries() {
+    // Block counts of 4k+1, 4k+2, 4k+3 (Q6_K's tiles of 4), on the plain
+    // and the chunked device.
+    for (ty, sub) in [(GgmlType::Q6K, 16)] {
+        for (blocks, seed) in [(97, 1), (130, 2), (63, 3)] {
+            let x = sub_block_probes(256 * blocks, sub, seed);
+            check_quantize_values(gpu(), ty, &x);
+            check_quantize_values(chunked_gpu(), ty, &x);
+        }
+        let x = weights(256 * 64, sub, 9);
+        check_quantize_values(gpu(), ty, &x);
+    }
+}
+
 #[test]
 fn ggml_dequantize_is_bit_identical() {
     for ty in GGML_TYPES {

@@ -78,7 +78,7 @@ impl Gpu {
                 input,
                 blocks * ts,
                 blocks as u32,
-                (blocks as u32).div_ceil(per),
+                blocks as u32 * per,
                 [0; 3],
             )
         } else {

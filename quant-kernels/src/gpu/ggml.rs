@@ -14,14 +14,17 @@ pub const GPU_TYPES: &[GgmlType] = &[
     GgmlType::Q6K,
 ];
 
-/// (quantize entry, dequantize entry, blocks per quantize invocation).
+/// (quantize entry, dequantize entry, quantize invocations per block).
+/// Q6_K's workgroup of 64 takes a tile of 4 blocks, one invocation per
+/// 16-value sub-block; the others take one block per invocation (the
+/// legacy types in tiles of 64 blocks).
 pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
     Some(match ty {
         GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 1),
         GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 1),
         GgmlType::Q4_1 => ("quantize_q4_1", "dequantize_q4_1", 1),
         GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 1),
-        GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 2),
+        GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 16),
         _ => return None,
     })
 }
@@ -43,7 +46,7 @@ impl Gpu {
         n_per_row: usize,
         dst: &mut [u8],
     ) -> Result<(), GpuError> {
-        let (entry, _, per_invocation) = kernels(ty)
+        let (entry, _, per_block) = kernels(ty)
             .ok_or_else(|| KernelError::Unsupported(format!("quantizing to {ty} on the GPU")))?;
         ggml::check_rows(ty, src.len(), n_per_row, dst.len())?;
         let bs = ty.block_size() as usize;
@@ -60,7 +63,7 @@ impl Gpu {
                     entry,
                     input: bytemuck::cast_slice(x),
                     n_units: n as u32,
-                    invocations: n.div_ceil(per_invocation) as u32,
+                    invocations: (n * per_block) as u32,
                     extra: [0; 3],
                 },
                 &mut dst[done * ts..(done + n) * ts],
