@@ -634,11 +634,16 @@ fn qx_level(iscale: u32, x: u32) -> i32 {
 // make_qx_quants(32, x, L, rmse_type=1, qw=NULL) over sub-block s,
 // through softfloat.wgsl: (scale, the iscale its levels came from); the
 // levels are all zero (stored 0, not 32) when amax < GROUP_MAX_EPS.
+// Loops that start at `params.zero` have a trip count the compiler cannot
+// know, so it does not unroll them: unrolled, the soft search (and the
+// fast one's candidate loop) made the kernel's code many times larger
+// than the instruction cache (H100: Q6_K 30 GB/s, and a pipeline build of
+// half a minute).
 fn q6_search_soft(s: u32, vmax: u32) -> vec2<u32> {
     var iscale = sf_div_fast(0xc2000000u, vmax);
     var sumlx = 0u;
     var suml2 = 0u;
-    for (var i = 0u; i < 16u; i = i + 1u) {
+    for (var i = params.zero; i < 16u; i = i + 1u) {
         let x = q6x(s, i);
         let lf = sf_from_i32(qx_level(iscale, x));
         let w = sf_mul_fast(x, x);
@@ -651,14 +656,14 @@ fn q6_search_soft(s: u32, vmax: u32) -> vec2<u32> {
     }
     var best = sf_mul_fast(scale, sumlx);
     var l_iscale = iscale;
-    for (var istep = -9; istep <= 9; istep = istep + 1) {
+    for (var istep = -9 + i32(params.zero); istep <= 9; istep = istep + 1) {
         if (istep == 0) {
             continue;
         }
         iscale = sf_div_fast(sf_neg(sf_add(F_32, sf_mul_fast(F_0_1, sf_from_i32(istep)))), vmax);
         sumlx = 0u;
         suml2 = 0u;
-        for (var i = 0u; i < 16u; i = i + 1u) {
+        for (var i = params.zero; i < 16u; i = i + 1u) {
             let x = q6x(s, i);
             let lf = sf_from_i32(qx_level(iscale, x));
             let w = sf_mul_fast(x, x);
@@ -728,10 +733,9 @@ fn q6_search_fast(s: u32, vmax: u32) -> vec2<u32> {
     var sums = q6_sums_fast(bitcast<f32>(l_iscale));
     var scale = sf_div_fast(bitcast<u32>(sums.x), bitcast<u32>(sums.y));
     var best = ff(bitcast<f32>(scale) * sums.x);
-    for (var istep = -9; istep <= 9; istep = istep + 1) {
-        if (istep == 0) {
-            continue;
-        }
+    for (var k = params.zero; k < 18u; k = k + 1u) {
+        // is = -9..-1, 1..9
+        let istep = i32(k) - select(8, 9, k < 9u);
         let num = -ff(32.0 + ff(0.1 * f32(istep)));
         let iscale = sf_div_fast(bitcast<u32>(num), vmax);
         sums = q6_sums_fast(bitcast<f32>(iscale));
@@ -744,21 +748,33 @@ fn q6_search_fast(s: u32, vmax: u32) -> vec2<u32> {
     return vec2<u32>(scale, l_iscale);
 }
 
-// nearest_int(x / d) clamped to [-32, 31], for finite x and d != 0. The
-// quotient is estimated as x * (1/d) with the reciprocal correctly
+// The final levels nearest_int(x / d) clamped to [-32, 31] of sub-block
+// s into q6_lv[lv..lv+16], for d != 0 (finite x: the host refuses the
+// others, and any bytes do then). The quotient is estimated as x * (1/d) with the reciprocal correctly
 // rounded (sf_div_fast): d = d_all * s with d_all a nonzero f16 and
 // 1 <= |s| <= 128, so |d| is in [2^-24, 2^24] and 1/d is normal; below
 // 512 the estimate is within 2^-13 of the exact quotient (two roundings
 // of 2^-24 relative each), so it decides the rounding when it lies more
 // than 2^-10 from a half-integer (a subnormal x, flushed or not, gives an
-// estimate near 0, far from one). Otherwise the exact division.
-fn q6_final_level(x: u32, d: u32, r: f32) -> i32 {
-    let y = ff(bitcast<f32>(x) * r);
-    let t = round(y);
-    if (abs(y - t) < 0.4990234375 && abs(y) < 512.0) {
-        return i32(clamp(t, -32.0, 31.0));
+// estimate near 0, far from one). The others take the exact division,
+// one per pass of a loop the compiler does not unroll.
+fn q6_final_levels(s: u32, lv: u32, d: u32) {
+    let r = bitcast<f32>(sf_div_fast(F_ONE, d));
+    var exact = 0u;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let y = ff(bitcast<f32>(q6x(s, i)) * r);
+        let t = round(y);
+        if (abs(y - t) < 0.4990234375 && abs(y) < 512.0) {
+            q6_lv[lv + i] = u32(i32(clamp(t, -32.0, 31.0)) + 32);
+        } else {
+            exact = exact | (1u << i);
+        }
     }
-    return clamp(sf_nearest_int(sf_div_fast(x, d)), -32, 31);
+    while (exact != 0u) {
+        let i = firstTrailingBit(exact);
+        exact = exact & (exact - 1u);
+        q6_lv[lv + i] = u32(clamp(sf_nearest_int(sf_div_fast(q6x(s, i), d)), -32, 31) + 32);
+    }
 }
 
 // Byte t of the tile's staged output (block t / 210; absent blocks read
@@ -878,10 +894,7 @@ fn quantize_q6_k(
         }
         let d = sf_mul_fast(sf_from_f16(dh), sf_from_i32((i32(scb) << 24u) >> 24u));
         if ((d & 0x7fffffffu) != 0u) {
-            let rd = bitcast<f32>(sf_div_fast(F_ONE, d));
-            for (var i = 0u; i < 16u; i = i + 1u) {
-                q6_lv[lv + i] = u32(q6_final_level(q6x(s, i), d, rd) + 32);
-            }
+            q6_final_levels(s, lv, d);
         } else if (zero) {
             for (var i = 0u; i < 16u; i = i + 1u) {
                 q6_lv[lv + i] = 0u;
@@ -894,7 +907,7 @@ fn quantize_q6_k(
                 q6_lv[lv + i] = u32(i32(l) + 32);
             }
         } else {
-            for (var i = 0u; i < 16u; i = i + 1u) {
+            for (var i = params.zero; i < 16u; i = i + 1u) {
                 q6_lv[lv + i] = u32(qx_level(r.y, q6x(s, i)) + 32);
             }
         }
