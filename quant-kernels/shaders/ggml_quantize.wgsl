@@ -804,17 +804,25 @@ fn q6_byte(t: u32, blocks: u32) -> u32 {
     return (q6_dh[b] >> ((r - 208u) * 8u)) & 0xffu;
 }
 
-@compute @workgroup_size(64)
-fn quantize_q6_k(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+// Whether some sub-block of the tile needs q6_search_soft.
+var<workgroup> q6_any_soft: u32;
+
+// Two entry points share the tile body, each taking the tiles the other
+// leaves: quantize_q6_k those whose sub-blocks all run on the float unit
+// (or are all-zero), quantize_q6_k_soft those with a sub-block outside the
+// fast range, dispatched after it in the same pass. The soft search in
+// the same kernel as the fast one cost the fast tiles two thirds of their
+// speed on the H100 (30 against 90 GB/s: the soft code's registers and
+// size), though no fast tile ever ran it.
+fn q6k_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, soft_tiles: bool) {
     let first = (wid.x + wid.y * nwg.x) * Q6K_TILE;
     if (first >= params.n_units) {
         return;
     }
     let blocks = min(Q6K_TILE, params.n_units - first);
+    if (lid == 0u) {
+        q6_any_soft = 0u;
+    }
     // Coalesced loads, eight in flight at a time (as tile_load).
     let words = blocks * 256u;
     let base = first * 256u;
@@ -833,7 +841,9 @@ fn quantize_q6_k(
             q6_in[w + w / 16u] = v[i];
         }
     }
-    note_first_non_finite(bad);
+    if (!soft_tiles) {
+        note_first_non_finite(bad);
+    }
     workgroupBarrier();
 
     // The sub-block's search: amax (the first largest magnitude; an
@@ -850,11 +860,18 @@ fn quantize_q6_k(
     }
     let zero = sf_lt(amax, GROUP_MAX_EPS) || s >= blocks * 16u;
     let fast = amax >= Q6K_FAST_MIN && amax <= Q6K_FAST_MAX;
+    if (!zero && !fast) {
+        // The same value from every writer.
+        q6_any_soft = 1u;
+    }
+    if ((workgroupUniformLoad(&q6_any_soft) != 0u) != soft_tiles) {
+        return;
+    }
     var r = vec2<u32>(0u, 0u);
     if (!zero) {
         if (fast) {
             r = q6_search_fast(s, vmax);
-        } else {
+        } else if (soft_tiles) {
             r = q6_search_soft(s, vmax);
         }
     }
@@ -925,4 +942,22 @@ fn quantize_q6_k(
                 | (q6_byte(t + 2u, blocks) << 16u) | (q6_byte(t + 3u, blocks) << 24u);
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn quantize_q6_k(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    q6k_tile(wid, nwg, lid, false);
+}
+
+@compute @workgroup_size(64)
+fn quantize_q6_k_soft(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    q6k_tile(wid, nwg, lid, true);
 }
