@@ -427,6 +427,54 @@ fn check_quantize_values(g: &Gpu, ty: GgmlType, x: &[f32]) {
     }
 }
 
+/// Q6_K blocks in which values of most sub-blocks are exact half-integer
+/// multiples of their final step d = d_all * scale (x / d a tie for
+/// nearest_int, which rounds it to even): the CPU reference's own d is
+/// read back and the values moved onto (k + 1/2) d, a few rounds until d
+/// settles (exact in f32: d_all has 11 significant bits, the scale at
+/// most 8, 2k + 1 at most 5). Returns the values and how many of them lie
+/// on a tie in the CPU's final quantization.
+fn q6k_half_integer_quotients(blocks: usize, seed: u64) -> (Vec<f32>, usize) {
+    let mut r = Rng(seed);
+    let mut out = Vec::with_capacity(256 * blocks);
+    let mut ties = 0;
+    for _ in 0..blocks {
+        let mut x: Vec<f32> = (0..256).map(|_| r.normal() * 0.05).collect();
+        let mut q = vec![0u8; 210];
+        for round in 0..5 {
+            ggml::quantize(GgmlType::Q6K, &x, 256, None, &mut q).unwrap();
+            if round == 4 {
+                break;
+            }
+            let d_all = f16::from_le_bytes([q[208], q[209]]).to_f32();
+            for j in 0..16 {
+                let sc = q[192 + j] as i8;
+                // The largest scale's sub-block sets d_all: left alone.
+                if sc == 0 || sc == -128 {
+                    continue;
+                }
+                let d = d_all * f32::from(sc);
+                for i in [1, 6, 11] {
+                    let k = (r.u32() % 31) as f32 - 15.0;
+                    x[16 * j + i] = (k + 0.5) * d;
+                }
+            }
+        }
+        let d_all = f16::from_le_bytes([q[208], q[209]]).to_f32();
+        for j in 0..16 {
+            let d = d_all * f32::from(q[192 + j] as i8);
+            if d != 0.0 {
+                ties += x[16 * j..16 * j + 16]
+                    .iter()
+                    .filter(|&&v| (v / d).fract().abs() == 0.5)
+                    .count();
+            }
+        }
+        out.extend_from_slice(&x);
+    }
+    (out, ties)
+}
+
 #[test]
 fn k_quant_fast_case_boundaries() {
     // Block counts of 4k+1, 4k+2, 4k+3 (Q6_K's tiles of 4), on the plain
@@ -440,6 +488,9 @@ fn k_quant_fast_case_boundaries() {
         let x = weights(256 * 64, sub, 9);
         check_quantize_values(gpu(), ty, &x);
     }
+    let (x, ties) = q6k_half_integer_quotients(64, 4);
+    assert!(ties >= 500, "only {ties} exact ties in the Q6_K tie probes");
+    check_quantize_values(gpu(), GgmlType::Q6K, &x);
 }
 
 #[test]
