@@ -7,7 +7,8 @@
 // Input: f32 bit patterns, `params.n_units` blocks. Output: the blocks'
 // bytes. Q8_0, Q4_0 and Q4_1 work in tiles of 64 blocks per workgroup,
 // Q6_K in tiles of 4 blocks (840 bytes: whole words) with one invocation
-// per 16-value sub-block; Q4_K (144 B) takes one block per invocation.
+// per 16-value sub-block, Q4_K in tiles of 8 blocks with one invocation
+// per 32-value sub-block.
 
 const F_ONE: u32 = 0x3f800000u;
 const F_HALF: u32 = 0x3f000000u;
@@ -480,22 +481,50 @@ fn make_qkx2_q4k() -> Qkx2 {
     return Qkx2(scale, sf_neg(vmin), l_iscale, l_min, false);
 }
 
-// Per sub-block: the final d and d*min of the requantization, or (when d
-// is 0) how make_qkx2_quants computed its levels.
-var<private> k_d: array<u32, 8>;
-var<private> k_dm: array<u32, 8>;
-var<private> k_liscale: array<u32, 8>;
-var<private> k_lmin: array<u32, 8>;
-var<private> k_zero: array<bool, 8>;
+// A workgroup quantizes a tile of 8 blocks (1152 bytes: whole words), one
+// invocation per 32-value sub-block, all through softfloat.wgsl: the
+// tile's 64 sub-blocks load as the legacy tiles' 64 blocks do
+// (tile_load), each invocation runs its sub-block's make_qkx2_quants,
+// then (after a barrier) its block's scale step and its 32 levels (in
+// place of its values), and the workgroup stores the staged bytes.
+const Q4K_TILE: u32 = 8u;
 
-fn q4k_level(j: u32, x: u32) -> u32 {
-    if (!sf_eq(k_d[j], 0u)) {
-        return u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, k_dm[j]), k_d[j])), 0, 15));
-    }
-    if (k_zero[j]) {
+var<workgroup> k4_scale: array<u32, 64>;
+var<workgroup> k4_min: array<u32, 64>;
+// The 6-bit scale and min of each sub-block; per block, d | dmin << 16.
+var<workgroup> k4_ls: array<u32, 64>;
+var<workgroup> k4_lm: array<u32, 64>;
+var<workgroup> k4_dh: array<u32, 8>;
+
+// Byte t of the tile's staged output (block t / 144; absent blocks read
+// as zero).
+fn q4k_byte(t: u32, blocks: u32) -> u32 {
+    let b = t / 144u;
+    let r = t - b * 144u;
+    if (b >= blocks) {
         return 0u;
     }
-    return u32(qkx2_level(k_liscale[j], k_lmin[j], x));
+    let j = b * 8u;
+    if (r < 4u) {
+        return (k4_dh[b] >> (r * 8u)) & 0xffu;
+    }
+    if (r < 16u) {
+        // put_scale_min_k4's 12 bytes.
+        let i = r - 4u;
+        if (i < 4u) {
+            return k4_ls[j + i] | ((k4_ls[j + i + 4u] >> 4u) << 6u);
+        }
+        if (i < 8u) {
+            return k4_lm[j + i - 4u] | ((k4_lm[j + i] >> 4u) << 6u);
+        }
+        return (k4_ls[j + i - 4u] & 0xfu) | ((k4_lm[j + i - 4u] & 0xfu) << 4u);
+    }
+    // Bytes [32c, 32c+32) of the codes: sub-block 2c in the low nibbles,
+    // 2c+1 in the high ones (levels staged in tile_in in place of values).
+    let q = r - 16u;
+    let c = q / 32u;
+    let k = q & 31u;
+    return tv(j + 2u * c, k) | (tv(j + 2u * c + 1u, k) << 4u);
 }
 
 @compute @workgroup_size(64)
@@ -504,22 +533,21 @@ fn quantize_q4_k(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let blk = invocation_index(wid, nwg, lid);
-    if (blk >= params.n_units) {
+    let first = (wid.x + wid.y * nwg.x) * Q4K_TILE;
+    if (first >= params.n_units) {
         return;
     }
-    let base = blk * 256u;
-    for (var i = 0u; i < 256u; i = i + 1u) {
-        note_if_not_finite(base + i, src[base + i]);
-    }
-    var scales: array<u32, 8>;
-    var mins: array<u32, 8>;
-    var max_scale = 0u;
-    var max_min = 0u;
-    for (var j = 0u; j < 8u; j = j + 1u) {
+    let blocks = min(Q4K_TILE, params.n_units - first);
+    tile_load(Tile(first * 8u, blocks * 8u), lid);
+    workgroupBarrier();
+
+    // The sub-block's search (weights av_x + |x|, av_x = sqrt(sum x^2 / 32)).
+    let s = lid;
+    var r = Qkx2(0u, 0u, 0u, 0u, true);
+    if (s < blocks * 8u) {
         var sum_x2 = 0u;
         for (var k = 0u; k < 32u; k = k + 1u) {
-            let v = src[base + 32u * j + k];
+            let v = tv(s, k);
             kx[k] = v;
             sum_x2 = sf_add(sum_x2, sf_mul_fast(v, v));
         }
@@ -527,17 +555,23 @@ fn quantize_q4_k(
         for (var k = 0u; k < 32u; k = k + 1u) {
             kw[k] = sf_add(av_x, sf_abs(kx[k]));
         }
-        let r = make_qkx2_q4k();
-        scales[j] = r.scale;
-        mins[j] = r.neg_min;
-        k_liscale[j] = r.l_iscale;
-        k_lmin[j] = r.l_min;
-        k_zero[j] = r.zero;
-        if (sf_gt(r.scale, max_scale)) {
-            max_scale = r.scale;
+        r = make_qkx2_q4k();
+    }
+    k4_scale[s] = r.scale;
+    k4_min[s] = r.neg_min;
+    workgroupBarrier();
+
+    // The block's scale step (every invocation of the block computes it),
+    // then qk_requantize of the sub-block against the stored values.
+    let b = s / 8u;
+    var max_scale = 0u;
+    var max_min = 0u;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        if (sf_gt(k4_scale[b * 8u + j], max_scale)) {
+            max_scale = k4_scale[b * 8u + j];
         }
-        if (sf_gt(r.neg_min, max_min)) {
-            max_min = r.neg_min;
+        if (sf_gt(k4_min[b * 8u + j], max_min)) {
+            max_min = k4_min[b * 8u + j];
         }
     }
     var inv_scale = 0u;
@@ -548,50 +582,40 @@ fn quantize_q4_k(
     if (sf_gt(max_min, 0u)) {
         inv_min = sf_div_fast(F_63, max_min);
     }
-    // The 12 packed 6-bit scale/min bytes (put_scale_min_k4).
-    var sc: array<u32, 12>;
-    for (var j = 0u; j < 8u; j = j + 1u) {
-        let ls = min(u32(sf_nearest_int(sf_mul_fast(inv_scale, scales[j]))) & 0xffu, 63u);
-        let lm = min(u32(sf_nearest_int(sf_mul_fast(inv_min, mins[j]))) & 0xffu, 63u);
-        if (j < 4u) {
-            sc[j] = ls;
-            sc[j + 4u] = lm;
-        } else {
-            sc[j + 4u] = (ls & 0xfu) | ((lm & 0xfu) << 4u);
-            sc[j - 4u] = sc[j - 4u] | ((ls >> 4u) << 6u);
-            sc[j] = sc[j] | ((lm >> 4u) << 6u);
-        }
-    }
+    let ls = min(u32(sf_nearest_int(sf_mul_fast(inv_scale, r.scale))) & 0xffu, 63u);
+    let lm = min(u32(sf_nearest_int(sf_mul_fast(inv_min, r.neg_min))) & 0xffu, 63u);
+    k4_ls[s] = ls;
+    k4_lm[s] = lm;
     let dh = sf_to_f16(sf_div_fast(max_scale, F_63));
     let mh = sf_to_f16(sf_div_fast(max_min, F_63));
-    // qk_requantize against the stored values.
-    let d_all = sf_from_f16(dh);
-    let dmin = sf_from_f16(mh);
-    for (var j = 0u; j < 8u; j = j + 1u) {
-        var s: u32;
-        var m: u32;
-        if (j < 4u) {
-            s = sc[j] & 63u;
-            m = sc[j + 4u] & 63u;
-        } else {
-            s = (sc[j + 4u] & 0xfu) | ((sc[j - 4u] >> 6u) << 4u);
-            m = (sc[j + 4u] >> 4u) | ((sc[j] >> 6u) << 4u);
-        }
-        k_d[j] = sf_mul_fast(d_all, sf_from_i32(i32(s)));
-        k_dm[j] = sf_mul_fast(dmin, sf_from_i32(i32(m)));
+    if ((s & 7u) == 0u) {
+        k4_dh[b] = dh | (mh << 16u);
     }
-    var w = ByteWriter(blk * 36u, 0u, 0u);
-    bw_push_u16(&w, dh);
-    bw_push_u16(&w, mh);
-    for (var i = 0u; i < 12u; i = i + 1u) {
-        bw_push(&w, sc[i]);
-    }
-    // Bytes [32c, 32c+32) hold sub-block 2c in low and 2c+1 in high nibbles.
-    for (var c = 0u; c < 4u; c = c + 1u) {
+    let d = sf_mul_fast(sf_from_f16(dh), sf_from_i32(i32(ls)));
+    let dm = sf_mul_fast(sf_from_f16(mh), sf_from_i32(i32(lm)));
+    if (s < blocks * 8u) {
         for (var k = 0u; k < 32u; k = k + 1u) {
-            let lo = q4k_level(2u * c, src[base + 64u * c + k]);
-            let hi = q4k_level(2u * c + 1u, src[base + 64u * c + 32u + k]);
-            bw_push(&w, lo | (hi << 4u));
+            let x = tv(s, k);
+            var l = 0u;
+            if (!sf_eq(d, 0u)) {
+                l = u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, dm), d)), 0, 15));
+            } else if (!r.zero) {
+                l = u32(qkx2_level(r.l_iscale, r.l_min, x));
+            }
+            tile_in[s * ROW + k] = l;
+        }
+    }
+    workgroupBarrier();
+
+    // 144 bytes per block: 8 blocks are 288 whole words.
+    let out_words = (blocks * 144u + 3u) / 4u;
+    let out_base = first / Q4K_TILE * 288u;
+    for (var i = 0u; i < 5u; i = i + 1u) {
+        let w = lid + i * 64u;
+        if (w < out_words) {
+            let t = 4u * w;
+            dst[out_base + w] = q4k_byte(t, blocks) | (q4k_byte(t + 1u, blocks) << 8u)
+                | (q4k_byte(t + 2u, blocks) << 16u) | (q4k_byte(t + 3u, blocks) << 24u);
         }
     }
 }

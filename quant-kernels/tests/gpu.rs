@@ -477,9 +477,9 @@ fn q6k_half_integer_quotients(blocks: usize, seed: u64) -> (Vec<f32>, usize) {
 
 #[test]
 fn k_quant_fast_case_boundaries() {
-    // Block counts of 4k+1, 4k+2, 4k+3 (Q6_K's tiles of 4), on the plain
-    // and the chunked device.
-    for (ty, sub) in [(GgmlType::Q6K, 16)] {
+    // Block counts that are not whole tiles (Q6_K: 4 blocks, Q4_K: 8), on
+    // the plain and the chunked device.
+    for (ty, sub) in [(GgmlType::Q6K, 16), (GgmlType::Q4K, 32)] {
         for (blocks, seed) in [(97, 1), (130, 2), (63, 3)] {
             let x = sub_block_probes(256 * blocks, sub, seed);
             check_quantize_values(gpu(), ty, &x);

@@ -16,14 +16,15 @@ pub const GPU_TYPES: &[GgmlType] = &[
 
 /// (quantize entry, dequantize entry, quantize invocations per block).
 /// Q6_K's workgroup of 64 takes a tile of 4 blocks, one invocation per
-/// 16-value sub-block; the others take one block per invocation (the
-/// legacy types in tiles of 64 blocks).
+/// 16-value sub-block, Q4_K's a tile of 8 blocks, one invocation per
+/// 32-value sub-block; the legacy types one block per invocation, in
+/// tiles of 64 blocks.
 pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
     Some(match ty {
         GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 1),
         GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 1),
         GgmlType::Q4_1 => ("quantize_q4_1", "dequantize_q4_1", 1),
-        GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 1),
+        GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 8),
         GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 16),
         _ => return None,
     })
