@@ -706,8 +706,10 @@ fn q6_search_soft(s: u32, vmax: u32) -> vec2<u32> {
 // The Q6_K search's fast case. In make_qx_quants(nmax=32, rmse_type=1)
 // every candidate iscale is -(32 + 0.1*is)/max with |.| in [31.1, 32.9]
 // over M = |max| = amax, so each p = iscale*x has |p| <= 32.9 (1 + 2^-22),
-// and l = nearest_int(p) (round half to even there; WGSL's `round` is
-// exact) is nonzero only where |x| >= M/66, with the sign of -max: the
+// and l = nearest_int(p) (p + 1.5*2^23 on the float unit, as the
+// reference computes it: round half to even there; a subnormal or flushed
+// p gives 0 either way) is nonzero only where |x| >= M/66, with the sign
+// of -max: the
 // terms w*x*l of sumlx all have one sign, the max value's term (|l| >= 31)
 // is in it, and suml2 >= 961 M^2 > 0. When M is in [2^-20, 2^16]:
 // - every x with l != 0 has |x| >= 2^-27, so x*x, (x*x)*x, those times l,
@@ -733,12 +735,20 @@ var<private> q6_fx: array<f32, 16>;
 var<private> q6_fw: array<f32, 16>;
 var<private> q6_fwx: array<f32, 16>;
 
+// nearest_int(p) clamped to [-32, 31], for |p| < 2^22: ggml's
+// p + 1.5*2^23 on the float unit (p comes fenced, so the addition is not
+// fused with the product before it).
+fn q6_nearest_fast(p: f32) -> i32 {
+    let v = bitcast<u32>(p + 12582912.0);
+    return clamp(i32(v & 0x007fffffu) - 0x00400000, -32, 31);
+}
+
 // (sumlx, suml2) of one candidate on the float unit.
 fn q6_sums_fast(iscale: f32) -> vec2<f32> {
     var sumlx = 0.0;
     var suml2 = 0.0;
     for (var i = 0u; i < 16u; i = i + 1u) {
-        let lf = clamp(round(ff(iscale * q6_fx[i])), -32.0, 31.0);
+        let lf = f32(q6_nearest_fast(ff(iscale * q6_fx[i])));
         sumlx = ff(sumlx + ff(q6_fwx[i] * lf));
         suml2 = ff(suml2 + ff(ff(q6_fw[i] * lf) * lf));
     }
@@ -774,20 +784,23 @@ fn q6_search_fast(s: u32, vmax: u32) -> vec2<u32> {
 
 // The final levels nearest_int(x / d) clamped to [-32, 31] of sub-block
 // s into q6_lv[lv..lv+16], for d != 0 (finite x: the host refuses the
-// others, and any bytes do then). The quotient is estimated as x * (1/d) with the reciprocal correctly
-// rounded (sf_div_fast): d = d_all * s with d_all a nonzero f16 and
-// 1 <= |s| <= 128, so |d| is in [2^-24, 2^24] and 1/d is normal; below
-// 512 the estimate is within 2^-13 of the exact quotient (two roundings
-// of 2^-24 relative each), so it decides the rounding when it lies more
-// than 2^-10 from a half-integer (a subnormal x, flushed or not, gives an
-// estimate near 0, far from one). The others take the exact division,
-// one per pass of a loop the compiler does not unroll.
+// others, and any bytes do then). The quotient is estimated as x * (1/d)
+// with the reciprocal correctly rounded (sf_div_fast): d = d_all * s with
+// d_all a nonzero f16 and 1 <= |s| <= 128, so |d| is in [2^-24, 2^24] and
+// 1/d is normal; below 512 the estimate y is within 2^-13 of the exact
+// quotient (two roundings of 2^-24 relative each), so it decides the
+// rounding when it lies more than 2^-10 from a half-integer (a subnormal
+// x, flushed or not, gives an estimate near 0, far from one). floor(y +
+// 0.5) is y's nearest integer unless y lies within 2^-14 of a
+// half-integer (the addition's rounding), and those fail the test. The
+// others take the exact division, one per pass of a loop the compiler
+// does not unroll.
 fn q6_final_levels(s: u32, lv: u32, d: u32) {
     let r = bitcast<f32>(sf_div_fast(F_ONE, d));
     var exact = 0u;
     for (var i = 0u; i < 16u; i = i + 1u) {
         let y = ff(bitcast<f32>(q6x(s, i)) * r);
-        let t = round(y);
+        let t = floor(y + 0.5);
         if (abs(y - t) < 0.4990234375 && abs(y) < 512.0) {
             q6_lv[lv + i] = u32(i32(clamp(t, -32.0, 31.0)) + 32);
         } else {
@@ -944,8 +957,8 @@ fn q6k_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, soft_tiles: bool) {
             // make_qx_quants' own levels, as its search computed them.
             let li = bitcast<f32>(r.y);
             for (var i = 0u; i < 16u; i = i + 1u) {
-                let l = clamp(round(ff(li * bitcast<f32>(q6x(s, i)))), -32.0, 31.0);
-                q6_lv[lv + i] = u32(i32(l) + 32);
+                let l = q6_nearest_fast(ff(li * bitcast<f32>(q6x(s, i))));
+                q6_lv[lv + i] = u32(l + 32);
             }
         } else {
             for (var i = params.zero; i < 16u; i = i + 1u) {
