@@ -659,10 +659,10 @@ fn qx_level(iscale: u32, x: u32) -> i32 {
 // through softfloat.wgsl: (scale, the iscale its levels came from); the
 // levels are all zero (stored 0, not 32) when amax < GROUP_MAX_EPS.
 // Loops that start at `params.zero` have a trip count the compiler cannot
-// know, so it does not unroll them: unrolled, the soft search (and the
-// fast one's candidate loop) made the kernel's code many times larger
-// than the instruction cache (H100: Q6_K 30 GB/s, and a pipeline build of
-// half a minute).
+// know, so it does not unroll them, which keeps the soft code (and the
+// fast search's candidate loop) to one copy. That alone did not change
+// the rate on the H100 (30 -> 31 GB/s with the soft search still in the
+// fast kernel); moving the soft search to its own entry point did (below).
 fn q6_search_soft(s: u32, vmax: u32) -> vec2<u32> {
     var iscale = sf_div_fast(0xc2000000u, vmax);
     var sumlx = 0u;
