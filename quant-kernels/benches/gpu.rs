@@ -7,7 +7,7 @@
 //! its kernels.
 //!
 //! `cargo bench -p quant-kernels --features gpu --bench gpu -- [--small]
-//! [--software] [--decoder-only]`; BENCH-gpu.md has the numbers and how
+//! [--software] [--decoder-only] [--ggml-only]`; BENCH-gpu.md has the numbers and how
 //! they were taken.
 
 use std::sync::Arc;
@@ -150,6 +150,9 @@ fn main() {
             "{ty}"
         );
         row(format!("dequantize {ty}"), nk, bytes, gpu_d, cpu_d, e2e_d);
+    }
+    if args.iter().any(|a| a == "--ggml-only") {
+        return;
     }
     for bits in [4u32, 8] {
         let group = 64usize;

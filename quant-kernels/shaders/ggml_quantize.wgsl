@@ -5,10 +5,10 @@
 // legacy types' per-value arithmetic, below).
 //
 // Input: f32 bit patterns, `params.n_units` blocks. Output: the blocks'
-// bytes. Q8_0, Q4_0 and Q4_1 work in tiles of 64 blocks per workgroup.
-// Q6_K blocks (210 B) do not fill whole words, so that kernel quantizes a
-// pair of blocks per invocation (420 bytes: whole words); Q4_K (144 B)
-// takes one block.
+// bytes. Q8_0, Q4_0 and Q4_1 work in tiles of 64 blocks per workgroup,
+// Q6_K in tiles of 4 blocks (840 bytes: whole words) with one invocation
+// per 16-value sub-block, Q4_K in tiles of 8 blocks with one invocation
+// per 32-value sub-block.
 
 const F_ONE: u32 = 0x3f800000u;
 const F_HALF: u32 = 0x3f000000u;
@@ -481,22 +481,50 @@ fn make_qkx2_q4k() -> Qkx2 {
     return Qkx2(scale, sf_neg(vmin), l_iscale, l_min, false);
 }
 
-// Per sub-block: the final d and d*min of the requantization, or (when d
-// is 0) how make_qkx2_quants computed its levels.
-var<private> k_d: array<u32, 8>;
-var<private> k_dm: array<u32, 8>;
-var<private> k_liscale: array<u32, 8>;
-var<private> k_lmin: array<u32, 8>;
-var<private> k_zero: array<bool, 8>;
+// A workgroup quantizes a tile of 8 blocks (1152 bytes: whole words), one
+// invocation per 32-value sub-block, all through softfloat.wgsl: the
+// tile's 64 sub-blocks load as the legacy tiles' 64 blocks do
+// (tile_load), each invocation runs its sub-block's make_qkx2_quants,
+// then (after a barrier) its block's scale step and its 32 levels (in
+// place of its values), and the workgroup stores the staged bytes.
+const Q4K_TILE: u32 = 8u;
 
-fn q4k_level(j: u32, x: u32) -> u32 {
-    if (!sf_eq(k_d[j], 0u)) {
-        return u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, k_dm[j]), k_d[j])), 0, 15));
-    }
-    if (k_zero[j]) {
+var<workgroup> k4_scale: array<u32, 64>;
+var<workgroup> k4_min: array<u32, 64>;
+// The 6-bit scale and min of each sub-block; per block, d | dmin << 16.
+var<workgroup> k4_ls: array<u32, 64>;
+var<workgroup> k4_lm: array<u32, 64>;
+var<workgroup> k4_dh: array<u32, 8>;
+
+// Byte t of the tile's staged output (block t / 144; absent blocks read
+// as zero).
+fn q4k_byte(t: u32, blocks: u32) -> u32 {
+    let b = t / 144u;
+    let r = t - b * 144u;
+    if (b >= blocks) {
         return 0u;
     }
-    return u32(qkx2_level(k_liscale[j], k_lmin[j], x));
+    let j = b * 8u;
+    if (r < 4u) {
+        return (k4_dh[b] >> (r * 8u)) & 0xffu;
+    }
+    if (r < 16u) {
+        // put_scale_min_k4's 12 bytes.
+        let i = r - 4u;
+        if (i < 4u) {
+            return k4_ls[j + i] | ((k4_ls[j + i + 4u] >> 4u) << 6u);
+        }
+        if (i < 8u) {
+            return k4_lm[j + i - 4u] | ((k4_lm[j + i] >> 4u) << 6u);
+        }
+        return (k4_ls[j + i - 4u] & 0xfu) | ((k4_lm[j + i - 4u] & 0xfu) << 4u);
+    }
+    // Bytes [32c, 32c+32) of the codes: sub-block 2c in the low nibbles,
+    // 2c+1 in the high ones (levels staged in tile_in in place of values).
+    let q = r - 16u;
+    let c = q / 32u;
+    let k = q & 31u;
+    return tv(j + 2u * c, k) | (tv(j + 2u * c + 1u, k) << 4u);
 }
 
 @compute @workgroup_size(64)
@@ -505,22 +533,21 @@ fn quantize_q4_k(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let blk = invocation_index(wid, nwg, lid);
-    if (blk >= params.n_units) {
+    let first = (wid.x + wid.y * nwg.x) * Q4K_TILE;
+    if (first >= params.n_units) {
         return;
     }
-    let base = blk * 256u;
-    for (var i = 0u; i < 256u; i = i + 1u) {
-        note_if_not_finite(base + i, src[base + i]);
-    }
-    var scales: array<u32, 8>;
-    var mins: array<u32, 8>;
-    var max_scale = 0u;
-    var max_min = 0u;
-    for (var j = 0u; j < 8u; j = j + 1u) {
+    let blocks = min(Q4K_TILE, params.n_units - first);
+    tile_load(Tile(first * 8u, blocks * 8u), lid);
+    workgroupBarrier();
+
+    // The sub-block's search (weights av_x + |x|, av_x = sqrt(sum x^2 / 32)).
+    let s = lid;
+    var r = Qkx2(0u, 0u, 0u, 0u, true);
+    if (s < blocks * 8u) {
         var sum_x2 = 0u;
         for (var k = 0u; k < 32u; k = k + 1u) {
-            let v = src[base + 32u * j + k];
+            let v = tv(s, k);
             kx[k] = v;
             sum_x2 = sf_add(sum_x2, sf_mul_fast(v, v));
         }
@@ -528,17 +555,23 @@ fn quantize_q4_k(
         for (var k = 0u; k < 32u; k = k + 1u) {
             kw[k] = sf_add(av_x, sf_abs(kx[k]));
         }
-        let r = make_qkx2_q4k();
-        scales[j] = r.scale;
-        mins[j] = r.neg_min;
-        k_liscale[j] = r.l_iscale;
-        k_lmin[j] = r.l_min;
-        k_zero[j] = r.zero;
-        if (sf_gt(r.scale, max_scale)) {
-            max_scale = r.scale;
+        r = make_qkx2_q4k();
+    }
+    k4_scale[s] = r.scale;
+    k4_min[s] = r.neg_min;
+    workgroupBarrier();
+
+    // The block's scale step (every invocation of the block computes it),
+    // then qk_requantize of the sub-block against the stored values.
+    let b = s / 8u;
+    var max_scale = 0u;
+    var max_min = 0u;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        if (sf_gt(k4_scale[b * 8u + j], max_scale)) {
+            max_scale = k4_scale[b * 8u + j];
         }
-        if (sf_gt(r.neg_min, max_min)) {
-            max_min = r.neg_min;
+        if (sf_gt(k4_min[b * 8u + j], max_min)) {
+            max_min = k4_min[b * 8u + j];
         }
     }
     var inv_scale = 0u;
@@ -549,89 +582,93 @@ fn quantize_q4_k(
     if (sf_gt(max_min, 0u)) {
         inv_min = sf_div_fast(F_63, max_min);
     }
-    // The 12 packed 6-bit scale/min bytes (put_scale_min_k4).
-    var sc: array<u32, 12>;
-    for (var j = 0u; j < 8u; j = j + 1u) {
-        let ls = min(u32(sf_nearest_int(sf_mul_fast(inv_scale, scales[j]))) & 0xffu, 63u);
-        let lm = min(u32(sf_nearest_int(sf_mul_fast(inv_min, mins[j]))) & 0xffu, 63u);
-        if (j < 4u) {
-            sc[j] = ls;
-            sc[j + 4u] = lm;
-        } else {
-            sc[j + 4u] = (ls & 0xfu) | ((lm & 0xfu) << 4u);
-            sc[j - 4u] = sc[j - 4u] | ((ls >> 4u) << 6u);
-            sc[j] = sc[j] | ((lm >> 4u) << 6u);
-        }
-    }
+    let ls = min(u32(sf_nearest_int(sf_mul_fast(inv_scale, r.scale))) & 0xffu, 63u);
+    let lm = min(u32(sf_nearest_int(sf_mul_fast(inv_min, r.neg_min))) & 0xffu, 63u);
+    k4_ls[s] = ls;
+    k4_lm[s] = lm;
     let dh = sf_to_f16(sf_div_fast(max_scale, F_63));
     let mh = sf_to_f16(sf_div_fast(max_min, F_63));
-    // qk_requantize against the stored values.
-    let d_all = sf_from_f16(dh);
-    let dmin = sf_from_f16(mh);
-    for (var j = 0u; j < 8u; j = j + 1u) {
-        var s: u32;
-        var m: u32;
-        if (j < 4u) {
-            s = sc[j] & 63u;
-            m = sc[j + 4u] & 63u;
-        } else {
-            s = (sc[j + 4u] & 0xfu) | ((sc[j - 4u] >> 6u) << 4u);
-            m = (sc[j + 4u] >> 4u) | ((sc[j] >> 6u) << 4u);
-        }
-        k_d[j] = sf_mul_fast(d_all, sf_from_i32(i32(s)));
-        k_dm[j] = sf_mul_fast(dmin, sf_from_i32(i32(m)));
+    if ((s & 7u) == 0u) {
+        k4_dh[b] = dh | (mh << 16u);
     }
-    var w = ByteWriter(blk * 36u, 0u, 0u);
-    bw_push_u16(&w, dh);
-    bw_push_u16(&w, mh);
-    for (var i = 0u; i < 12u; i = i + 1u) {
-        bw_push(&w, sc[i]);
-    }
-    // Bytes [32c, 32c+32) hold sub-block 2c in low and 2c+1 in high nibbles.
-    for (var c = 0u; c < 4u; c = c + 1u) {
+    let d = sf_mul_fast(sf_from_f16(dh), sf_from_i32(i32(ls)));
+    let dm = sf_mul_fast(sf_from_f16(mh), sf_from_i32(i32(lm)));
+    if (s < blocks * 8u) {
         for (var k = 0u; k < 32u; k = k + 1u) {
-            let lo = q4k_level(2u * c, src[base + 64u * c + k]);
-            let hi = q4k_level(2u * c + 1u, src[base + 64u * c + 32u + k]);
-            bw_push(&w, lo | (hi << 4u));
+            let x = tv(s, k);
+            var l = 0u;
+            if (!sf_eq(d, 0u)) {
+                l = u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, dm), d)), 0, 15));
+            } else if (!r.zero) {
+                l = u32(qkx2_level(r.l_iscale, r.l_min, x));
+            }
+            tile_in[s * ROW + k] = l;
+        }
+    }
+    workgroupBarrier();
+
+    // 144 bytes per block: 8 blocks are 288 whole words.
+    let out_words = (blocks * 144u + 3u) / 4u;
+    let out_base = first / Q4K_TILE * 288u;
+    for (var i = 0u; i < 5u; i = i + 1u) {
+        let w = lid + i * 64u;
+        if (w < out_words) {
+            let t = 4u * w;
+            dst[out_base + w] = q4k_byte(t, blocks) | (q4k_byte(t + 1u, blocks) << 8u)
+                | (q4k_byte(t + 2u, blocks) << 16u) | (q4k_byte(t + 3u, blocks) << 24u);
         }
     }
 }
 
 // ------------------------------------------------------------------ Q6_K
 
-// Per sub-block of 16: the scale of make_qx_quants and the iscale its
-// levels came from (or all-zero levels).
-var<private> q6_scale: array<u32, 16>;
-var<private> q6_liscale: array<u32, 16>;
-var<private> q6_zero: array<bool, 16>;
-var<private> q6_d: array<u32, 16>;
+
+// A workgroup quantizes a tile of Q6K_TILE blocks (840 bytes of output:
+// whole words), one invocation per 16-value sub-block: coalesced loads
+// into workgroup memory, each invocation's make_qx_quants search, then
+// (after a barrier) the block's scale step and the invocation's 16 final
+// levels, and coalesced stores of the staged bytes.
+const Q6K_TILE: u32 = 4u;
+// Words per staged sub-block (17: the 64 invocations' rows fall in
+// different banks).
+const Q6K_ROW: u32 = 17u;
+
+var<workgroup> q6_in: array<u32, 1088>;
+// Levels 0..63 of value e of the tile's block b at b * 256 + e.
+var<workgroup> q6_lv: array<u32, 1024>;
+// make_qx_quants' scale per sub-block, then the stored 8-bit scale.
+var<workgroup> q6_sc: array<u32, 64>;
+var<workgroup> q6_scb: array<u32, 64>;
+var<workgroup> q6_dh: array<u32, 4>;
+
+// Value i of the tile's sub-block s.
+fn q6x(s: u32, i: u32) -> u32 {
+    return q6_in[s * Q6K_ROW + i];
+}
+
+// A product or sum on the float unit, fenced (see `fenced`).
+fn ff(x: f32) -> f32 {
+    return bitcast<f32>(fenced(x));
+}
 
 fn qx_level(iscale: u32, x: u32) -> i32 {
     return clamp(sf_nearest_int(sf_mul_fast(iscale, x)), -32, 31);
 }
 
-// make_qx_quants(32, x, L, rmse_type=1, qw=NULL) over src[base..base+16].
-fn make_qx_q6k(base: u32, ib: u32) {
-    var vmax = 0u;
-    var amax = 0u;
-    for (var i = 0u; i < 16u; i = i + 1u) {
-        let ax = sf_abs(src[base + i]);
-        if (sf_gt(ax, amax)) {
-            amax = ax;
-            vmax = src[base + i];
-        }
-    }
-    if (sf_lt(amax, GROUP_MAX_EPS)) {
-        q6_scale[ib] = 0u;
-        q6_zero[ib] = true;
-        return;
-    }
-    q6_zero[ib] = false;
+// make_qx_quants(32, x, L, rmse_type=1, qw=NULL) over sub-block s,
+// through softfloat.wgsl: (scale, the iscale its levels came from); the
+// levels are all zero (stored 0, not 32) when amax < GROUP_MAX_EPS.
+// Loops that start at `params.zero` have a trip count the compiler cannot
+// know, so it does not unroll them, which keeps the soft code (and the
+// fast search's candidate loop) to one copy. That alone did not change
+// the rate on the H100 (30 -> 31 GB/s with the soft search still in the
+// fast kernel); moving the soft search to its own entry point did (below).
+fn q6_search_soft(s: u32, vmax: u32) -> vec2<u32> {
     var iscale = sf_div_fast(0xc2000000u, vmax);
     var sumlx = 0u;
     var suml2 = 0u;
-    for (var i = 0u; i < 16u; i = i + 1u) {
-        let x = src[base + i];
+    for (var i = params.zero; i < 16u; i = i + 1u) {
+        let x = q6x(s, i);
         let lf = sf_from_i32(qx_level(iscale, x));
         let w = sf_mul_fast(x, x);
         sumlx = sf_add(sumlx, sf_mul_fast(sf_mul_fast(w, x), lf));
@@ -643,15 +680,15 @@ fn make_qx_q6k(base: u32, ib: u32) {
     }
     var best = sf_mul_fast(scale, sumlx);
     var l_iscale = iscale;
-    for (var istep = -9; istep <= 9; istep = istep + 1) {
+    for (var istep = -9 + i32(params.zero); istep <= 9; istep = istep + 1) {
         if (istep == 0) {
             continue;
         }
         iscale = sf_div_fast(sf_neg(sf_add(F_32, sf_mul_fast(F_0_1, sf_from_i32(istep)))), vmax);
         sumlx = 0u;
         suml2 = 0u;
-        for (var i = 0u; i < 16u; i = i + 1u) {
-            let x = src[base + i];
+        for (var i = params.zero; i < 16u; i = i + 1u) {
+            let x = q6x(s, i);
             let lf = sf_from_i32(qx_level(iscale, x));
             let w = sf_mul_fast(x, x);
             sumlx = sf_add(sumlx, sf_mul_fast(sf_mul_fast(w, x), lf));
@@ -663,21 +700,285 @@ fn make_qx_q6k(base: u32, ib: u32) {
             best = sf_mul_fast(scale, sumlx);
         }
     }
-    q6_scale[ib] = scale;
-    q6_liscale[ib] = l_iscale;
+    return vec2<u32>(scale, l_iscale);
 }
 
-// The stored 6-bit level (0..63) of element e of the block at `base`.
-fn q6k_level(base: u32, e: u32) -> u32 {
-    let j = e / 16u;
-    let x = src[base + e];
-    if (!sf_eq(q6_d[j], 0u)) {
-        return u32(clamp(sf_nearest_int(sf_div_fast(x, q6_d[j])), -32, 31) + 32);
+// The Q6_K search's fast case. In make_qx_quants(nmax=32, rmse_type=1)
+// every candidate iscale is -(32 + 0.1*is)/max with |.| in [31.1, 32.9]
+// over M = |max| = amax, so each p = iscale*x has |p| <= 32.9 (1 + 2^-22),
+// and l = nearest_int(p) (p + 1.5*2^23 on the float unit, as the
+// reference computes it: round half to even there; a subnormal or flushed
+// p gives 0 either way) is nonzero only where |x| >= M/66, with the sign
+// of -max: the
+// terms w*x*l of sumlx all have one sign, the max value's term (|l| >= 31)
+// is in it, and suml2 >= 961 M^2 > 0. When M is in [2^-20, 2^16]:
+// - every x with l != 0 has |x| >= 2^-27, so x*x, (x*x)*x, those times l,
+//   (w*l)*l, the sums (same-sign terms), sumlx*sumlx (<= 2^114),
+//   scale = sumlx/suml2 (>= 2^-9 M), best = scale*sumlx and best*suml2
+//   (between 2^-115 and 2^118) are normal: the float unit rounds each
+//   correctly (WGSL, Vulkan, Metal, D3D), and `ff` keeps products from
+//   being contracted into the sums;
+// - an x with l = 0 (a subnormal one, which a GPU may flush, included)
+//   has |p| < 0.5 or p = +-0.5 exactly: if p is normal it is correctly
+//   rounded, if p is subnormal or flushed the level is 0 either way; its
+//   terms (w*x)*0 and (w*0)*0 are zeros whether w is flushed or not, and
+//   adding a zero leaves a sum as it is (no sum is subnormal: its terms
+//   are multiples of 2^-113 at least);
+// - the candidates' 0.1*is and 32 + 0.1*is are normal, and their
+//   divisions by max, and sumlx/suml2, go through sf_div_fast (exact).
+// So such sub-blocks get the reference's bits from the float unit; the
+// others (tiny, huge or non-finite amax) take q6_search_soft.
+const Q6K_FAST_MIN: u32 = 0x35800000u; // 2^-20
+const Q6K_FAST_MAX: u32 = 0x47800000u; // 2^16
+
+var<private> q6_fx: array<f32, 16>;
+var<private> q6_fw: array<f32, 16>;
+var<private> q6_fwx: array<f32, 16>;
+
+// nearest_int(p) clamped to [-32, 31], for |p| < 2^22: ggml's
+// p + 1.5*2^23 on the float unit (p comes fenced, so the addition is not
+// fused with the product before it).
+fn q6_nearest_fast(p: f32) -> i32 {
+    let v = bitcast<u32>(p + 12582912.0);
+    return clamp(i32(v & 0x007fffffu) - 0x00400000, -32, 31);
+}
+
+// (sumlx, suml2) of one candidate on the float unit.
+fn q6_sums_fast(iscale: f32) -> vec2<f32> {
+    var sumlx = 0.0;
+    var suml2 = 0.0;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let lf = f32(q6_nearest_fast(ff(iscale * q6_fx[i])));
+        sumlx = ff(sumlx + ff(q6_fwx[i] * lf));
+        suml2 = ff(suml2 + ff(ff(q6_fw[i] * lf) * lf));
     }
-    if (q6_zero[j]) {
+    return vec2<f32>(sumlx, suml2);
+}
+
+fn q6_search_fast(s: u32, vmax: u32) -> vec2<u32> {
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let x = bitcast<f32>(q6x(s, i));
+        q6_fx[i] = x;
+        let w = ff(x * x);
+        q6_fw[i] = w;
+        q6_fwx[i] = ff(w * x);
+    }
+    var l_iscale = sf_div_fast(0xc2000000u, vmax);
+    var sums = q6_sums_fast(bitcast<f32>(l_iscale));
+    var scale = sf_div_fast(bitcast<u32>(sums.x), bitcast<u32>(sums.y));
+    var best = ff(bitcast<f32>(scale) * sums.x);
+    for (var k = params.zero; k < 18u; k = k + 1u) {
+        // is = -9..-1, 1..9
+        let istep = i32(k) - select(8, 9, k < 9u);
+        let num = -ff(32.0 + ff(0.1 * f32(istep)));
+        let iscale = sf_div_fast(bitcast<u32>(num), vmax);
+        sums = q6_sums_fast(bitcast<f32>(iscale));
+        if (ff(sums.x * sums.x) > ff(best * sums.y)) {
+            l_iscale = iscale;
+            scale = sf_div_fast(bitcast<u32>(sums.x), bitcast<u32>(sums.y));
+            best = ff(bitcast<f32>(scale) * sums.x);
+        }
+    }
+    return vec2<u32>(scale, l_iscale);
+}
+
+// The final levels nearest_int(x / d) clamped to [-32, 31] of sub-block
+// s into q6_lv[lv..lv+16], for d != 0 (finite x: the host refuses the
+// others, and any bytes do then). The quotient is estimated as x * (1/d)
+// with the reciprocal correctly rounded (sf_div_fast): d = d_all * s with
+// d_all a nonzero f16 and 1 <= |s| <= 128, so |d| is in [2^-24, 2^24] and
+// 1/d is normal; below 512 the estimate y is within 2^-13 of the exact
+// quotient (two roundings of 2^-24 relative each), so it decides the
+// rounding when it lies more than 2^-10 from a half-integer (a subnormal
+// x, flushed or not, gives an estimate near 0, far from one). floor(y +
+// 0.5) is y's nearest integer unless y lies within 2^-14 of a
+// half-integer (the addition's rounding), and those fail the test. The
+// others take the exact division, one per pass of a loop the compiler
+// does not unroll.
+fn q6_final_levels(s: u32, lv: u32, d: u32) {
+    let r = bitcast<f32>(sf_div_fast(F_ONE, d));
+    var exact = 0u;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let y = ff(bitcast<f32>(q6x(s, i)) * r);
+        let t = floor(y + 0.5);
+        if (abs(y - t) < 0.4990234375 && abs(y) < 512.0) {
+            q6_lv[lv + i] = u32(i32(clamp(t, -32.0, 31.0)) + 32);
+        } else {
+            exact = exact | (1u << i);
+        }
+    }
+    while (exact != 0u) {
+        let i = firstTrailingBit(exact);
+        exact = exact & (exact - 1u);
+        q6_lv[lv + i] = u32(clamp(sf_nearest_int(sf_div_fast(q6x(s, i), d)), -32, 31) + 32);
+    }
+}
+
+// Byte t of the tile's staged output (block t / 210; absent blocks read
+// as zero).
+fn q6_byte(t: u32, blocks: u32) -> u32 {
+    let b = t / 210u;
+    let r = t - b * 210u;
+    if (b >= blocks) {
         return 0u;
     }
-    return u32(qx_level(q6_liscale[j], x) + 32);
+    let lv = b * 256u;
+    if (r < 128u) {
+        // ql: per half of the block, the low nibbles of l1/l3 then l2/l4.
+        let j = lv + (r / 64u) * 128u + (r & 63u);
+        return (q6_lv[j] & 0xfu) | ((q6_lv[j + 64u] & 0xfu) << 4u);
+    }
+    if (r < 192u) {
+        // qh: the high two bits of the four.
+        let k = r - 128u;
+        let j = lv + (k / 32u) * 128u + (k & 31u);
+        return (q6_lv[j] >> 4u) | ((q6_lv[j + 32u] >> 4u) << 2u)
+            | ((q6_lv[j + 64u] >> 4u) << 4u) | ((q6_lv[j + 96u] >> 4u) << 6u);
+    }
+    if (r < 208u) {
+        return q6_scb[b * 16u + r - 192u];
+    }
+    return (q6_dh[b] >> ((r - 208u) * 8u)) & 0xffu;
+}
+
+// Whether some sub-block of the tile needs q6_search_soft.
+var<workgroup> q6_any_soft: u32;
+
+// Two entry points share the tile body, each taking the tiles the other
+// leaves: quantize_q6_k those whose sub-blocks all run on the float unit
+// (or are all-zero), quantize_q6_k_soft those with a sub-block outside the
+// fast range, dispatched after it in the same pass. The soft search in
+// the same kernel as the fast one cost the fast tiles two thirds of their
+// speed on the H100 (30 against 90 GB/s: the soft code's registers and
+// size), though no fast tile ever ran it.
+fn q6k_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, soft_tiles: bool) {
+    let first = (wid.x + wid.y * nwg.x) * Q6K_TILE;
+    if (first >= params.n_units) {
+        return;
+    }
+    let blocks = min(Q6K_TILE, params.n_units - first);
+    if (lid == 0u) {
+        q6_any_soft = 0u;
+    }
+    // Coalesced loads, eight in flight at a time (as tile_load).
+    let words = blocks * 256u;
+    let base = first * 256u;
+    var bad = 0xffffffffu;
+    for (var i0 = 0u; i0 < 16u; i0 = i0 + 8u) {
+        var v: array<u32, 8>;
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let w = lid + (i0 + i) * 64u;
+            v[i] = select(0u, src[min(base + w, arrayLength(&src) - 1u)], w < words);
+        }
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let w = lid + (i0 + i) * 64u;
+            if (w < words) {
+                bad = first_non_finite(bad, base + w, v[i]);
+            }
+            q6_in[w + w / 16u] = v[i];
+        }
+    }
+    if (!soft_tiles) {
+        note_first_non_finite(bad);
+    }
+    workgroupBarrier();
+
+    // The sub-block's search: amax (the first largest magnitude; an
+    // integer maximum of finite magnitudes' bits) and its signed value.
+    let s = lid;
+    var vmax = 0u;
+    var amax = 0u;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        let v = q6x(s, i);
+        if ((v & 0x7fffffffu) > amax) {
+            amax = v & 0x7fffffffu;
+            vmax = v;
+        }
+    }
+    let zero = sf_lt(amax, GROUP_MAX_EPS) || s >= blocks * 16u;
+    let fast = amax >= Q6K_FAST_MIN && amax <= Q6K_FAST_MAX;
+    if (!zero && !fast) {
+        // The same value from every writer.
+        q6_any_soft = 1u;
+    }
+    if ((workgroupUniformLoad(&q6_any_soft) != 0u) != soft_tiles) {
+        return;
+    }
+    var r = vec2<u32>(0u, 0u);
+    if (!zero) {
+        if (fast) {
+            r = q6_search_fast(s, vmax);
+        } else if (soft_tiles) {
+            r = q6_search_soft(s, vmax);
+        }
+    }
+    q6_sc[s] = r.x;
+    workgroupBarrier();
+
+    // The block's scale step (every invocation of the block computes it).
+    let b = s / 16u;
+    var max_scale = 0u;
+    var max_abs_scale = 0u;
+    for (var ib = 0u; ib < 16u; ib = ib + 1u) {
+        // A float comparison: a scale can be NaN (x*x overflowing in a
+        // soft sub-block), and then it is never the maximum.
+        let sc = q6_sc[b * 16u + ib];
+        if (sf_gt(sf_abs(sc), max_abs_scale)) {
+            max_abs_scale = sf_abs(sc);
+            max_scale = sc;
+        }
+    }
+    let lv = b * 256u + (s & 15u) * 16u;
+    if (sf_lt(max_abs_scale, GROUP_MAX_EPS)) {
+        // The whole block is zero bytes.
+        for (var i = 0u; i < 16u; i = i + 1u) {
+            q6_lv[lv + i] = 0u;
+        }
+        q6_scb[s] = 0u;
+        if ((s & 15u) == 0u) {
+            q6_dh[b] = 0u;
+        }
+    } else {
+        let iscale = sf_div_fast(F_NEG_128, max_scale);
+        let dh = sf_to_f16(sf_div_fast(F_ONE, iscale));
+        let scb = u32(min(sf_nearest_int(sf_mul_fast(iscale, r.x)), 127)) & 0xffu;
+        q6_scb[s] = scb;
+        if ((s & 15u) == 0u) {
+            q6_dh[b] = dh;
+        }
+        let d = sf_mul_fast(sf_from_f16(dh), sf_from_i32((i32(scb) << 24u) >> 24u));
+        if ((d & 0x7fffffffu) != 0u) {
+            q6_final_levels(s, lv, d);
+        } else if (zero) {
+            for (var i = 0u; i < 16u; i = i + 1u) {
+                q6_lv[lv + i] = 0u;
+            }
+        } else if (fast) {
+            // make_qx_quants' own levels, as its search computed them.
+            let li = bitcast<f32>(r.y);
+            for (var i = 0u; i < 16u; i = i + 1u) {
+                let l = q6_nearest_fast(ff(li * bitcast<f32>(q6x(s, i))));
+                q6_lv[lv + i] = u32(l + 32);
+            }
+        } else {
+            for (var i = params.zero; i < 16u; i = i + 1u) {
+                q6_lv[lv + i] = u32(qx_level(r.y, q6x(s, i)) + 32);
+            }
+        }
+    }
+    workgroupBarrier();
+
+    // 210 bytes per block: Q6K_TILE blocks are 210 whole words.
+    let out_words = (blocks * 210u + 3u) / 4u;
+    let out_base = first / Q6K_TILE * 210u;
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let w = lid + i * 64u;
+        if (w < out_words) {
+            let t = 4u * w;
+            dst[out_base + w] = q6_byte(t, blocks) | (q6_byte(t + 1u, blocks) << 8u)
+                | (q6_byte(t + 2u, blocks) << 16u) | (q6_byte(t + 3u, blocks) << 24u);
+        }
+    }
 }
 
 @compute @workgroup_size(64)
@@ -686,73 +987,14 @@ fn quantize_q6_k(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let first = invocation_index(wid, nwg, lid) * 2u;
-    if (first >= params.n_units) {
-        return;
-    }
-    let count = min(2u, params.n_units - first);
-    var w = ByteWriter(first / 2u * 105u, 0u, 0u);
-    for (var b = 0u; b < count; b = b + 1u) {
-        let base = (first + b) * 256u;
-        for (var i = 0u; i < 256u; i = i + 1u) {
-            note_if_not_finite(base + i, src[base + i]);
-        }
-        var max_scale = 0u;
-        var max_abs_scale = 0u;
-        for (var ib = 0u; ib < 16u; ib = ib + 1u) {
-            make_qx_q6k(base + 16u * ib, ib);
-            let abs_scale = sf_abs(q6_scale[ib]);
-            if (sf_gt(abs_scale, max_abs_scale)) {
-                max_abs_scale = abs_scale;
-                max_scale = q6_scale[ib];
-            }
-        }
-        if (sf_lt(max_abs_scale, GROUP_MAX_EPS)) {
-            for (var i = 0u; i < 210u; i = i + 1u) {
-                bw_push(&w, 0u);
-            }
-            continue;
-        }
-        let iscale = sf_div_fast(F_NEG_128, max_scale);
-        let dh = sf_to_f16(sf_div_fast(F_ONE, iscale));
-        var scb: array<u32, 16>;
-        for (var ib = 0u; ib < 16u; ib = ib + 1u) {
-            scb[ib] = u32(min(sf_nearest_int(sf_mul_fast(iscale, q6_scale[ib])), 127)) & 0xffu;
-        }
-        let d_all = sf_from_f16(dh);
-        for (var j = 0u; j < 16u; j = j + 1u) {
-            let s = (i32(scb[j]) << 24u) >> 24u;
-            q6_d[j] = sf_mul_fast(d_all, sf_from_i32(s));
-        }
-        // ql[128]: per half, low nibbles of l1/l2 and l3/l4.
-        for (var half = 0u; half < 2u; half = half + 1u) {
-            let j = 128u * half;
-            for (var k = 0u; k < 32u; k = k + 1u) {
-                let l1 = q6k_level(base, j + k);
-                let l3 = q6k_level(base, j + k + 64u);
-                bw_push(&w, (l1 & 0xfu) | ((l3 & 0xfu) << 4u));
-            }
-            for (var k = 0u; k < 32u; k = k + 1u) {
-                let l2 = q6k_level(base, j + k + 32u);
-                let l4 = q6k_level(base, j + k + 96u);
-                bw_push(&w, (l2 & 0xfu) | ((l4 & 0xfu) << 4u));
-            }
-        }
-        // qh[64]: the high two bits of the four.
-        for (var half = 0u; half < 2u; half = half + 1u) {
-            let j = 128u * half;
-            for (var k = 0u; k < 32u; k = k + 1u) {
-                let l1 = q6k_level(base, j + k);
-                let l2 = q6k_level(base, j + k + 32u);
-                let l3 = q6k_level(base, j + k + 64u);
-                let l4 = q6k_level(base, j + k + 96u);
-                bw_push(&w, (l1 >> 4u) | ((l2 >> 4u) << 2u) | ((l3 >> 4u) << 4u) | ((l4 >> 4u) << 6u));
-            }
-        }
-        for (var ib = 0u; ib < 16u; ib = ib + 1u) {
-            bw_push(&w, scb[ib]);
-        }
-        bw_push_u16(&w, dh);
-    }
-    bw_flush(&w);
+    q6k_tile(wid, nwg, lid, false);
+}
+
+@compute @workgroup_size(64)
+fn quantize_q6_k_soft(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    q6k_tile(wid, nwg, lid, true);
 }

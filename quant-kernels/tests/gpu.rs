@@ -352,6 +352,147 @@ fn ggml_quantize_odd_block_counts_and_chunks() {
     }
 }
 
+/// Values that probe the K-quant kernels' fast cases sub-block by
+/// sub-block (`sub` values each): magnitudes on both sides of the fast
+/// range's ends (2^-20 and 2^16 for Q6_K), tiny and subnormal values among
+/// ordinary ones, small integers times powers of two (quotients on exact
+/// half-integers, ties in the searches), all-zero and single-value
+/// sub-blocks.
+fn sub_block_probes(n: usize, sub: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed);
+    let mut v = Vec::with_capacity(n);
+    let mags = [
+        2f32.powi(-21),
+        2f32.powi(-20),
+        2f32.powi(-20) * 1.0001,
+        2f32.powi(-19),
+        2f32.powi(15),
+        2f32.powi(16),
+        2f32.powi(16) * 1.0001,
+        2f32.powi(17),
+        1e-3,
+        0.02,
+        1.0,
+    ];
+    for _ in 0..n.div_ceil(sub) {
+        let kind = r.u32() % 8;
+        let m = mags[(r.u32() % mags.len() as u32) as usize];
+        let pow2 = 2f32.powi((r.u32() % 24) as i32 - 12);
+        for i in 0..sub {
+            let x = match kind {
+                0 => 0.0,
+                1 => {
+                    if i == 3 {
+                        m
+                    } else {
+                        0.0
+                    }
+                }
+                // Small integers times a power of two.
+                2 => ((r.u32() % 65) as f32 - 32.0) * pow2,
+                3 => ((r.u32() % 9) as f32 - 4.0) * 0.5 * pow2,
+                // Tiny and subnormal values among ordinary ones.
+                4 => match i % 4 {
+                    0 => f32::from_bits(r.u32() & 0x807f_ffff),
+                    1 => r.normal() * 1e-36,
+                    _ => r.normal() * m,
+                },
+                5 => r.normal() * m * if i % 5 == 0 { 1e-12 } else { 1.0 },
+                _ => r.normal() * m,
+            };
+            v.push(x);
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+fn check_quantize_values(g: &Gpu, ty: GgmlType, x: &[f32]) {
+    let size = ggml::row_size(ty, x.len()).unwrap();
+    let mut cpu = vec![0u8; size];
+    ggml::quantize(ty, x, x.len(), None, &mut cpu).unwrap();
+    let mut gpu_out = vec![0xa5u8; size];
+    g.quantize(ty, x, x.len(), &mut gpu_out).unwrap();
+    let bs = ty.type_size() as usize;
+    let e = ty.block_size() as usize;
+    if let Some(b) =
+        (0..size / bs).find(|&b| cpu[b * bs..(b + 1) * bs] != gpu_out[b * bs..(b + 1) * bs])
+    {
+        panic!(
+            "{ty}: block {b} differs\n cpu {:02x?}\n gpu {:02x?}\n input {:?}",
+            &cpu[b * bs..(b + 1) * bs],
+            &gpu_out[b * bs..(b + 1) * bs],
+            &x[b * e..(b + 1) * e]
+        );
+    }
+}
+
+/// Q6_K blocks in which values of most sub-blocks are exact half-integer
+/// multiples of their final step d = d_all * scale (x / d a tie for
+/// nearest_int, which rounds it to even): the CPU reference's own d is
+/// read back and the values moved onto (k + 1/2) d, a few rounds until d
+/// settles (exact in f32: d_all has 11 significant bits, the scale at
+/// most 8, 2k + 1 at most 5). Returns the values and how many of them lie
+/// on a tie in the CPU's final quantization.
+fn q6k_half_integer_quotients(blocks: usize, seed: u64) -> (Vec<f32>, usize) {
+    let mut r = Rng(seed);
+    let mut out = Vec::with_capacity(256 * blocks);
+    let mut ties = 0;
+    for _ in 0..blocks {
+        let mut x: Vec<f32> = (0..256).map(|_| r.normal() * 0.05).collect();
+        let mut q = vec![0u8; 210];
+        for round in 0..5 {
+            ggml::quantize(GgmlType::Q6K, &x, 256, None, &mut q).unwrap();
+            if round == 4 {
+                break;
+            }
+            let d_all = f16::from_le_bytes([q[208], q[209]]).to_f32();
+            for j in 0..16 {
+                let sc = q[192 + j] as i8;
+                // The largest scale's sub-block sets d_all: left alone.
+                if sc == 0 || sc == -128 {
+                    continue;
+                }
+                let d = d_all * f32::from(sc);
+                for i in [1, 6, 11] {
+                    let k = (r.u32() % 31) as f32 - 15.0;
+                    x[16 * j + i] = (k + 0.5) * d;
+                }
+            }
+        }
+        let d_all = f16::from_le_bytes([q[208], q[209]]).to_f32();
+        for j in 0..16 {
+            let d = d_all * f32::from(q[192 + j] as i8);
+            if d != 0.0 {
+                ties += x[16 * j..16 * j + 16]
+                    .iter()
+                    .filter(|&&v| (v / d).fract().abs() == 0.5)
+                    .count();
+            }
+        }
+        out.extend_from_slice(&x);
+    }
+    (out, ties)
+}
+
+#[test]
+fn k_quant_fast_case_boundaries() {
+    // Block counts that are not whole tiles (Q6_K: 4 blocks, Q4_K: 8), on
+    // the plain and the chunked device.
+    for (ty, sub) in [(GgmlType::Q6K, 16), (GgmlType::Q4K, 32)] {
+        for (blocks, seed) in [(97, 1), (130, 2), (63, 3)] {
+            let x = sub_block_probes(256 * blocks, sub, seed);
+            check_quantize_values(gpu(), ty, &x);
+            check_quantize_values(chunked_gpu(), ty, &x);
+        }
+        let x = weights(256 * 64, sub, 9);
+        check_quantize_values(gpu(), ty, &x);
+    }
+    let (x, ties) = q6k_half_integer_quotients(64, 4);
+    assert!(ties >= 500, "only {ties} exact ties in the Q6_K tie probes");
+    check_quantize_values(gpu(), GgmlType::Q6K, &x);
+}
+
 #[test]
 fn ggml_dequantize_is_bit_identical() {
     for ty in GGML_TYPES {

@@ -10,6 +10,8 @@ use crate::GgmlType;
 /// One kernel, resident inputs, timed over `iters` back-to-back runs.
 pub struct Resident {
     pipeline: std::sync::Arc<wgpu::ComputePipeline>,
+    // Dispatched after `pipeline` in the same pass (ggml::second_entry).
+    second: Option<std::sync::Arc<wgpu::ComputePipeline>>,
     bind: wgpu::BindGroup,
     grid: (u32, u32),
     _buffers: Vec<wgpu::Buffer>,
@@ -33,6 +35,10 @@ impl Gpu {
         extra: [u32; 3],
     ) -> Result<Resident, GpuError> {
         let pipeline = self.pipeline(module, entry_point)?;
+        let second = match super::ggml::second_entry(module, entry_point) {
+            Some(e) => Some(self.pipeline(module, e)?),
+            None => None,
+        };
         let scope = super::ErrorScope::push(&self.device);
         let inp = self.upload("bench input", input);
         let out = self.storage("bench output", out_bytes, wgpu::BufferUsages::COPY_SRC);
@@ -52,6 +58,7 @@ impl Gpu {
         self.wait("uploading benchmark input")?;
         Ok(Resident {
             pipeline,
+            second,
             bind,
             grid: self.grid(invocations),
             _buffers: vec![inp, out, params, status],
@@ -78,7 +85,7 @@ impl Gpu {
                 input,
                 blocks * ts,
                 blocks as u32,
-                (blocks as u32).div_ceil(per),
+                blocks as u32 * per,
                 [0; 3],
             )
         } else {
@@ -141,6 +148,10 @@ impl Gpu {
             pass.set_pipeline(&k.pipeline);
             pass.set_bind_group(0, &k.bind, &[]);
             pass.dispatch_workgroups(k.grid.0, k.grid.1, 1);
+            if let Some(p) = &k.second {
+                pass.set_pipeline(p);
+                pass.dispatch_workgroups(k.grid.0, k.grid.1, 1);
+            }
         })
     }
 

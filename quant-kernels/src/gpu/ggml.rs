@@ -14,16 +14,29 @@ pub const GPU_TYPES: &[GgmlType] = &[
     GgmlType::Q6K,
 ];
 
-/// (quantize entry, dequantize entry, blocks per quantize invocation).
+/// (quantize entry, dequantize entry, quantize invocations per block).
+/// Q6_K's workgroup of 64 takes a tile of 4 blocks, one invocation per
+/// 16-value sub-block, Q4_K's a tile of 8 blocks, one invocation per
+/// 32-value sub-block; the legacy types one block per invocation, in
+/// tiles of 64 blocks.
 pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize)> {
     Some(match ty {
         GgmlType::Q8_0 => ("quantize_q8_0", "dequantize_q8_0", 1),
         GgmlType::Q4_0 => ("quantize_q4_0", "dequantize_q4_0", 1),
         GgmlType::Q4_1 => ("quantize_q4_1", "dequantize_q4_1", 1),
-        GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 1),
-        GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 2),
+        GgmlType::Q4K => ("quantize_q4_k", "dequantize_q4_k", 8),
+        GgmlType::Q6K => ("quantize_q6_k", "dequantize_q6_k", 16),
         _ => return None,
     })
+}
+
+/// The kernel dispatched after a quantize entry in the same pass, over the
+/// same grid: Q6_K's tiles that need the soft search.
+pub(super) fn second_entry(module: Module, entry: &str) -> Option<&'static str> {
+    match (module, entry) {
+        (Module::GgmlQuantize, "quantize_q6_k") => Some("quantize_q6_k_soft"),
+        _ => None,
+    }
 }
 
 /// Whether [`Gpu::quantize`] and [`Gpu::dequantize`] handle `ty`.
@@ -43,7 +56,7 @@ impl Gpu {
         n_per_row: usize,
         dst: &mut [u8],
     ) -> Result<(), GpuError> {
-        let (entry, _, per_invocation) = kernels(ty)
+        let (entry, _, per_block) = kernels(ty)
             .ok_or_else(|| KernelError::Unsupported(format!("quantizing to {ty} on the GPU")))?;
         ggml::check_rows(ty, src.len(), n_per_row, dst.len())?;
         let bs = ty.block_size() as usize;
@@ -60,7 +73,7 @@ impl Gpu {
                     entry,
                     input: bytemuck::cast_slice(x),
                     n_units: n as u32,
-                    invocations: n.div_ceil(per_invocation) as u32,
+                    invocations: (n * per_block) as u32,
                     extra: [0; 3],
                 },
                 &mut dst[done * ts..(done + n) * ts],

@@ -548,6 +548,10 @@ impl Gpu {
     pub(crate) fn launch(&self, l: &Launch<'_>, out: &mut [u8]) -> Result<Option<u32>, GpuError> {
         let op = format!("kernel {}::{}", l.module.name(), l.entry);
         let pipeline = self.pipeline(l.module, l.entry)?;
+        let second = match ggml::second_entry(l.module, l.entry) {
+            Some(e) => Some(self.pipeline(l.module, e)?),
+            None => None,
+        };
         let scope = ErrorScope::push(&self.device);
         let input = self.upload("input", l.input);
         let out_bytes = (out.len() as u64).next_multiple_of(4);
@@ -579,6 +583,10 @@ impl Gpu {
             pass.set_bind_group(0, &bind, &[]);
             let (x, y) = self.grid(l.invocations);
             pass.dispatch_workgroups(x, y, 1);
+            if let Some(p) = &second {
+                pass.set_pipeline(p);
+                pass.dispatch_workgroups(x, y, 1);
+            }
         }
         enc.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes.max(4));
         enc.copy_buffer_to_buffer(&status, 0, &readback, out_bytes.max(4), 4);
