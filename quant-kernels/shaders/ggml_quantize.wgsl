@@ -2,7 +2,8 @@
 // src/ggml/reference (ggml's `quantize_row_*_ref`): every float operation
 // goes through softfloat.wgsl in the order the C code evaluates it, or
 // through the float unit where that provably gives the same bits (the
-// legacy types' per-value arithmetic, below).
+// legacy types' per-value arithmetic, the K-quant searches in their stated
+// ranges, below).
 //
 // Input: f32 bit patterns, `params.n_units` blocks. Output: the blocks'
 // bytes. Q8_0, Q4_0 and Q4_1 work in tiles of 64 blocks per workgroup,
@@ -631,9 +632,10 @@ fn make_qkx2_q4k_fast() -> Qkx2 {
 }
 
 // A workgroup quantizes a tile of 8 blocks (1152 bytes: whole words), one
-// invocation per 32-value sub-block, all through softfloat.wgsl: the
-// tile's 64 sub-blocks load as the legacy tiles' 64 blocks do
-// (tile_load), each invocation runs its sub-block's make_qkx2_quants,
+// invocation per 32-value sub-block: the tile's 64 sub-blocks load as the
+// legacy tiles' 64 blocks do (tile_load), each invocation runs its
+// sub-block's make_qkx2_quants (make_qkx2_q4k_fast, or make_qkx2_q4k in
+// quantize_q4_k_soft's tiles and after a failed run-time check),
 // then (after a barrier) its block's scale step and its 32 levels (in
 // place of its values), and the workgroup stores the staged bytes.
 const Q4K_TILE: u32 = 8u;
