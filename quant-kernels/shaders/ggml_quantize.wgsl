@@ -2,7 +2,8 @@
 // src/ggml/reference (ggml's `quantize_row_*_ref`): every float operation
 // goes through softfloat.wgsl in the order the C code evaluates it, or
 // through the float unit where that provably gives the same bits (the
-// legacy types' per-value arithmetic, below).
+// legacy types' per-value arithmetic, the K-quant searches in their stated
+// ranges, below).
 //
 // Input: f32 bit patterns, `params.n_units` blocks. Output: the blocks'
 // bytes. Q8_0, Q4_0 and Q4_1 work in tiles of 64 blocks per workgroup,
@@ -431,7 +432,7 @@ fn make_qkx2_q4k() -> Qkx2 {
     var iscale = sf_div_fast(F_15, sf_sub(vmax, vmin));
     var scale = sf_div_fast(F_ONE, iscale);
     var best_error = 0u;
-    for (var i = 0u; i < 32u; i = i + 1u) {
+    for (var i = params.zero; i < 32u; i = i + 1u) {
         let l = qkx2_level(iscale, vmin, kx[i]);
         var diff = sf_sub(sf_add(sf_mul_fast(scale, sf_from_i32(l)), vmin), kx[i]);
         diff = sf_mul_fast(diff, diff);
@@ -439,7 +440,7 @@ fn make_qkx2_q4k() -> Qkx2 {
     }
     var l_iscale = iscale;
     var l_min = vmin;
-    for (var istep = 0; istep <= 20; istep = istep + 1) {
+    for (var istep = i32(params.zero); istep <= 20; istep = istep + 1) {
         iscale = sf_div_fast(
             sf_add(sf_add(0xbf800000u, sf_mul_fast(F_0_1, sf_from_i32(istep))), F_15),
             sf_sub(vmax, vmin),
@@ -447,7 +448,7 @@ fn make_qkx2_q4k() -> Qkx2 {
         var sum_l = 0u;
         var sum_l2 = 0u;
         var sum_xl = 0u;
-        for (var i = 0u; i < 32u; i = i + 1u) {
+        for (var i = params.zero; i < 32u; i = i + 1u) {
             let lf = sf_from_i32(qkx2_level(iscale, vmin, kx[i]));
             let wl = sf_mul_fast(kw[i], lf);
             sum_l = sf_add(sum_l, wl);
@@ -463,7 +464,7 @@ fn make_qkx2_q4k() -> Qkx2 {
                 this_scale = sf_div_fast(sum_xl, sum_l2);
             }
             var cur_error = 0u;
-            for (var i = 0u; i < 32u; i = i + 1u) {
+            for (var i = params.zero; i < 32u; i = i + 1u) {
                 let lf = sf_from_i32(qkx2_level(iscale, vmin, kx[i]));
                 var diff = sf_sub(sf_add(sf_mul_fast(this_scale, lf), this_min), kx[i]);
                 diff = sf_mul_fast(diff, diff);
@@ -481,10 +482,160 @@ fn make_qkx2_q4k() -> Qkx2 {
     return Qkx2(scale, sf_neg(vmin), l_iscale, l_min, false);
 }
 
+// The Q4_K search's fast case: make_qkx2_quants(15, ..., rmin=-1,
+// rdelta=0.1, nstep=20) on the float unit, for a sub-block whose values
+// are all zero, or whose largest magnitude A is in [2^-16, 2^16] and whose
+// nonzero values all have |x| >= 2^-30 (the tile goes to
+// quantize_q4_k_soft otherwise). "Safe" below means zero or a magnitude in
+// [2^-30, 2^20]: such a float is a multiple of 2^-53. Then:
+// - the weights w = av_x + |x| lie in [A/6, 2A(1 + 2^-23)], within
+//   [2^-19, 2^18] (x*x is normal or zero, sum_x2 >= A^2 >= 2^-32, and
+//   sum_x2/32 is the exact product by 2^-5; the square root goes through
+//   sf_sqrt);
+// - min (zero or a value) and max are safe, so max - min, x - min are
+//   multiples of 2^-53: zero or normal; every iscale (a numerator in [14,
+//   16] over max - min >= 2^-53, through sf_div_fast) is at most 2^58, so
+//   iscale*(x - min) is zero, normal (>= 2^-74) or at most 2^80, and
+//   nearest_int's addition of 1.5*2^23 is correctly rounded as in the
+//   reference; 0.1*is, -1 + 0.1*is (+-0 only for is = 10, exactly) and
+//   + 15 are normal;
+// - each w*l (l in 0..15) is zero or in [2^-19, 2^22], (w*l)*l below 2^26,
+//   (w*l)*x zero or in [2^-49, 2^38]; so sum_l, sum_l2 (terms of one sign)
+//   are normal and sum_x, sum_xl (their terms multiples of 2^-72) zero or
+//   at least 2^-72; the products in d and in the two numerators are zero or
+//   in [2^-91, 2^70] and their differences multiples of 2^-114: normal;
+//   the divisions go through sf_div_fast;
+// - with this_scale and this_min safe (checked at run time, with max -
+//   this_min > 0 for a winner), scale*l + min and its difference with x are
+//   multiples of 2^-53 below 2^26: diff*diff is zero or in [2^-106, 2^52],
+//   w*diff^2 zero or in [2^-125, 2^71], and the error sums (terms >= 0)
+//   normal; the initial scale = 1/iscale is checked the same way.
+// Every + - * then has normal (or zero) operands and a normal or zero
+// result, which the float unit rounds correctly; `ff` keeps them from
+// being contracted. When a run-time check fails (a degenerate fit, values
+// nearly equal), `q4_ok` is false and the sub-block runs
+// make_qkx2_q4k instead.
+const Q4K_FAST_MIN: u32 = 0x37800000u; // 2^-16
+const Q4K_FAST_MAX: u32 = 0x47800000u; // 2^16
+const Q4K_SAFE_MIN: u32 = 0x30800000u; // 2^-30
+const Q4K_SAFE_MAX: u32 = 0x49800000u; // 2^20
+
+var<private> q4_fx: array<f32, 32>;
+var<private> q4_fw: array<f32, 32>;
+var<private> q4_fl: array<f32, 32>;
+var<private> q4_ok: bool;
+
+fn q4k_safe(v: f32) -> bool {
+    let m = bitcast<u32>(v) & 0x7fffffffu;
+    return m == 0u || (m >= Q4K_SAFE_MIN && m <= Q4K_SAFE_MAX);
+}
+
+// clamp(nearest_int(p), 0, 15) for a fenced p (see q6_nearest_fast).
+fn q4_nearest_fast(p: f32) -> f32 {
+    let v = bitcast<u32>(p + 12582912.0);
+    return f32(clamp(i32(v & 0x007fffffu) - 0x00400000, 0, 15));
+}
+
+// The weighted squared error of the levels in q4_fl for (scale, min).
+fn q4_error_fast(scale: f32, vmin: f32) -> f32 {
+    var e = 0.0;
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        var diff = ff(ff(ff(scale * q4_fl[i]) + vmin) - q4_fx[i]);
+        diff = ff(diff * diff);
+        e = ff(e + ff(q4_fw[i] * diff));
+    }
+    return e;
+}
+
+fn make_qkx2_q4k_fast() -> Qkx2 {
+    q4_ok = true;
+    var vmin = q4_fx[0];
+    var vmax = q4_fx[0];
+    var sum_w = q4_fw[0];
+    var sum_x = ff(sum_w * q4_fx[0]);
+    for (var i = 1u; i < 32u; i = i + 1u) {
+        let x = q4_fx[i];
+        if (x < vmin) {
+            vmin = x;
+        }
+        if (x > vmax) {
+            vmax = x;
+        }
+        let w = q4_fw[i];
+        sum_w = ff(sum_w + w);
+        sum_x = ff(sum_x + ff(w * x));
+    }
+    if (vmin > 0.0) {
+        vmin = 0.0;
+    }
+    if (vmax == vmin) {
+        return Qkx2(0u, sf_neg(bitcast<u32>(vmin)), 0u, 0u, true);
+    }
+    var range = ff(vmax - vmin);
+    var iscale = sf_div_fast(F_15, bitcast<u32>(range));
+    var scale = bitcast<f32>(sf_div_fast(F_ONE, iscale));
+    if (!q4k_safe(scale)) {
+        q4_ok = false;
+        return Qkx2(0u, 0u, 0u, 0u, true);
+    }
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        q4_fl[i] = q4_nearest_fast(ff(bitcast<f32>(iscale) * ff(q4_fx[i] - vmin)));
+    }
+    var best_error = q4_error_fast(scale, vmin);
+    var l_iscale = iscale;
+    var l_min = vmin;
+    for (var istep = params.zero; istep <= 20u; istep = istep + 1u) {
+        let num = ff(ff(-1.0 + ff(0.1 * f32(istep))) + 15.0);
+        iscale = sf_div_fast(bitcast<u32>(num), bitcast<u32>(range));
+        let fi = bitcast<f32>(iscale);
+        var sum_l = 0.0;
+        var sum_l2 = 0.0;
+        var sum_xl = 0.0;
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            let x = q4_fx[i];
+            let lf = q4_nearest_fast(ff(fi * ff(x - vmin)));
+            q4_fl[i] = lf;
+            let wl = ff(q4_fw[i] * lf);
+            sum_l = ff(sum_l + wl);
+            sum_l2 = ff(sum_l2 + ff(wl * lf));
+            sum_xl = ff(sum_xl + ff(wl * x));
+        }
+        let d = ff(ff(sum_w * sum_l2) - ff(sum_l * sum_l));
+        if (d > 0.0) {
+            let db = bitcast<u32>(d);
+            var this_scale = bitcast<f32>(sf_div_fast(fenced(ff(sum_w * sum_xl) - ff(sum_x * sum_l)), db));
+            var this_min = bitcast<f32>(sf_div_fast(fenced(ff(sum_l2 * sum_x) - ff(sum_l * sum_xl)), db));
+            if (this_min > 0.0) {
+                this_min = 0.0;
+                this_scale = bitcast<f32>(sf_div_fast(bitcast<u32>(sum_xl), bitcast<u32>(sum_l2)));
+            }
+            if (!q4k_safe(this_scale) || !q4k_safe(this_min)) {
+                q4_ok = false;
+                return Qkx2(0u, 0u, 0u, 0u, true);
+            }
+            let cur_error = q4_error_fast(this_scale, this_min);
+            if (cur_error < best_error) {
+                l_iscale = iscale;
+                l_min = vmin;
+                best_error = cur_error;
+                scale = this_scale;
+                vmin = this_min;
+                range = ff(vmax - vmin);
+                if (!(range > 0.0)) {
+                    q4_ok = false;
+                    return Qkx2(0u, 0u, 0u, 0u, true);
+                }
+            }
+        }
+    }
+    return Qkx2(bitcast<u32>(scale), sf_neg(bitcast<u32>(vmin)), l_iscale, bitcast<u32>(l_min), false);
+}
+
 // A workgroup quantizes a tile of 8 blocks (1152 bytes: whole words), one
-// invocation per 32-value sub-block, all through softfloat.wgsl: the
-// tile's 64 sub-blocks load as the legacy tiles' 64 blocks do
-// (tile_load), each invocation runs its sub-block's make_qkx2_quants,
+// invocation per 32-value sub-block: the tile's 64 sub-blocks load as the
+// legacy tiles' 64 blocks do (tile_load), each invocation runs its
+// sub-block's make_qkx2_quants (make_qkx2_q4k_fast, or make_qkx2_q4k in
+// quantize_q4_k_soft's tiles and after a failed run-time check),
 // then (after a barrier) its block's scale step and its 32 levels (in
 // place of its values), and the workgroup stores the staged bytes.
 const Q4K_TILE: u32 = 8u;
@@ -527,35 +678,114 @@ fn q4k_byte(t: u32, blocks: u32) -> u32 {
     return tv(j + 2u * c, k) | (tv(j + 2u * c + 1u, k) << 4u);
 }
 
-@compute @workgroup_size(64)
-fn quantize_q4_k(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+// The final levels clamp(nearest_int((x + dm) / d), 0, 15) of sub-block s,
+// in place of its values, for d != 0 (as q6_final_levels): x + dm through
+// softfloat.wgsl, the quotient estimated as (x + dm) * (1/d) with the
+// reciprocal correctly rounded (d = d_all * ls with d_all a nonzero f16
+// and ls in 1..63, so |d| is in [2^-24, 2^22] and 1/d is normal); below
+// 512 the estimate is within 2^-13 of the quotient, so it decides the
+// rounding when more than 2^-10 from a half-integer (a subnormal x + dm,
+// flushed or not, or an underflowing product give an estimate near 0, and
+// there the quotient's magnitude is below 2^-100: level 0 either way; an
+// overflowing one fails the test). The others take the exact division.
+fn q4k_final_levels(s: u32, d: u32, dm: u32) {
+    let r = bitcast<f32>(sf_div_fast(F_ONE, d));
+    var exact = 0u;
+    for (var k = 0u; k < 32u; k = k + 1u) {
+        let y = ff(bitcast<f32>(sf_add(tv(s, k), dm)) * r);
+        let t = floor(y + 0.5);
+        if (abs(y - t) < 0.4990234375 && abs(y) < 512.0) {
+            tile_in[s * ROW + k] = u32(i32(clamp(t, 0.0, 15.0)));
+        } else {
+            exact = exact | (1u << k);
+        }
+    }
+    while (exact != 0u) {
+        let k = firstTrailingBit(exact);
+        exact = exact & (exact - 1u);
+        let q = sf_div_fast(sf_add(tv(s, k), dm), d);
+        tile_in[s * ROW + k] = u32(clamp(sf_nearest_int(q), 0, 15));
+    }
+}
+
+// Whether some sub-block of the tile is outside the fast case.
+var<workgroup> q4_any_soft: u32;
+
+// Two entry points share the tile body, as Q6_K's do: quantize_q4_k takes
+// the tiles whose sub-blocks are all in make_qkx2_q4k_fast's range,
+// quantize_q4_k_soft (dispatched after it in the same pass) the others.
+fn q4k_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, soft_tiles: bool) {
     let first = (wid.x + wid.y * nwg.x) * Q4K_TILE;
     if (first >= params.n_units) {
         return;
     }
     let blocks = min(Q4K_TILE, params.n_units - first);
+    if (lid == 0u) {
+        q4_any_soft = 0u;
+    }
+    // (tile_load notes non-finite values; the soft tiles' pass repeats
+    // that harmlessly: atomicMin of the same index.)
     tile_load(Tile(first * 8u, blocks * 8u), lid);
     workgroupBarrier();
 
-    // The sub-block's search (weights av_x + |x|, av_x = sqrt(sum x^2 / 32)).
+    // The sub-block's range test (integer comparisons of magnitudes).
     let s = lid;
+    let live = s < blocks * 8u;
+    var amax = 0u;
+    var nz_min = 0xffffffffu;
+    for (var k = 0u; k < 32u; k = k + 1u) {
+        let m = tv(s, k) & 0x7fffffffu;
+        amax = max(amax, m);
+        nz_min = min(nz_min, select(m, 0xffffffffu, m == 0u));
+    }
+    let fast = amax == 0u || (amax >= Q4K_FAST_MIN && amax <= Q4K_FAST_MAX && nz_min >= Q4K_SAFE_MIN);
+    if (live && !fast) {
+        // The same value from every writer.
+        q4_any_soft = 1u;
+    }
+    if ((workgroupUniformLoad(&q4_any_soft) != 0u) != soft_tiles) {
+        return;
+    }
+
+    // The sub-block's search (weights av_x + |x|, av_x = sqrt(sum x^2 / 32)).
     var r = Qkx2(0u, 0u, 0u, 0u, true);
-    if (s < blocks * 8u) {
-        var sum_x2 = 0u;
-        for (var k = 0u; k < 32u; k = k + 1u) {
-            let v = tv(s, k);
-            kx[k] = v;
-            sum_x2 = sf_add(sum_x2, sf_mul_fast(v, v));
+    if (live) {
+        var soft = soft_tiles;
+        if (!soft) {
+            var sum_x2 = 0.0;
+            for (var k = 0u; k < 32u; k = k + 1u) {
+                let x = bitcast<f32>(tv(s, k));
+                q4_fx[k] = x;
+                sum_x2 = ff(sum_x2 + ff(x * x));
+            }
+            let av_x = bitcast<f32>(sf_sqrt(fenced(sum_x2 * 0.03125)));
+            for (var k = 0u; k < 32u; k = k + 1u) {
+                q4_fw[k] = ff(av_x + abs(q4_fx[k]));
+            }
+            r = make_qkx2_q4k_fast();
+            soft = !q4_ok;
+            if (soft) {
+                // The same weights, bit for bit, for the soft search.
+                for (var k = params.zero; k < 32u; k = k + 1u) {
+                    kx[k] = bitcast<u32>(q4_fx[k]);
+                    kw[k] = bitcast<u32>(q4_fw[k]);
+                }
+            }
+        } else {
+            var sum_x2 = 0u;
+            for (var k = params.zero; k < 32u; k = k + 1u) {
+                let v = tv(s, k);
+                kx[k] = v;
+                sum_x2 = sf_add(sum_x2, sf_mul_fast(v, v));
+            }
+            let av_x = sf_sqrt(sf_div_fast(sum_x2, F_32));
+            for (var k = params.zero; k < 32u; k = k + 1u) {
+                kw[k] = sf_add(av_x, sf_abs(kx[k]));
+            }
         }
-        let av_x = sf_sqrt(sf_div_fast(sum_x2, F_32));
-        for (var k = 0u; k < 32u; k = k + 1u) {
-            kw[k] = sf_add(av_x, sf_abs(kx[k]));
+        if (soft) {
+            r = make_qkx2_q4k();
         }
-        r = make_qkx2_q4k();
     }
     k4_scale[s] = r.scale;
     k4_min[s] = r.neg_min;
@@ -594,15 +824,16 @@ fn quantize_q4_k(
     let d = sf_mul_fast(sf_from_f16(dh), sf_from_i32(i32(ls)));
     let dm = sf_mul_fast(sf_from_f16(mh), sf_from_i32(i32(lm)));
     if (s < blocks * 8u) {
-        for (var k = 0u; k < 32u; k = k + 1u) {
-            let x = tv(s, k);
-            var l = 0u;
-            if (!sf_eq(d, 0u)) {
-                l = u32(clamp(sf_nearest_int(sf_div_fast(sf_add(x, dm), d)), 0, 15));
-            } else if (!r.zero) {
-                l = u32(qkx2_level(r.l_iscale, r.l_min, x));
+        if (!sf_eq(d, 0u)) {
+            q4k_final_levels(s, d, dm);
+        } else {
+            for (var k = 0u; k < 32u; k = k + 1u) {
+                var l = 0u;
+                if (!r.zero) {
+                    l = u32(qkx2_level(r.l_iscale, r.l_min, tv(s, k)));
+                }
+                tile_in[s * ROW + k] = l;
             }
-            tile_in[s * ROW + k] = l;
         }
     }
     workgroupBarrier();
@@ -618,6 +849,24 @@ fn quantize_q4_k(
                 | (q4k_byte(t + 2u, blocks) << 16u) | (q4k_byte(t + 3u, blocks) << 24u);
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn quantize_q4_k(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    q4k_tile(wid, nwg, lid, false);
+}
+
+@compute @workgroup_size(64)
+fn quantize_q4_k_soft(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    q4k_tile(wid, nwg, lid, true);
 }
 
 // ------------------------------------------------------------------ Q6_K

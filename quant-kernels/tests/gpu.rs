@@ -491,6 +491,90 @@ fn k_quant_fast_case_boundaries() {
     let (x, ties) = q6k_half_integer_quotients(64, 4);
     assert!(ties >= 500, "only {ties} exact ties in the Q6_K tie probes");
     check_quantize_values(gpu(), GgmlType::Q6K, &x);
+    for seed in 1..4 {
+        let x = q4k_probes(12, seed);
+        check_quantize_values(gpu(), GgmlType::Q4K, &x);
+    }
+}
+
+/// Q4_K sub-blocks at the float-unit search's boundaries
+/// (ggml_quantize.wgsl, make_qkx2_q4k_fast): largest magnitudes around
+/// 2^-16 and 2^16 (value 5 of each sub-block is the largest), smallest nonzero magnitudes around 2^-30, and
+/// sub-blocks whose fit fails the run-time checks (values all equal, or
+/// all negative and within a few units in the last place of each other,
+/// where max - min is tiny and scales fall below 2^-30). A tile (8 blocks)
+/// takes the fast kernel only when all its sub-blocks are in range, so
+/// every other tile is built of in-range sub-blocks only, and of the rest
+/// half have exactly one sub-block out of range.
+fn q4k_probes(tiles: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed);
+    let mut v = Vec::with_capacity(tiles * 2048);
+    // In range first, then out of range.
+    let big = [
+        2f32.powi(-16),
+        2f32.powi(-16) * 1.0001,
+        1e-3,
+        1.0,
+        2f32.powi(16) * (1.0 - f32::EPSILON / 2.0),
+        2f32.powi(16),
+        2f32.powi(-17),
+        2f32.powi(-16) * (1.0 - f32::EPSILON / 2.0),
+        2f32.powi(16) * (1.0 + f32::EPSILON),
+    ];
+    let small = [
+        2f32.powi(-30),
+        2f32.powi(-30) * (1.0 + f32::EPSILON),
+        2f32.powi(-29),
+        1e-7,
+        2f32.powi(-31),
+        2f32.powi(-30) * (1.0 - f32::EPSILON / 2.0),
+    ];
+    for t in 0..tiles {
+        let odd_one = (t % 4 == 1).then(|| (r.u32() % 64) as usize);
+        for sb in 0..64 {
+            let in_range = t % 4 != 3 && odd_one != Some(sb);
+            let (nb, ns) = if in_range {
+                (6, 4)
+            } else {
+                (big.len(), small.len())
+            };
+            let mut kind = r.u32() % 6;
+            let mut m = big[(r.u32() % nb as u32) as usize];
+            let mut tiny = small[(r.u32() % ns as u32) as usize];
+            if odd_one == Some(sb) {
+                // Surely out of range.
+                kind = 1;
+                m = 1.0;
+                tiny = small[4 + (r.u32() % 2) as usize];
+            }
+            let sign = if r.u32().is_multiple_of(2) { 1.0 } else { -1.0 };
+            for i in 0..32 {
+                let x = match kind {
+                    // The largest magnitude exactly m (in every kind).
+                    3 if i == 5 => -m,
+                    _ if i == 5 => sign * m,
+                    0 => (r.normal() * m * 0.3).clamp(-m, m),
+                    // A tiny value among ordinary ones.
+                    1 => {
+                        if i % 11 == 2 {
+                            sign * tiny
+                        } else {
+                            (r.normal() * 0.3).clamp(-1.0, 1.0) * m
+                        }
+                    }
+                    // All equal.
+                    2 => sign * m,
+                    // All negative, within a few ulps of each other.
+                    3 => -f32::from_bits(m.to_bits() - r.u32() % 4),
+                    // Small integers times m / 16 (exact fits, ties).
+                    4 => ((r.u32() % 16) as f32 - 8.0 * (r.u32() % 2) as f32) * m / 16.0,
+                    _ => (r.normal() * 0.3).clamp(-1.0, 1.0) * m,
+                };
+                v.push(x);
+            }
+        }
+    }
+    v
 }
 
 #[test]

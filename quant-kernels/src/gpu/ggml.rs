@@ -31,10 +31,11 @@ pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize
 }
 
 /// The kernel dispatched after a quantize entry in the same pass, over the
-/// same grid: Q6_K's tiles that need the soft search.
+/// same grid: Q6_K's and Q4_K's tiles that need the soft search.
 pub(super) fn second_entry(module: Module, entry: &str) -> Option<&'static str> {
     match (module, entry) {
         (Module::GgmlQuantize, "quantize_q6_k") => Some("quantize_q6_k_soft"),
+        (Module::GgmlQuantize, "quantize_q4_k") => Some("quantize_q4_k_soft"),
         _ => None,
     }
 }
