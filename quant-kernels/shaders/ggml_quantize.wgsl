@@ -1217,7 +1217,9 @@ fn q6k_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, soft_tiles: bool) {
     }
     workgroupBarrier();
 
-    // 210 bytes per block: Q6K_TILE blocks are 210 whole words.
+    // 210 bytes per block: Q6K_TILE blocks are 210 whole words. (Q4_K's
+    // tile ends with the same loop: one function for both measured slower
+    // on the H100, BENCH-gpu.md.)
     let out_words = (blocks * 210u + 3u) / 4u;
     let out_base = first / Q6K_TILE * 210u;
     for (var i = 0u; i < 4u; i = i + 1u) {
