@@ -10,7 +10,7 @@ use crate::GgmlType;
 /// One kernel, resident inputs, timed over `iters` back-to-back runs.
 pub struct Resident {
     pipeline: std::sync::Arc<wgpu::ComputePipeline>,
-    // Dispatched after `pipeline` in the same pass (ggml::second_entry).
+    // Dispatched after `pipeline` in the same pass (Gpu::second_pipeline).
     second: Option<std::sync::Arc<wgpu::ComputePipeline>>,
     bind: wgpu::BindGroup,
     grid: (u32, u32),
@@ -35,10 +35,7 @@ impl Gpu {
         extra: [u32; 3],
     ) -> Result<Resident, GpuError> {
         let pipeline = self.pipeline(module, entry_point)?;
-        let second = match super::ggml::second_entry(module, entry_point) {
-            Some(e) => Some(self.pipeline(module, e)?),
-            None => None,
-        };
+        let second = self.second_pipeline(module, entry_point)?;
         let scope = super::ErrorScope::push(&self.device);
         let inp = self.upload("bench input", input);
         let out = self.storage("bench output", out_bytes, wgpu::BufferUsages::COPY_SRC);

@@ -2,6 +2,8 @@
 //! bytes as [`crate::ggml::quantize`] (without an importance matrix) and
 //! [`crate::ggml::dequantize`].
 
+use std::sync::Arc;
+
 use super::{chunk_units, Gpu, GpuError, Launch, Module};
 use crate::{ggml, GgmlType, KernelError};
 
@@ -30,13 +32,20 @@ pub(super) fn kernels(ty: GgmlType) -> Option<(&'static str, &'static str, usize
     })
 }
 
-/// The kernel dispatched after a quantize entry in the same pass, over the
-/// same grid: Q6_K's and Q4_K's tiles that need the soft search.
-pub(super) fn second_entry(module: Module, entry: &str) -> Option<&'static str> {
-    match (module, entry) {
-        (Module::GgmlQuantize, "quantize_q6_k") => Some("quantize_q6_k_soft"),
-        (Module::GgmlQuantize, "quantize_q4_k") => Some("quantize_q4_k_soft"),
-        _ => None,
+impl Gpu {
+    /// The kernel dispatched after a quantize entry in the same pass, over
+    /// the same grid: Q6_K's and Q4_K's tiles that need the soft search.
+    pub(super) fn second_pipeline(
+        &self,
+        module: Module,
+        entry: &str,
+    ) -> Result<Option<Arc<wgpu::ComputePipeline>>, GpuError> {
+        let second = match (module, entry) {
+            (Module::GgmlQuantize, "quantize_q6_k") => "quantize_q6_k_soft",
+            (Module::GgmlQuantize, "quantize_q4_k") => "quantize_q4_k_soft",
+            _ => return Ok(None),
+        };
+        self.pipeline(module, second).map(Some)
     }
 }
 

@@ -548,10 +548,7 @@ impl Gpu {
     pub(crate) fn launch(&self, l: &Launch<'_>, out: &mut [u8]) -> Result<Option<u32>, GpuError> {
         let op = format!("kernel {}::{}", l.module.name(), l.entry);
         let pipeline = self.pipeline(l.module, l.entry)?;
-        let second = match ggml::second_entry(l.module, l.entry) {
-            Some(e) => Some(self.pipeline(l.module, e)?),
-            None => None,
-        };
+        let second = self.second_pipeline(l.module, l.entry)?;
         let scope = ErrorScope::push(&self.device);
         let input = self.upload("input", l.input);
         let out_bytes = (out.len() as u64).next_multiple_of(4);
