@@ -374,12 +374,29 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
                     } else {
                         "the default weights"
                     };
+                    // llama-imatrix leaves the output matrix out unless
+                    // asked; MLX quantizes it (or the tied embedding that
+                    // is it) at the same width as the rest, and it matters
+                    // (BENCH-mlx-search.md).
+                    let tied = view.hparams.bool("tie_word_embeddings") == Some(true);
+                    let output = missing
+                        .iter()
+                        .any(|n| match view.arch.gguf_name(n).as_deref() {
+                            Some("output.weight") => true,
+                            Some("token_embd.weight") => tied,
+                            _ => false,
+                        });
                     warnings.push(format!(
                         "the importance matrix has no entry for {} of the quantized tensors \
-                         ({}{}): they are searched with {instead}",
+                         ({}{}): they are searched with {instead}{}",
                         missing.len(),
                         missing[..missing.len().min(3)].join(", "),
-                        if missing.len() > 3 { ", ..." } else { "" }
+                        if missing.len() > 3 { ", ..." } else { "" },
+                        if output {
+                            " (`qforge imatrix --process-output` records the output matrix too)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }

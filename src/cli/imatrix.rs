@@ -34,7 +34,9 @@ pub(crate) struct ImatrixArgs {
     /// Where to write the matrix (GGUF, as llama-imatrix writes it).
     #[arg(short, long, default_value = "imatrix.gguf", value_name = "FILE")]
     output: PathBuf,
-    /// Also collect the output matrix (llama-imatrix --process-output).
+    /// Also collect the output matrix (llama-imatrix --process-output):
+    /// worth it for `convert --to mlx`, which quantizes the output matrix
+    /// (or the tied token embedding) at the same width as the rest.
     #[arg(long)]
     process_output: bool,
     /// Worker threads (default: one per core).

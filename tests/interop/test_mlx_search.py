@@ -140,10 +140,22 @@ def test_search_takes_an_importance_matrix(qforge, gpl3_text, tmp_path):
     quantized = [t for t in report["tensors"] if t["to"].startswith("MLX")]
     assert report["importance_tensors"] == len(quantized) - 1
     assert any("no entry for 2 of the quantized tensors (model.embed_tokens.weight, lm_head.weight)" in w
-               for w in report["warnings"]), report["warnings"]
+               and "qforge imatrix --process-output" in w for w in report["warnings"]), report["warnings"]
     ref = tmp_path / "rtn"
     mlx_lm_convert(str(src), str(ref), quantize=True, q_bits=4, q_group_size=64)
     assert_plain_mlx_lm_folder(ours, ref)
+
+    # With --process-output the matrix weighs lm_head too; the untied
+    # embedding, only looked up, has no entry in either layout, and the
+    # warning no longer points to --process-output.
+    subprocess.run([str(qforge), "imatrix", str(src), "--text", str(gpl3_text), "--ctx", "64", "--chunks", "4",
+                    "--process-output", "-o", str(imat)], check=True, capture_output=True)
+    report = qforge_convert(qforge, src, tmp_path / "search-output", "--to", "mlx", "--bits", 4,
+                            "--group-size", 64, "--imatrix", imat)
+    assert report["importance_tensors"] == len(quantized) - 1
+    warned = [w for w in report["warnings"] if "no entry for" in w]
+    assert len(warned) == 1 and "(model.embed_tokens.weight)" in warned[0], report["warnings"]
+    assert "--process-output" not in warned[0], warned
 
 
 # SmolLM2 (the transformers copy of the oracle's Q4_1 file, float32): one
