@@ -12,8 +12,10 @@ searched scales, and the search steered by `qforge imatrix`.
 For each model and bits:group it writes
 - `rtn`: mlx_lm.convert -q (the reference quantizer, run in this process);
 - `search`: qforge convert --to mlx --method search;
-- `search+imatrix`: the same with --imatrix from `qforge imatrix` on
-  another text (Apache-2.0) than the one evaluated (GPL-3);
+- `search+imatrix`: the same with --imatrix from `qforge imatrix
+  --process-output` (the output matrix is quantized too) on other texts
+  than the one evaluated: the non-GPL licenses of IMATRIX_TEXTS, about
+  14k tokens, all whole chunks of them;
 then `qforge verify FOLDER --reference SOURCE --text GPL-3` gives the mean
 KLD (llama-perplexity's definition), and mlx-lm itself (mlx_lm.load,
 float32) gives perplexity and mean KLD on the first windows as a cross-check
@@ -37,7 +39,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
 EVAL_TEXT = pathlib.Path("/usr/share/common-licenses/GPL-3")
-IMATRIX_TEXT = pathlib.Path("/usr/share/common-licenses/Apache-2.0")
+# The importance matrix's text: every license text Debian ships that is not
+# of the GPL family (the evaluated text is GPL-3), about 64 KB.
+IMATRIX_TEXTS = [pathlib.Path("/usr/share/common-licenses") / n
+                 for n in ("Apache-2.0", "MPL-2.0", "Artistic", "CC0-1.0", "GFDL-1.3", "BSD")]
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
 
 
@@ -153,6 +158,8 @@ def main():
     from mlx_lm import convert as mlx_lm_convert
 
     a.work.mkdir(parents=True, exist_ok=True)
+    text = a.work / "imatrix-text.txt"
+    text.write_text("".join(p.read_text() for p in IMATRIX_TEXTS))
     rows = []
     for model in a.models.split(","):
         src = source(model, a.qforge, a.work)
@@ -162,8 +169,7 @@ def main():
         imat = a.work / f"{model}-imatrix.gguf"
         if not imat.exists():
             t = time.time()
-            run([a.qforge, "imatrix", src, "--text", IMATRIX_TEXT, "--ctx", ctx, "--chunks", chunks,
-                 "-o", imat])
+            run([a.qforge, "imatrix", src, "--text", text, "--ctx", ctx, "--process-output", "-o", imat])
             print(f"{model}: imatrix in {time.time() - t:.1f} s", file=sys.stderr)
         for q in a.quants.split(","):
             bits, group = (int(v) for v in q.split(":"))
