@@ -389,15 +389,20 @@ fn sf_div(a: u32, b: u32) -> u32 {
 // 2^k, D = 2*A*2^k - 2*q*B is computed modulo 2^32 (exact, since the
 // estimate is within a few ulps and so |D| < 2^31), and q is right when
 // |D| < B, or |D| == B with q even (ties to even). The float unit's
-// accuracy only decides how fast this converges, never the result;
-// operands or results near the subnormal or overflow range, and any
-// estimate that does not converge in four steps, go to sf_div.
-fn sf_div_fast(a: u32, b: u32) -> u32 {
+// accuracy only decides how fast this converges, never the result.
+// Operands or results near the subnormal or overflow range, and any
+// estimate that does not converge in four steps, give SF_DIV_MISS (a NaN
+// no correctly rounded quotient of these operands can be): sf_div_fast
+// sends them to sf_div; a caller with a slower path of its own can take
+// that instead, and keep the long division out of its loop.
+const SF_DIV_MISS: u32 = 0xffffffffu;
+
+fn sf_div_est(a: u32, b: u32) -> u32 {
     let ea = i32((a >> 23u) & 0xffu);
     let eb = i32((b >> 23u) & 0xffu);
     let de = ea - eb;
     if (ea == 0 || eb == 0 || ea == 0xff || eb == 0xff || de < -120 || de > 120) {
-        return sf_div(a, b);
+        return SF_DIV_MISS;
     }
     let sig_a = (a & 0x7fffffu) | 0x00800000u;
     let sig_b = (b & 0x7fffffu) | 0x00800000u;
@@ -411,7 +416,7 @@ fn sf_div_fast(a: u32, b: u32) -> u32 {
     let qf = bitcast<u32>(fa * r);
     let f = i32((qf >> 23u) & 0xffu);
     if (f != 126 && f != 127) {
-        return sf_div(a, b);
+        return SF_DIV_MISS;
     }
     var sig_q = (qf & 0x7fffffu) | 0x00800000u;
     let k = 150 - f;
@@ -427,13 +432,21 @@ fn sf_div_fast(a: u32, b: u32) -> u32 {
             d = d + 2 * bi;
         } else {
             if (sig_q < 0x00800000u || sig_q >= 0x01000000u) {
-                return sf_div(a, b);
+                return SF_DIV_MISS;
             }
             let e = de + f;
             return ((a ^ b) & SF_SIGN) | (u32(e) << 23u) | (sig_q & 0x7fffffu);
         }
     }
-    return sf_div(a, b);
+    return SF_DIV_MISS;
+}
+
+fn sf_div_fast(a: u32, b: u32) -> u32 {
+    let q = sf_div_est(a, b);
+    if (q == SF_DIV_MISS) {
+        return sf_div(a, b);
+    }
+    return q;
 }
 
 // sqrt(a), digit by digit on the integer significand (two radicand bits
