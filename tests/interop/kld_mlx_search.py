@@ -39,8 +39,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
 EVAL_TEXT = pathlib.Path("/usr/share/common-licenses/GPL-3")
-# The importance matrix's text: every license text Debian ships that is not
-# of the GPL family (the evaluated text is GPL-3), about 64 KB.
+# The importance matrix's text: license texts Debian ships outside the GPL
+# family (the evaluated text is GPL-3), one version of each, about 64 KB.
 IMATRIX_TEXTS = [pathlib.Path("/usr/share/common-licenses") / n
                  for n in ("Apache-2.0", "MPL-2.0", "Artistic", "CC0-1.0", "GFDL-1.3", "BSD")]
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
