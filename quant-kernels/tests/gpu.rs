@@ -627,6 +627,28 @@ fn ggml_errors_match_the_cpu() {
             Err(GpuError::Kernel(KernelError::BadLength(_)))
         ));
     }
+    // Streamed over many chunks: the first bad value is the one reported,
+    // whichever chunks are in flight around it, and the same handle goes on
+    // to give the right bytes.
+    let g = chunked_gpu();
+    for ty in GGML_TYPES {
+        let bs = ty.block_size() as usize;
+        // 64 KiB chunks of 16 Ki values: `later` is in the chunk after
+        // `first`'s, in flight when `first`'s is read back.
+        let n = bs * (96usize << 10).div_ceil(bs);
+        let mut x = weights(n, bs, 2);
+        let mut out = vec![0u8; ggml::row_size(ty, n).unwrap()];
+        let (first, later) = (n / 2 + 7, n / 2 + 7 + (20 << 10));
+        x[later] = f32::NAN;
+        x[first] = f32::INFINITY;
+        match g.quantize(ty, &x, bs, &mut out) {
+            Err(GpuError::Kernel(KernelError::NonFinite { index, .. })) => {
+                assert_eq!(index, first, "{ty}")
+            }
+            r => panic!("{ty}: {r:?}"),
+        }
+        check_quantize(g, ty, n, bs, 6);
+    }
     let mut out = vec![0u8; 22];
     assert!(matches!(
         g.quantize(GgmlType::Q5_0, &[0.0; 32], 32, &mut out),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::stream::par_copy;
 use super::{chunk_units, Gpu, GpuError, Launch, Module};
 use crate::{ggml, GgmlType, KernelError};
 
@@ -72,31 +73,34 @@ impl Gpu {
         let bs = ty.block_size() as usize;
         let ts = ty.type_size() as usize;
         let n_blocks = src.len() / bs;
-        let per_chunk = chunk_units(self.max_binding, n_blocks, bs * 4, ts, 2);
-        let mut done = 0;
-        while done < n_blocks {
-            let n = per_chunk.min(n_blocks - done);
-            let x = &src[done * bs..(done + n) * bs];
-            let first_bad = self.launch(
-                &Launch {
+        let per_chunk = chunk_units(self.stream_binding(), n_blocks, bs * 4, ts, 2);
+        let starts: Vec<usize> = (0..n_blocks).step_by(per_chunk.max(1)).collect();
+        let launches: Vec<Launch<'_>> = starts
+            .iter()
+            .map(|&done| {
+                let n = per_chunk.min(n_blocks - done);
+                Launch {
                     module: Module::GgmlQuantize,
                     entry,
-                    input: bytemuck::cast_slice(x),
+                    input: bytemuck::cast_slice(&src[done * bs..(done + n) * bs]),
                     n_units: n as u32,
                     invocations: (n * per_block) as u32,
                     extra: [0; 3],
-                },
-                &mut dst[done * ts..(done + n) * ts],
-            )?;
-            if let Some(i) = first_bad {
-                let index = done * bs + i as usize;
-                return Err(KernelError::NonFinite {
-                    index,
-                    value: src[index],
                 }
-                .into());
+            })
+            .collect();
+        let out_lens: Vec<usize> = launches.iter().map(|l| l.n_units as usize * ts).collect();
+        let first_bad = self.stream(&launches, &out_lens, |k, bytes| {
+            let at = starts[k] * ts;
+            par_copy(&mut dst[at..at + bytes.len()], bytes)
+        })?;
+        if let Some((k, i)) = first_bad {
+            let index = starts[k] * bs + i as usize;
+            return Err(KernelError::NonFinite {
+                index,
+                value: src[index],
             }
-            done += n;
+            .into());
         }
         Ok(())
     }
@@ -120,24 +124,28 @@ impl Gpu {
             .into());
         }
         let n_blocks = src.len() / ts;
-        let per_chunk = chunk_units(self.max_binding, n_blocks, ts, bs * 4, 1);
-        let mut done = 0;
-        while done < n_blocks {
-            let n = per_chunk.min(n_blocks - done);
-            let out = &mut dst[done * bs..(done + n) * bs];
-            self.launch(
-                &Launch {
+        let per_chunk = chunk_units(self.stream_binding(), n_blocks, ts, bs * 4, 1);
+        let starts: Vec<usize> = (0..n_blocks).step_by(per_chunk.max(1)).collect();
+        let launches: Vec<Launch<'_>> = starts
+            .iter()
+            .map(|&done| {
+                let n = per_chunk.min(n_blocks - done);
+                Launch {
                     module: Module::GgmlDequantize,
                     entry,
                     input: &src[done * ts..(done + n) * ts],
                     n_units: (n * bs / 4) as u32,
                     invocations: (n * bs / 4) as u32,
                     extra: [0; 3],
-                },
-                bytemuck::cast_slice_mut(out),
-            )?;
-            done += n;
-        }
+                }
+            })
+            .collect();
+        let out_lens: Vec<usize> = launches.iter().map(|l| l.n_units as usize * 16).collect();
+        let out: &mut [u8] = bytemuck::cast_slice_mut(dst);
+        self.stream(&launches, &out_lens, |k, bytes| {
+            let at = starts[k] * bs * 4;
+            par_copy(&mut out[at..at + bytes.len()], bytes)
+        })?;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 
 use half::{bf16, f16};
 
+use super::stream::par_copy;
 use super::{chunk_units, Gpu, GpuError, Launch, Module};
 use crate::mlx::{
     self, MlxDtype, MlxInput, MlxMode, MlxParams, MlxQuantized, MlxVariant, ScaleBuf, Scales,
@@ -96,15 +97,19 @@ impl Gpu {
         let mut weight = vec![0u32; n_groups * wpg];
         let mut scales = vec![0u8; n_groups * ss];
         let mut biases = vec![0u8; n_groups * ss];
-        let per_chunk = chunk_units(self.max_binding, n_groups, gs * es, wpg * 4 + 2 * ss, 2);
-        let mut done = 0;
-        while done < n_groups {
-            let n = per_chunk.min(n_groups - done);
-            let packed = n * wpg * 4;
-            let sb = scale_bytes(n, dtype);
-            let mut out = vec![0u8; packed + 2 * sb];
-            let first_bad = self.launch(
-                &Launch {
+        let per_chunk = chunk_units(
+            self.stream_binding(),
+            n_groups,
+            gs * es,
+            wpg * 4 + 2 * ss,
+            2,
+        );
+        let starts: Vec<usize> = (0..n_groups).step_by(per_chunk.max(1)).collect();
+        let launches: Vec<Launch<'_>> = starts
+            .iter()
+            .map(|&done| {
+                let n = per_chunk.min(n_groups - done);
+                Launch {
                     module: Module::Mlx,
                     entry: quantize_entry(params.bits),
                     input: &input[done * gs * es..(done + n) * gs * es],
@@ -112,18 +117,20 @@ impl Gpu {
                     // One invocation per row of 32 values.
                     invocations: (n * gs / 32) as u32,
                     extra: [params.bits, gs as u32, dtype_code(dtype)],
-                },
-                &mut out,
-            )?;
-            if let Some(i) = first_bad {
-                let index = done * gs + i as usize;
-                let value = match src {
-                    MlxInput::F32(v) => v[index],
-                    MlxInput::F16(v) => v[index].to_f32(),
-                    MlxInput::BF16(v) => v[index].to_f32(),
-                };
-                return Err(KernelError::NonFinite { index, value }.into());
-            }
+                }
+            })
+            .collect();
+        let out_lens: Vec<usize> = launches
+            .iter()
+            .map(|l| {
+                let n = l.n_units as usize;
+                n * wpg * 4 + 2 * scale_bytes(n, dtype)
+            })
+            .collect();
+        let first_bad = self.stream(&launches, &out_lens, |k, out| {
+            let (done, n) = (starts[k], launches[k].n_units as usize);
+            let packed = n * wpg * 4;
+            let sb = scale_bytes(n, dtype);
             for (w, b) in weight[done * wpg..(done + n) * wpg]
                 .iter_mut()
                 .zip(out[..packed].chunks_exact(4))
@@ -133,7 +140,15 @@ impl Gpu {
             scales[done * ss..(done + n) * ss].copy_from_slice(&out[packed..packed + n * ss]);
             biases[done * ss..(done + n) * ss]
                 .copy_from_slice(&out[packed + sb..packed + sb + n * ss]);
-            done += n;
+        })?;
+        if let Some((k, i)) = first_bad {
+            let index = starts[k] * gs + i as usize;
+            let value = match src {
+                MlxInput::F32(v) => v[index],
+                MlxInput::F16(v) => v[index].to_f32(),
+                MlxInput::BF16(v) => v[index].to_f32(),
+            };
+            return Err(KernelError::NonFinite { index, value }.into());
         }
         let to_buf = |b: &[u8]| match dtype {
             MlxDtype::F32 => ScaleBuf::F32(
@@ -181,30 +196,47 @@ impl Gpu {
         let ss = dtype_size(dtype);
         let (sbytes, bbytes) = (scales.to_le_bytes(), biases.to_le_bytes());
         let mut out = vec![0f32; rows * cols];
-        let per_chunk = chunk_units(self.max_binding, n_groups, wpg * 4 + 2 * ss, gs * 4, 2);
-        let mut done = 0;
-        while done < n_groups {
-            let n = per_chunk.min(n_groups - done);
-            let sb = scale_bytes(n, dtype);
-            let mut input = Vec::with_capacity(n * wpg * 4 + 2 * sb);
-            input.extend_from_slice(bytemuck::cast_slice(&weight[done * wpg..(done + n) * wpg]));
-            input.extend_from_slice(&sbytes[done * ss..(done + n) * ss]);
-            input.resize(n * wpg * 4 + sb, 0);
-            input.extend_from_slice(&bbytes[done * ss..(done + n) * ss]);
-            input.resize(n * wpg * 4 + 2 * sb, 0);
-            self.launch(
-                &Launch {
+        let per_chunk = chunk_units(self.stream_binding(), n_groups, wpg * 4 + 2 * ss, gs * 4, 2);
+        let starts: Vec<usize> = (0..n_groups).step_by(per_chunk.max(1)).collect();
+        // Each chunk's words, then its scales and its biases, each padded
+        // to whole words.
+        let inputs: Vec<Vec<u8>> = starts
+            .iter()
+            .map(|&done| {
+                let n = per_chunk.min(n_groups - done);
+                let sb = scale_bytes(n, dtype);
+                let mut input = Vec::with_capacity(n * wpg * 4 + 2 * sb);
+                for w in &weight[done * wpg..(done + n) * wpg] {
+                    input.extend_from_slice(&w.to_le_bytes());
+                }
+                input.extend_from_slice(&sbytes[done * ss..(done + n) * ss]);
+                input.resize(n * wpg * 4 + sb, 0);
+                input.extend_from_slice(&bbytes[done * ss..(done + n) * ss]);
+                input.resize(n * wpg * 4 + 2 * sb, 0);
+                input
+            })
+            .collect();
+        let launches: Vec<Launch<'_>> = starts
+            .iter()
+            .zip(&inputs)
+            .map(|(&done, input)| {
+                let n = per_chunk.min(n_groups - done);
+                Launch {
                     module: Module::Mlx,
                     entry: "mlx_dequantize",
-                    input: &input,
+                    input,
                     n_units: (n * gs / 4) as u32,
                     invocations: (n * gs / 4) as u32,
                     extra: [params.bits, gs as u32, dtype_code(dtype)],
-                },
-                bytemuck::cast_slice_mut(&mut out[done * gs..(done + n) * gs]),
-            )?;
-            done += n;
-        }
+                }
+            })
+            .collect();
+        let out_lens: Vec<usize> = launches.iter().map(|l| l.n_units as usize * 16).collect();
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        self.stream(&launches, &out_lens, |k, got| {
+            let at = starts[k] * gs * 4;
+            par_copy(&mut bytes[at..at + got.len()], got)
+        })?;
         Ok(out)
     }
 }

@@ -38,6 +38,7 @@ pub mod decoder;
 mod ggml;
 pub mod matvec;
 mod mlx;
+mod stream;
 
 #[doc(hidden)]
 pub mod bench;
@@ -202,6 +203,8 @@ pub struct Gpu {
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Buffers of the mat-vec path.
     scratch: matvec::ScratchLock,
+    /// Transfer buffers of the host-to-host kernels, kept between calls.
+    link: Mutex<stream::Link>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -310,6 +313,7 @@ impl Gpu {
             pipelines: Arc::new(Mutex::new(HashMap::new())),
             uncaptured,
             scratch: Mutex::new(matvec::Scratch::default()),
+            link: Mutex::new(stream::Link::default()),
         })
     }
 
@@ -328,6 +332,7 @@ impl Gpu {
             pipelines: self.pipelines.clone(),
             uncaptured: self.uncaptured.clone(),
             scratch: Mutex::new(matvec::Scratch::default()),
+            link: Mutex::new(stream::Link::default()),
         }
     }
 
@@ -546,55 +551,15 @@ impl Gpu {
     /// `out.len()` bytes out. Returns the chunk-relative index of the first
     /// NaN or infinity the kernel saw, if any.
     pub(crate) fn launch(&self, l: &Launch<'_>, out: &mut [u8]) -> Result<Option<u32>, GpuError> {
-        let op = format!("kernel {}::{}", l.module.name(), l.entry);
-        let pipeline = self.pipeline(l.module, l.entry)?;
-        let second = self.second_pipeline(l.module, l.entry)?;
-        let scope = ErrorScope::push(&self.device);
-        let input = self.upload("input", l.input);
-        let out_bytes = (out.len() as u64).next_multiple_of(4);
-        let output = self.storage("output", out_bytes, wgpu::BufferUsages::COPY_SRC);
-        let params = self.uniform(&[l.n_units, l.extra[0], l.extra[1], l.extra[2]]);
-        let status = self.upload("status", &u32::MAX.to_le_bytes());
-        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: out_bytes.max(4) + 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(l.entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                entry(0, &input),
-                entry(1, &output),
-                entry(2, &params),
-                entry(3, &status),
-            ],
-        });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            let (x, y) = self.grid(l.invocations);
-            pass.dispatch_workgroups(x, y, 1);
-            if let Some(p) = &second {
-                pass.set_pipeline(p);
-                pass.dispatch_workgroups(x, y, 1);
-            }
-        }
-        enc.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes.max(4));
-        enc.copy_buffer_to_buffer(&status, 0, &readback, out_bytes.max(4), 4);
-        self.queue.submit([enc.finish()]);
-        scope.check(&op)?;
-        let mut all = vec![0u8; out.len().next_multiple_of(4).max(4) + 4];
-        self.read_back(&readback, &mut all, &op)?;
-        out.copy_from_slice(&all[..out.len()]);
-        let at = all.len() - 4;
-        let first = u32::from_le_bytes([all[at], all[at + 1], all[at + 2], all[at + 3]]);
-        Ok((first != u32::MAX).then_some(first))
+        let first = self.stream(std::slice::from_ref(l), &[out.len()], |_, bytes| {
+            stream::par_copy(out, bytes)
+        })?;
+        Ok(first.map(|(_, i)| i))
+    }
+
+    /// The bytes of input or output per chunk of a host-to-host call.
+    pub(crate) fn stream_binding(&self) -> u64 {
+        self.max_binding.min(stream::STREAM_CHUNK)
     }
 
     /// The `Params` of common.wgsl: `words`, then `zero` (0) and padding.
