@@ -7,8 +7,8 @@
 //! its kernels.
 //!
 //! `cargo bench -p quant-kernels --features gpu --bench gpu -- [--small]
-//! [--software] [--decoder-only] [--ggml-only]`; BENCH-gpu.md has the numbers and how
-//! they were taken.
+//! [--software] [--decoder-only] [--ggml-only] [--e2e-only]`; BENCH-gpu.md has
+//! the numbers and how they were taken.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +70,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let small = args.iter().any(|a| a == "--small");
     let software = args.iter().any(|a| a == "--software");
+    let opened = Instant::now();
     let gpu = Arc::new(
         Gpu::new(&GpuOptions {
             allow_software: software,
@@ -80,7 +81,11 @@ fn main() {
             std::process::exit(1)
         }),
     );
-    println!("adapter: {}", gpu.adapter());
+    println!(
+        "adapter: {} (opened in {:.0} ms)",
+        gpu.adapter(),
+        opened.elapsed().as_secs_f64() * 1e3
+    );
     println!("CPU threads: {}", rayon::current_num_threads());
     if args.iter().any(|a| a == "--decoder-only") {
         decoder(&gpu, small);
@@ -90,6 +95,10 @@ fn main() {
     let n = if small { 1 << 20 } else { 1 << 25 };
     let (iters, reps) = if small { (2, 3) } else { (10, 5) };
 
+    if args.iter().any(|a| a == "--e2e-only") {
+        crossover(&gpu, &values(n), small);
+        return;
+    }
     let copy_bytes = 4 * n as u64;
     let copy = gpu.time_copy(copy_bytes, iters, reps).expect("copy");
     let copy_gbs = gbs(2 * copy_bytes, copy);
@@ -354,27 +363,110 @@ fn bytemuck_f32(x: &[f32]) -> &[u8] {
 }
 
 /// End-to-end (upload, kernel, download) against the CPU path by size:
-/// where the GPU starts to pay for its transfers.
+/// where the GPU starts to pay for its transfers. The host's own memory
+/// bandwidth (a parallel copy of the same bytes) is the baseline: the
+/// host-to-host path reads the input and writes the output at least once.
 fn crossover(gpu: &Gpu, x: &[f32], small: bool) {
-    println!("\nend to end, GPU vs CPU (ms), by input size:");
-    println!("| op | 64 KiB | 1 MiB | 16 MiB | 128 MiB |");
-    println!("| --- | --- | --- | --- | --- |");
+    // Each kernel's first call compiles it (or finds it in the driver's
+    // cache): the one-time cost a command pays before the first tensor.
+    let mut first = Vec::new();
+    for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let bs = ty.block_size() as usize;
+        let mut q = vec![0u8; ggml::row_size(ty, bs).unwrap()];
+        let t = Instant::now();
+        gpu.quantize(ty, &x[..bs], bs, &mut q).unwrap();
+        first.push(format!("{ty} {:.0} ms", t.elapsed().as_secs_f64() * 1e3));
+    }
+    println!(
+        "first quantize call (kernel compile or cache): {}",
+        first.join(", ")
+    );
+    let bytes: &[u8] = bytemuck::cast_slice(x);
+    let mut dst = vec![0u8; bytes.len()];
+    let one = median_secs(5, || dst.copy_from_slice(bytes));
+    let par = median_secs(5, || {
+        dst.par_chunks_mut(1 << 20)
+            .zip(bytes.par_chunks(1 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s))
+    });
+    println!(
+        "\nhost memcpy of {} MiB: one thread {:.1} GB/s, all threads {:.1} GB/s (read + write)",
+        bytes.len() >> 20,
+        gbs(2 * bytes.len() as u64, one),
+        gbs(2 * bytes.len() as u64, par)
+    );
+    drop(dst);
+    println!("\nend to end, GPU vs CPU (ms), by input size (f32 bytes for quantize, f32 bytes out for dequantize):");
+    println!("| op | 64 KiB | 1 MiB | 16 MiB | 128 MiB | GPU / CPU GB/s at the largest |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     let sizes: Vec<usize> = [1 << 14, 1 << 18, 1 << 22, 1 << 25]
         .into_iter()
         .filter(|&s| s <= x.len() && (!small || s <= 1 << 20))
         .collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K] {
-        let mut cells = Vec::new();
+    let line = |name: String, cells: Vec<(f64, f64)>, bytes: u64| {
+        let (g, c) = *cells.last().unwrap();
+        let ms: Vec<String> = cells
+            .iter()
+            .map(|(g, c)| format!("{:.2} / {:.2}", g * 1e3, c * 1e3))
+            .collect();
+        println!(
+            "| {name} | {} | {:.1} / {:.1} |",
+            ms.join(" | "),
+            gbs(bytes, g),
+            gbs(bytes, c)
+        );
+    };
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        let mut quant = Vec::new();
+        let mut deq = Vec::new();
         for &s in &sizes {
             let xs = &x[..s];
             let mut q = vec![0u8; ggml::row_size(ty, s).unwrap()];
+            let mut g = vec![0u8; q.len()];
             let c = median_secs(3, || {
                 ggml::quantize(ty, xs, 4096.min(s), None, &mut q).unwrap()
             });
-            let g = median_secs(3, || gpu.quantize(ty, xs, 4096.min(s), &mut q).unwrap());
-            cells.push(format!("{:.2} / {:.2}", g * 1e3, c * 1e3));
+            let gq = median_secs(3, || gpu.quantize(ty, xs, 4096.min(s), &mut g).unwrap());
+            assert!(g == q, "{ty}: GPU bytes differ from the CPU's");
+            quant.push((gq, c));
+            let mut out = vec![0f32; s];
+            let mut gout = vec![0f32; s];
+            let c = median_secs(3, || ggml::dequantize(ty, &q, &mut out).unwrap());
+            let gd = median_secs(3, || gpu.dequantize(ty, &q, &mut gout).unwrap());
+            assert!(out
+                .iter()
+                .zip(&gout)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            deq.push((gd, c));
         }
-        println!("| quantize {ty} (GPU / CPU) | {} |", cells.join(" | "));
+        let last = *sizes.last().unwrap();
+        let total = (last * 4 + ggml::row_size(ty, last).unwrap()) as u64;
+        line(format!("quantize {ty}"), quant, total);
+        line(format!("dequantize {ty}"), deq, total);
+    }
+    for bits in [4u32, 8] {
+        let params = MlxParams::affine(bits, 64);
+        let mut cells = Vec::new();
+        let mut total = 0;
+        for &s in &sizes {
+            let xs = &x[..s];
+            let cols = 4096.min(s);
+            let c = median_secs(3, || {
+                mlx::quantize(MlxInput::F32(xs), cols, &params).unwrap();
+            });
+            let g = median_secs(3, || {
+                gpu.mlx_quantize(MlxInput::F32(xs), cols, &params).unwrap();
+            });
+            cells.push((g, c));
+            total = (s * 4 + s * bits as usize / 8 + s / 64 * 8) as u64;
+        }
+        line(format!("MLX quantize {bits}-bit g64"), cells, total);
     }
 }
 
