@@ -684,7 +684,9 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
         }
         w.finish().map_err(|e| e.in_file(&args.output))?;
         let written = hashed.written();
-        let (out, sha) = hashed.finish();
+        let (out, sha) = hashed
+            .finish()
+            .map_err(|e| crate::formats::FormatError::io(&args.output, e))?;
         out.commit()?;
         progress.finish();
         report_files.push(json!({"path": args.output, "bytes": written, "sha256": sha}));

@@ -213,7 +213,9 @@ pub fn write_gguf_on(
     }
     w.finish().map_err(|e| e.in_file(path))?;
     let bytes = hashed.written();
-    let (out, sha256) = hashed.finish();
+    let (out, sha256) = hashed
+        .finish()
+        .map_err(|e| crate::formats::FormatError::io(path, e))?;
     out.commit()?;
     progress.done();
     Ok(WriteReport {

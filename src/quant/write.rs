@@ -276,7 +276,7 @@ pub fn write_gguf(
         w.finish().map_err(|e| e.in_file(path))?;
         out.flush().map_err(|e| FormatError::io(path, e))?;
         let bytes = out.written();
-        let (file, sha256) = out.finish();
+        let (file, sha256) = out.finish().map_err(|e| FormatError::io(path, e))?;
         file.commit()?;
         written.push(WrittenFile {
             path: path.clone(),
