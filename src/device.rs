@@ -83,19 +83,25 @@ impl Work {
     /// The size from which the GPU, transfers included, beat the CPU path
     /// on the benchmark machine, or `None` where it never did.
     ///
-    /// Source: quant-kernels/BENCH-gpu.md (H100 over Vulkan against 16 CPU
-    /// cores): quantizing moves 4 bytes per weight to the GPU and back
-    /// through wgpu's staging copies at 1–4 GB/s, while the CPU quantizes
-    /// at 55–80 GB/s (Q8_0, Q4_0, Q4_1) and 5–9 GB/s (Q4_K, Q6_K, whose
-    /// soft-float searches are also slower on the GPU than on 16 cores);
-    /// no size paid. Generation (BENCH-engine-gpu.md): with the weights
-    /// and the KV cache on the GPU, SmolLM2-135M (90 and 145 MB of
+    /// Source: quant-kernels/BENCH-gpu.md, "Streamed transfers" (H100 over
+    /// Vulkan against 16 CPU cores, `--e2e-only`). Host to host, the GPU
+    /// quantizes at about 20 GB/s of f32 whatever the type: the PCIe copies
+    /// bound it. The CPU's K-quant searches run at 3.5-3.8 GB/s (Q4_K) and
+    /// 6.6-7.0 GB/s (Q6_K), so the GPU wins from 16 MiB of f32 (4 Mi
+    /// values; at 1 MiB it lost in one run of two); the CPU quantizes the
+    /// legacy types at 44-78 GB/s and MLX at 14-18, which the GPU's
+    /// transfers never beat. Generation (BENCH-engine-gpu.md): with the
+    /// weights and the KV cache on the GPU, SmolLM2-135M (90 and 145 MB of
     /// weights) generated 3x and processed prompts 14-16x faster than 16
     /// CPU cores; the 64 MB threshold stays below the smallest size
     /// measured to pay. (The GPU's time per token is mostly per-dispatch
     /// latency, so much smaller models may pay too; not measured.)
     fn gpu_pays_from(self) -> Option<u64> {
         match self {
+            Work::QuantizeGgml {
+                ty: GgmlType::Q4K | GgmlType::Q6K,
+                ..
+            } => Some(4 << 20),
             Work::QuantizeGgml { .. } | Work::QuantizeMlx { .. } => None,
             Work::Generate { .. } => Some(64 << 20),
         }
@@ -274,7 +280,17 @@ pub struct Device {
     arg: DeviceArg,
     #[cfg(feature = "gpu")]
     gpu: Option<Arc<quant_kernels::gpu::Gpu>>,
+    /// f32 buffers for the slabs the GPU path decodes into, kept between
+    /// tensors: a fresh 64 MiB buffer per tensor pays its page faults on
+    /// one thread, which cost more than the GPU saved (BENCH-gpu.md,
+    /// "Streamed transfers").
+    #[cfg(feature = "gpu")]
+    slabs: Slabs,
 }
+
+/// Reusable f32 buffers (see [`Target::with_slab`]).
+#[cfg(feature = "gpu")]
+type Slabs = std::sync::Mutex<Vec<Vec<f32>>>;
 
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -299,6 +315,8 @@ impl Device {
             arg: DeviceArg::Cpu,
             #[cfg(feature = "gpu")]
             gpu: None,
+            #[cfg(feature = "gpu")]
+            slabs: Slabs::default(),
         }
     }
 
@@ -339,6 +357,7 @@ impl Device {
                         gpu: Some(Arc::new(
                             opened.expect("the rule chooses the GPU only after finding one"),
                         )),
+                        slabs: Slabs::default(),
                     },
                     note,
                 },
@@ -381,7 +400,7 @@ impl Device {
                     _ => work.gpu_pays_from().is_some_and(|from| work.size() >= from),
                 };
             if qualifies {
-                return Target::Gpu(g);
+                return Target::Gpu(g, &self.slabs);
             }
         }
         let _ = work;
@@ -395,9 +414,9 @@ impl Device {
 pub enum Target<'a> {
     /// The CPU path of quant-kernels.
     Cpu,
-    /// An open GPU.
+    /// An open GPU, and the device's slab buffers.
     #[cfg(feature = "gpu")]
-    Gpu(&'a quant_kernels::gpu::Gpu),
+    Gpu(&'a quant_kernels::gpu::Gpu, &'a Slabs),
     #[doc(hidden)]
     #[cfg(not(feature = "gpu"))]
     _Never(std::marker::PhantomData<&'a ()>),
@@ -407,6 +426,30 @@ impl Target<'_> {
     /// True for the GPU.
     pub fn is_gpu(self) -> bool {
         !matches!(self, Target::Cpu)
+    }
+
+    /// Runs `f` on a buffer of `len` values to decode a slab into before
+    /// [`Target::quantize_ggml`]. On the GPU the buffer is one the device
+    /// keeps between calls (its contents are stale, not zeroed); on the CPU
+    /// a fresh one.
+    pub fn with_slab<R>(self, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        match self {
+            #[cfg(feature = "gpu")]
+            Target::Gpu(_, slabs) => {
+                let mut buf = slabs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop()
+                    .unwrap_or_default();
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+                let r = f(&mut buf[..len]);
+                slabs.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+                r
+            }
+            _ => f(&mut vec![0.0; len]),
+        }
     }
 
     /// Quantizes rows of `n_per_row` values to `ty` (no importance matrix):
@@ -420,7 +463,7 @@ impl Target<'_> {
     ) -> Result<(), DeviceError> {
         match self {
             #[cfg(feature = "gpu")]
-            Target::Gpu(g) if GPU_GGML_TYPES.contains(&ty) => {
+            Target::Gpu(g, _) if GPU_GGML_TYPES.contains(&ty) => {
                 Ok(g.quantize(ty, src, n_per_row, dst)?)
             }
             _ => Ok(ggml::quantize(ty, src, n_per_row, None, dst)?),
@@ -462,9 +505,15 @@ mod tests {
             d => panic!("{d:?}"),
         }
         let small = Work::Generate { weight_bytes: 4096 };
-        match decide(DeviceArg::Auto, &[small], never).unwrap() {
-            Decision::Cpu { note: Some(n) } => assert!(n.contains("below the size"), "{n}"),
-            d => panic!("{d:?}"),
+        let small_q4k = Work::QuantizeGgml {
+            ty: GgmlType::Q4K,
+            values: (4 << 20) - 1,
+        };
+        for w in [small, small_q4k] {
+            match decide(DeviceArg::Auto, &[Q8, w], never).unwrap() {
+                Decision::Cpu { note: Some(n) } => assert!(n.contains("below the size"), "{n}"),
+                d => panic!("{d:?}"),
+            }
         }
         // Work without a GPU kernel: nothing to decide, nothing to say.
         let q5 = Work::QuantizeGgml {
@@ -483,12 +532,18 @@ mod tests {
 
     #[test]
     fn auto_takes_a_hardware_gpu_for_paying_work_and_says_why_it_falls_back() {
-        let hw = decide(DeviceArg::Auto, &[GEN], |sw| {
-            assert!(!sw, "auto never accepts a software adapter");
-            Probe::Hardware("H100".into())
-        })
-        .unwrap();
-        assert!(matches!(hw, Decision::Gpu { note: Some(ref n) } if n.contains("H100")));
+        let q6k = Work::QuantizeGgml {
+            ty: GgmlType::Q6K,
+            values: 4 << 20,
+        };
+        for w in [GEN, q6k] {
+            let hw = decide(DeviceArg::Auto, &[Q8, w], |sw| {
+                assert!(!sw, "auto never accepts a software adapter");
+                Probe::Hardware("H100".into())
+            })
+            .unwrap();
+            assert!(matches!(hw, Decision::Gpu { note: Some(ref n) } if n.contains("H100")));
+        }
         for (probe, why) in [
             (Probe::Software("llvmpipe".into()), "software"),
             (

@@ -403,25 +403,29 @@ fn quantize_rows_on(
     let slab_rows = (GPU_SLAB / row_elems).max(1);
     let mut bytes = vec![0u8; out_len];
     let (mut max_abs, mut sum_sq) = (0f64, 0f64);
-    for (g, out) in bytes.chunks_mut(slab_rows * out_slice).enumerate() {
-        let first = g * slab_rows;
-        let mut vals = vec![0f32; out.len() / out_slice * row_elems];
-        vals.par_chunks_mut(row_elems)
-            .enumerate()
-            .try_for_each(|(k, v)| {
-                let s = src_row(first + k);
-                decode_seq(plan.from, &src[s * src_slice..(s + 1) * src_slice], v)
-            })?;
-        apply_shift(plan, &mut vals);
-        target.quantize_ggml(ty, &vals, row_elems, out)?;
-        if measure && !plan.lossless {
-            let mut back = vec![0f32; vals.len()];
-            quant_kernels::ggml::dequantize(ty, out, &mut back)?;
-            let e = error_stats(&vals, &back);
-            max_abs = max_abs.max(e.max_abs);
-            sum_sq += e.rms * e.rms * vals.len() as f64;
+    let slab_len = slab_rows.min(rows_out) * row_elems;
+    target.with_slab(slab_len, |slab| {
+        for (g, out) in bytes.chunks_mut(slab_rows * out_slice).enumerate() {
+            let first = g * slab_rows;
+            let vals = &mut slab[..out.len() / out_slice * row_elems];
+            vals.par_chunks_mut(row_elems)
+                .enumerate()
+                .try_for_each(|(k, v)| {
+                    let s = src_row(first + k);
+                    decode_seq(plan.from, &src[s * src_slice..(s + 1) * src_slice], v)
+                })?;
+            apply_shift(plan, vals);
+            target.quantize_ggml(ty, vals, row_elems, out)?;
+            if measure && !plan.lossless {
+                let mut back = vec![0f32; vals.len()];
+                quant_kernels::ggml::dequantize(ty, out, &mut back)?;
+                let e = error_stats(vals, &back);
+                max_abs = max_abs.max(e.max_abs);
+                sum_sq += e.rms * e.rms * vals.len() as f64;
+            }
         }
-    }
+        Ok::<(), ConvertError>(())
+    })?;
     let error = (measure && !plan.lossless).then(|| ErrorStats {
         max_abs,
         rms: (sum_sq / plan.n_elements().max(1) as f64).sqrt(),

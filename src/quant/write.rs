@@ -307,30 +307,32 @@ fn convert_tensor_on(
         return Ok(out);
     }
     let slab_rows = (GPU_SLAB / row_len).max(1);
-    let mut vals = Vec::new();
-    for (g, (s, d)) in src
-        .chunks(src_row * slab_rows)
-        .zip(out.chunks_mut(dst_row * slab_rows))
-        .enumerate()
-    {
-        vals.resize(s.len() / src_row * row_len, 0f32);
-        vals.par_chunks_mut(row_len * 64)
-            .zip(s.par_chunks(src_row * 64))
-            .try_for_each(|(v, s)| ggml::dequantize(t.from, s, v))
-            .map_err(|e| e.to_string())?;
-        target
-            .quantize_ggml(t.to, &vals, row_len, d)
-            .map_err(|e| match e {
-                crate::device::DeviceError::Kernel(KernelError::NonFinite { index, value }) => {
-                    KernelError::NonFinite {
-                        index: g * slab_rows * row_len + index,
-                        value,
+    target.with_slab(slab_rows.min(n_rows) * row_len, |slab| {
+        for (g, (s, d)) in src
+            .chunks(src_row * slab_rows)
+            .zip(out.chunks_mut(dst_row * slab_rows))
+            .enumerate()
+        {
+            let vals = &mut slab[..s.len() / src_row * row_len];
+            vals.par_chunks_mut(row_len * 64)
+                .zip(s.par_chunks(src_row * 64))
+                .try_for_each(|(v, s)| ggml::dequantize(t.from, s, v))
+                .map_err(|e| e.to_string())?;
+            target
+                .quantize_ggml(t.to, vals, row_len, d)
+                .map_err(|e| match e {
+                    crate::device::DeviceError::Kernel(KernelError::NonFinite { index, value }) => {
+                        KernelError::NonFinite {
+                            index: g * slab_rows * row_len + index,
+                            value,
+                        }
+                        .to_string()
                     }
-                    .to_string()
-                }
-                e => e.to_string(),
-            })?;
-    }
+                    e => e.to_string(),
+                })?;
+        }
+        Ok::<(), String>(())
+    })?;
     Ok(out)
 }
 
