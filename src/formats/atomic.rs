@@ -165,9 +165,17 @@ pub struct AtomicFile {
     out: Option<BufWriter<File>>,
     /// Bytes accepted so far; the committed file must hold exactly these.
     written: u64,
+    /// Bytes written since the file was last synced to disk.
+    unsynced: u64,
     committed: bool,
     _fault_guard: TempOutputGuard,
 }
+
+/// Bytes between intermediate syncs: `finish` then waits for the disk to
+/// take the last of them only, not the whole file (and, behind a
+/// [`crate::hashing::HashingWriter`], the syncs run while the caller
+/// computes what comes next).
+const SYNC_EVERY: u64 = 64 << 20;
 
 impl AtomicFile {
     /// Creates the temporary file next to `path`, after removing stale
@@ -188,6 +196,7 @@ impl AtomicFile {
             temp_path,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             written: 0,
+            unsynced: 0,
             committed: false,
         })
     }
@@ -293,8 +302,15 @@ pub fn commit_all(mut files: Vec<FinishedFile>) -> Result<()> {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.as_mut().expect("not committed").write(buf)?;
+        let out = self.out.as_mut().expect("not committed");
+        let n = out.write(buf)?;
         self.written += n as u64;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY {
+            out.flush()?;
+            out.get_ref().sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(n)
     }
 
@@ -457,6 +473,28 @@ mod tests {
         assert!(!dead.exists() && !dead_dir.exists());
         assert!(other.exists(), "another output's temporary was removed");
         assert!(live.exists(), "a live process's temporary was removed");
+    }
+
+    #[test]
+    fn writes_across_the_intermediate_syncs_keep_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("big.gguf");
+        let mut f = AtomicFile::create(&out).unwrap();
+        // Uneven writes so that syncs fall inside and between them.
+        let mut expect = Vec::new();
+        let mut i = 0u32;
+        while expect.len() < 2 * SYNC_EVERY as usize + 12_345 {
+            let n = 1 + (i as usize * 7919) % (3 << 20);
+            let chunk: Vec<u8> = (0..n).map(|j| (j as u32 ^ i) as u8).collect();
+            f.write_all(&chunk).unwrap();
+            expect.extend_from_slice(&chunk);
+            i += 1;
+        }
+        f.commit().unwrap();
+        assert!(
+            fs::read(&out).unwrap() == expect,
+            "the committed bytes differ"
+        );
     }
 
     #[test]
