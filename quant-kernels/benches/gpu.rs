@@ -16,7 +16,7 @@ use std::time::Instant;
 use quant_kernels::gpu::decoder::{
     Decoder, DecoderSpec, GatedActivation, LayerSpec, RopeSpec, WeightRef,
 };
-use quant_kernels::gpu::{Activations, Gpu, GpuOptions};
+use quant_kernels::gpu::{Activations, Gpu, GpuOptions, GPU_TYPES};
 use quant_kernels::mlx::{self, MlxInput, MlxParams};
 use quant_kernels::{ggml, GgmlType};
 use rayon::prelude::*;
@@ -122,13 +122,7 @@ fn main() {
             gbs(bytes, e2e_s)
         );
     };
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q4K,
-        GgmlType::Q6K,
-    ] {
+    for &ty in GPU_TYPES {
         let kquant = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
         // The K-quant searches are compute-bound: fewer values, fewer runs.
         let nk = if kquant && !small { n / 4 } else { n };
@@ -416,13 +410,7 @@ fn crossover(gpu: &Gpu, x: &[f32], small: bool) {
             gbs(bytes, c)
         );
     };
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q4K,
-        GgmlType::Q6K,
-    ] {
+    for &ty in GPU_TYPES {
         let mut quant = Vec::new();
         let mut deq = Vec::new();
         for &s in &sizes {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::stream::par_copy;
-use super::{chunk_units, Gpu, GpuError, Launch, Module};
+use super::{chunk_spans, Gpu, GpuError, Launch, Module};
 use crate::{ggml, GgmlType, KernelError};
 
 /// The types with GPU kernels.
@@ -73,29 +73,25 @@ impl Gpu {
         let bs = ty.block_size() as usize;
         let ts = ty.type_size() as usize;
         let n_blocks = src.len() / bs;
-        let per_chunk = chunk_units(self.stream_binding(), n_blocks, bs * 4, ts, 2);
-        let starts: Vec<usize> = (0..n_blocks).step_by(per_chunk.max(1)).collect();
-        let launches: Vec<Launch<'_>> = starts
+        let spans = chunk_spans(self.stream_binding(), n_blocks, bs * 4, ts, 2);
+        let launches: Vec<Launch<'_>> = spans
             .iter()
-            .map(|&done| {
-                let n = per_chunk.min(n_blocks - done);
-                Launch {
-                    module: Module::GgmlQuantize,
-                    entry,
-                    input: bytemuck::cast_slice(&src[done * bs..(done + n) * bs]),
-                    n_units: n as u32,
-                    invocations: (n * per_block) as u32,
-                    extra: [0; 3],
-                }
+            .map(|&(done, n)| Launch {
+                module: Module::GgmlQuantize,
+                entry,
+                input: bytemuck::cast_slice(&src[done * bs..(done + n) * bs]),
+                n_units: n as u32,
+                invocations: (n * per_block) as u32,
+                extra: [0; 3],
             })
             .collect();
         let out_lens: Vec<usize> = launches.iter().map(|l| l.n_units as usize * ts).collect();
         let first_bad = self.stream(&launches, &out_lens, |k, bytes| {
-            let at = starts[k] * ts;
+            let at = spans[k].0 * ts;
             par_copy(&mut dst[at..at + bytes.len()], bytes)
         })?;
         if let Some((k, i)) = first_bad {
-            let index = starts[k] * bs + i as usize;
+            let index = spans[k].0 * bs + i as usize;
             return Err(KernelError::NonFinite {
                 index,
                 value: src[index],
@@ -124,26 +120,22 @@ impl Gpu {
             .into());
         }
         let n_blocks = src.len() / ts;
-        let per_chunk = chunk_units(self.stream_binding(), n_blocks, ts, bs * 4, 1);
-        let starts: Vec<usize> = (0..n_blocks).step_by(per_chunk.max(1)).collect();
-        let launches: Vec<Launch<'_>> = starts
+        let spans = chunk_spans(self.stream_binding(), n_blocks, ts, bs * 4, 1);
+        let launches: Vec<Launch<'_>> = spans
             .iter()
-            .map(|&done| {
-                let n = per_chunk.min(n_blocks - done);
-                Launch {
-                    module: Module::GgmlDequantize,
-                    entry,
-                    input: &src[done * ts..(done + n) * ts],
-                    n_units: (n * bs / 4) as u32,
-                    invocations: (n * bs / 4) as u32,
-                    extra: [0; 3],
-                }
+            .map(|&(done, n)| Launch {
+                module: Module::GgmlDequantize,
+                entry,
+                input: &src[done * ts..(done + n) * ts],
+                n_units: (n * bs / 4) as u32,
+                invocations: (n * bs / 4) as u32,
+                extra: [0; 3],
             })
             .collect();
         let out_lens: Vec<usize> = launches.iter().map(|l| l.n_units as usize * 16).collect();
         let out: &mut [u8] = bytemuck::cast_slice_mut(dst);
         self.stream(&launches, &out_lens, |k, bytes| {
-            let at = starts[k] * bs * 4;
+            let at = spans[k].0 * bs * 4;
             par_copy(&mut out[at..at + bytes.len()], bytes)
         })?;
         Ok(())

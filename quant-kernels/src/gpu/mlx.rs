@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 
 use super::stream::par_copy;
-use super::{chunk_units, Gpu, GpuError, Launch, Module};
+use super::{chunk_spans, Gpu, GpuError, Launch, Module};
 use crate::mlx::{
     self, MlxDtype, MlxInput, MlxMode, MlxParams, MlxQuantized, MlxVariant, ScaleBuf, Scales,
 };
@@ -97,27 +97,23 @@ impl Gpu {
         let mut weight = vec![0u32; n_groups * wpg];
         let mut scales = vec![0u8; n_groups * ss];
         let mut biases = vec![0u8; n_groups * ss];
-        let per_chunk = chunk_units(
+        let spans = chunk_spans(
             self.stream_binding(),
             n_groups,
             gs * es,
             wpg * 4 + 2 * ss,
             2,
         );
-        let starts: Vec<usize> = (0..n_groups).step_by(per_chunk.max(1)).collect();
-        let launches: Vec<Launch<'_>> = starts
+        let launches: Vec<Launch<'_>> = spans
             .iter()
-            .map(|&done| {
-                let n = per_chunk.min(n_groups - done);
-                Launch {
-                    module: Module::Mlx,
-                    entry: quantize_entry(params.bits),
-                    input: &input[done * gs * es..(done + n) * gs * es],
-                    n_units: n as u32,
-                    // One invocation per row of 32 values.
-                    invocations: (n * gs / 32) as u32,
-                    extra: [params.bits, gs as u32, dtype_code(dtype)],
-                }
+            .map(|&(done, n)| Launch {
+                module: Module::Mlx,
+                entry: quantize_entry(params.bits),
+                input: &input[done * gs * es..(done + n) * gs * es],
+                n_units: n as u32,
+                // One invocation per row of 32 values.
+                invocations: (n * gs / 32) as u32,
+                extra: [params.bits, gs as u32, dtype_code(dtype)],
             })
             .collect();
         let out_lens: Vec<usize> = launches
@@ -128,7 +124,7 @@ impl Gpu {
             })
             .collect();
         let first_bad = self.stream(&launches, &out_lens, |k, out| {
-            let (done, n) = (starts[k], launches[k].n_units as usize);
+            let (done, n) = spans[k];
             let packed = n * wpg * 4;
             let sb = scale_bytes(n, dtype);
             for (w, b) in weight[done * wpg..(done + n) * wpg]
@@ -142,7 +138,7 @@ impl Gpu {
                 .copy_from_slice(&out[packed + sb..packed + sb + n * ss]);
         })?;
         if let Some((k, i)) = first_bad {
-            let index = starts[k] * gs + i as usize;
+            let index = spans[k].0 * gs + i as usize;
             let value = match src {
                 MlxInput::F32(v) => v[index],
                 MlxInput::F16(v) => v[index].to_f32(),
@@ -196,14 +192,12 @@ impl Gpu {
         let ss = dtype_size(dtype);
         let (sbytes, bbytes) = (scales.to_le_bytes(), biases.to_le_bytes());
         let mut out = vec![0f32; rows * cols];
-        let per_chunk = chunk_units(self.stream_binding(), n_groups, wpg * 4 + 2 * ss, gs * 4, 2);
-        let starts: Vec<usize> = (0..n_groups).step_by(per_chunk.max(1)).collect();
+        let spans = chunk_spans(self.stream_binding(), n_groups, wpg * 4 + 2 * ss, gs * 4, 2);
         // Each chunk's words, then its scales and its biases, each padded
         // to whole words.
-        let inputs: Vec<Vec<u8>> = starts
+        let inputs: Vec<Vec<u8>> = spans
             .iter()
-            .map(|&done| {
-                let n = per_chunk.min(n_groups - done);
+            .map(|&(done, n)| {
                 let sb = scale_bytes(n, dtype);
                 let mut input = Vec::with_capacity(n * wpg * 4 + 2 * sb);
                 for w in &weight[done * wpg..(done + n) * wpg] {
@@ -216,25 +210,22 @@ impl Gpu {
                 input
             })
             .collect();
-        let launches: Vec<Launch<'_>> = starts
+        let launches: Vec<Launch<'_>> = spans
             .iter()
             .zip(&inputs)
-            .map(|(&done, input)| {
-                let n = per_chunk.min(n_groups - done);
-                Launch {
-                    module: Module::Mlx,
-                    entry: "mlx_dequantize",
-                    input,
-                    n_units: (n * gs / 4) as u32,
-                    invocations: (n * gs / 4) as u32,
-                    extra: [params.bits, gs as u32, dtype_code(dtype)],
-                }
+            .map(|(&(_, n), input)| Launch {
+                module: Module::Mlx,
+                entry: "mlx_dequantize",
+                input,
+                n_units: (n * gs / 4) as u32,
+                invocations: (n * gs / 4) as u32,
+                extra: [params.bits, gs as u32, dtype_code(dtype)],
             })
             .collect();
         let out_lens: Vec<usize> = launches.iter().map(|l| l.n_units as usize * 16).collect();
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
         self.stream(&launches, &out_lens, |k, got| {
-            let at = starts[k] * gs * 4;
+            let at = spans[k].0 * gs * 4;
             par_copy(&mut bytes[at..at + got.len()], got)
         })?;
         Ok(out)

@@ -634,20 +634,25 @@ impl ErrorScope {
 
 /// Splits `n_units` units of `unit_in` input bytes and `unit_out` output
 /// bytes into chunks whose buffers fit `max_binding`, in multiples of
-/// `align` units (the kernels' pairs, or whole rows).
-pub(crate) fn chunk_units(
+/// `align` units (the kernels' pairs, or whole rows): each chunk's first
+/// unit and its number of units.
+pub(crate) fn chunk_spans(
     max_binding: u64,
     n_units: usize,
     unit_in: usize,
     unit_out: usize,
     align: usize,
-) -> usize {
+) -> Vec<(usize, usize)> {
     let per = unit_in.max(unit_out).max(1) as u64;
     // Keep 8 bytes of headroom for padding.
     let fit = ((max_binding.saturating_sub(8)) / per) as usize;
     let fit = fit.min(u32::MAX as usize / 2);
     let fit = (fit / align * align).max(align);
-    fit.min(n_units.max(1))
+    let per_chunk = fit.min(n_units.max(1));
+    (0..n_units)
+        .step_by(per_chunk)
+        .map(|start| (start, per_chunk.min(n_units - start)))
+        .collect()
 }
 
 #[doc(hidden)]
