@@ -62,9 +62,8 @@ pub(crate) struct Link {
     slots: Vec<Slot>,
 }
 
-/// A submitted chunk.
+/// A submitted chunk (in slot `chunk % slots`).
 struct InFlight {
-    slot: usize,
     chunk: usize,
     out_len: usize,
     submission: wgpu::SubmissionIndex,
@@ -134,15 +133,15 @@ impl Gpu {
         for (k, l) in launches.iter().enumerate() {
             if queue.len() == slots {
                 let f = queue.pop_front().expect("a chunk in flight");
-                if let Some(i) = self.finish(&link.slots[f.slot], f, sink)? {
+                if let Some(i) = self.finish(&link.slots[f.chunk % slots], f, sink)? {
                     bad = Some(i);
                     break;
                 }
             }
-            queue.push_back(self.submit(&link.slots[k % slots], k % slots, k, l, out_lens[k])?);
+            queue.push_back(self.submit(&link.slots[k % slots], k, l, out_lens[k])?);
         }
         while let Some(f) = queue.pop_front() {
-            let r = self.finish(&link.slots[f.slot], f, sink)?;
+            let r = self.finish(&link.slots[f.chunk % slots], f, sink)?;
             bad = bad.or(r);
         }
         Ok(bad)
@@ -178,7 +177,6 @@ impl Gpu {
     fn submit(
         &self,
         slot: &Slot,
-        index: usize,
         chunk: usize,
         l: &Launch<'_>,
         out_len: usize,
@@ -255,7 +253,6 @@ impl Gpu {
         });
         scope.check(&op)?;
         Ok(InFlight {
-            slot: index,
             chunk,
             out_len,
             submission,
