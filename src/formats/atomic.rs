@@ -15,7 +15,7 @@
 //! when its inputs held still while it was made.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -204,6 +204,34 @@ impl AtomicFile {
     /// The name the file will have once committed.
     pub fn final_path(&self) -> &Path {
         &self.final_path
+    }
+
+    /// A second handle on the temporary file, for reading back what was
+    /// written (it has its own position).
+    pub fn reader(&self) -> io::Result<File> {
+        File::open(&self.temp_path)
+    }
+
+    /// Writes `bytes` over the file's first bytes (a header completed after
+    /// the data behind it was written); the file must be at least as long.
+    pub fn rewrite_start(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() as u64 > self.written {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a start of {} bytes for a file of {}",
+                    bytes.len(),
+                    self.written
+                ),
+            ));
+        }
+        let out = self.out.as_mut().expect("not committed");
+        out.flush()?;
+        let file = out.get_mut();
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(bytes)?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(())
     }
 
     /// Flushes, fsyncs, checks and renames the file to its final name, then

@@ -124,6 +124,11 @@ impl<W: Write> GgufWriter<W> {
         Ok(w)
     }
 
+    /// The sink, to reach it between tensors.
+    pub fn sink_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// The tensor infos with their offsets, in write order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
@@ -193,6 +198,11 @@ impl<W: Write> GgufWriter<W> {
         }
         Ok(())
     }
+}
+
+/// The bytes [`GgufWriter::new`] writes first: the header and its padding.
+pub fn header_bytes(version: u32, metadata: &Metadata, tensors: &[TensorSpec]) -> Result<Vec<u8>> {
+    Ok(GgufWriter::new(Vec::new(), version, metadata, tensors)?.out)
 }
 
 fn put_string(out: &mut Vec<u8>, s: &str) {
