@@ -125,7 +125,7 @@ fn hf_gguf_hf_round_trips_byte_for_byte() {
         };
         let (md, _) = gguf_metadata(&view, &plan, &GgufMetadataOptions::default()).unwrap();
         let gguf_path = tmp.path().join(format!("{name}.gguf"));
-        write_gguf(&view, &plan, &md, &gguf_path, &opts()).unwrap();
+        write_gguf(&view, &plan, &md, None, &gguf_path, &opts()).unwrap();
 
         let g = GgufModel::open(&gguf_path).unwrap();
         let back_view = ModelView::from_gguf(&g).unwrap();

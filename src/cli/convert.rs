@@ -18,12 +18,11 @@ use crate::convert::{
     DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SHARD_BYTES,
 };
 use crate::device::{Device, DeviceArg, Selection};
-use crate::formats::atomic::AtomicFile;
-use crate::formats::gguf::{self, GgufModel, GgufWriter, SplitBy, TensorSpec};
+use crate::formats::gguf::{self, GgufModel, GgufOutput, GgufWritten, SplitBy, TensorSpec};
 use crate::formats::hf::HfModel;
 use crate::formats::mlx::{MlxModel, QuantParams};
 use crate::formats::{detect, ModelFormat};
-use crate::hashing::{sha256_file, HashingWriter};
+use crate::hashing::{sha256_file, FileDigests};
 use crate::quant::calibrate;
 use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mlx_recipe::{MlxQuantArgs, MlxRecipe};
@@ -479,9 +478,11 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
     };
     let report = match to {
         TargetFormat::Gguf => {
+            // The sources are hashed while they are converted.
+            let digests = FileDigests::start(view.files.clone());
             let provenance = Provenance {
                 command: "convert".into(),
-                sources: hash_sources(&view.files)?,
+                sources: digests.placeholders(),
             };
             let (md, notes) = gguf_metadata(
                 &view,
@@ -493,7 +494,15 @@ fn convert_view(args: &ConvertArgs, from: ModelFormat, to: TargetFormat) -> Resu
                 },
             )?;
             warnings.extend(notes.warnings);
-            write_gguf_on(&view, plan, &md, &args.output, &opts, &device)?
+            write_gguf_on(
+                &view,
+                plan,
+                &md,
+                Some(digests),
+                &args.output,
+                &opts,
+                &device,
+            )?
         }
         TargetFormat::Mlx => {
             let m = mlx_plan.as_ref().expect("planned above");
@@ -619,15 +628,11 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
     // gpu` still fails where no GPU exists.
     select_device(args.device, &[])?;
     let model = GgufModel::open(&args.input)?;
-    let sources: Vec<(PathBuf, String)> = model
+    let files: Vec<PathBuf> = model
         .files()
         .iter()
-        .map(|f| {
-            let h =
-                sha256_file(f.path()).with_context(|| format!("hashing {}", f.path().display()))?;
-            Ok((f.path().to_path_buf(), h))
-        })
-        .collect::<Result<_>>()?;
+        .map(|f| f.path().to_path_buf())
+        .collect();
 
     let split = match (args.split_max_tensors, args.split_max_size) {
         (Some(0), _) => bail!("--split-max-tensors must be at least 1"),
@@ -643,7 +648,7 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
         let mut meta = model.metadata().clone();
         Provenance {
             command: "convert".into(),
-            sources: sources.clone(),
+            sources: hash_sources(&files)?,
         }
         .write(&mut meta);
         let paths = gguf::split_file_with_metadata(&model, &meta, &prefix, by)?;
@@ -660,9 +665,11 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
         ] {
             meta.remove(key);
         }
+        // The sources are hashed while they are copied.
+        let digests = FileDigests::start(files);
         Provenance {
             command: "convert".into(),
-            sources: sources.clone(),
+            sources: digests.placeholders(),
         }
         .write(&mut meta);
         let specs: Vec<TensorSpec> = model.tensors().map(|(t, _)| TensorSpec::from(t)).collect();
@@ -671,25 +678,16 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
             .map(|s| gguf::tensor_size(&s.dims, s.ggml_type).unwrap_or(0))
             .sum();
         let progress = Progress::bytes(total, "writing", args.json);
-        let out = AtomicFile::create(&args.output)?;
-        let mut hashed = HashingWriter::new(out);
         let version = model.files()[0].header().version;
-        let mut w = GgufWriter::new(&mut hashed, version, &meta, &specs)
-            .map_err(|e| e.in_file(&args.output))?;
+        let mut w = GgufOutput::create(&args.output, version, &meta, &specs, Some(digests))?;
         for (t, data) in model.tensors() {
             progress.set_message(&t.name);
-            w.write_tensor(&t.name, data)
-                .map_err(|e| e.in_file(&args.output))?;
+            w.write_tensor(&t.name, data)?;
             progress.inc(t.size);
         }
-        w.finish().map_err(|e| e.in_file(&args.output))?;
-        let written = hashed.written();
-        let (out, sha) = hashed
-            .finish()
-            .map_err(|e| crate::formats::FormatError::io(&args.output, e))?;
-        out.commit()?;
+        let GgufWritten { bytes, sha256 } = w.finish()?;
         progress.finish();
-        report_files.push(json!({"path": args.output, "bytes": written, "sha256": sha}));
+        report_files.push(json!({"path": args.output, "bytes": bytes, "sha256": sha256}));
     }
 
     if args.json {

@@ -19,7 +19,7 @@ use crate::formats::gguf::GgufModel;
 use crate::formats::hf::HfModel;
 use crate::formats::mlx::{BITS as MLX_BITS, GROUP_SIZES as MLX_GROUP_SIZES};
 use crate::formats::{detect, ModelFormat};
-use crate::hashing::sha256_file;
+use crate::hashing::{sha256_file, FileDigests};
 use crate::quant::ftype::FileType;
 use crate::quant::imatrix::ImportanceMatrix;
 use crate::quant::mix::{parse_ggml_type, MixOptions, ModelFacts, TensorTypeOverride};
@@ -335,15 +335,10 @@ fn settings_words(args: &QuantizeArgs, file_type: FileType) -> Vec<String> {
 fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
     let start = Instant::now();
     let plan = &r.plan;
-    let sources = r
-        .input
-        .files
-        .iter()
-        .map(|p| {
-            let h = sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
-            Ok((p.clone(), h))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // The sources are hashed while they are quantized: the header names
+    // their digests by placeholders until they are known.
+    let digests = FileDigests::start(r.input.files.clone());
+    let sources = digests.placeholders();
     let imatrix_sha256 = match &args.imatrix {
         Some(p) => Some(sha256_file(p).with_context(|| format!("hashing {}", p.display()))?),
         None => None,
@@ -408,6 +403,7 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         r.input.source.as_ref(),
         plan,
         &meta,
+        Some(digests),
         &paths,
         r.imatrix.as_ref(),
         &device,

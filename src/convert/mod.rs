@@ -160,7 +160,7 @@ impl Provenance {
             )),
         );
         meta.set(
-            "qforge.source.sha256",
+            crate::formats::gguf::SOURCE_SHA256,
             Value::Array(Array::String(
                 self.sources.iter().map(|(_, h)| h.clone()).collect(),
             )),

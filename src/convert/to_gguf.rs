@@ -12,9 +12,8 @@ use super::view::{ModelView, Source};
 use super::{FileReport, Provenance, TensorReport, WriteOptions, WriteReport};
 use crate::arch::KeyWriter;
 use crate::device::Device;
-use crate::formats::atomic::AtomicFile;
-use crate::formats::gguf::{self, GgufWriter, Metadata, TensorSpec, Value};
-use crate::hashing::HashingWriter;
+use crate::formats::gguf::{self, GgufOutput, GgufWritten, Metadata, TensorSpec, Value};
+use crate::hashing::FileDigests;
 
 /// `GGML_QUANT_VERSION`.
 pub const QUANTIZATION_VERSION: u32 = 2;
@@ -157,14 +156,18 @@ fn folder_name(dir: &Path) -> String {
 }
 
 /// Streams the planned tensors into the GGUF file `path`, atomically.
+/// `sources`, when given, are the digests `metadata` names by placeholders
+/// (see [`gguf::GgufOutput::create`]), computed while the tensors are
+/// written.
 pub fn write_gguf(
     view: &ModelView<'_>,
     plan: &Plan,
     metadata: &Metadata,
+    sources: Option<FileDigests>,
     path: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
-    write_gguf_on(view, plan, metadata, path, opts, &Device::cpu())
+    write_gguf_on(view, plan, metadata, sources, path, opts, &Device::cpu())
 }
 
 /// [`write_gguf`] with the quantizing steps on `device` where its rule
@@ -173,6 +176,7 @@ pub fn write_gguf_on(
     view: &ModelView<'_>,
     plan: &Plan,
     metadata: &Metadata,
+    sources: Option<FileDigests>,
     path: &Path,
     opts: &WriteOptions,
     device: &Device,
@@ -194,29 +198,20 @@ pub fn write_gguf_on(
     let total: u64 = plan.tensors.iter().filter_map(|t| t.out_bytes()).sum();
     let progress = opts.progress;
     progress.file(&path.display().to_string(), total);
-    let out = AtomicFile::create(path)?;
-    let mut hashed = HashingWriter::new(out);
-    let mut w = GgufWriter::new(&mut hashed, gguf::VERSION, metadata, &specs)
-        .map_err(|e| e.in_file(path))?;
+    let mut w = GgufOutput::create(path, gguf::VERSION, metadata, &specs, sources)?;
     let mut tensors = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         progress.tensor(&t.name);
         let m = materialize_on(view, t, opts.measure, device)?;
         view.release_source(t);
-        w.write_tensor(&t.name, &m.bytes)
-            .map_err(|e| e.in_file(path))?;
+        w.write_tensor(&t.name, &m.bytes)?;
         progress.advance(m.bytes.len() as u64);
         tensors.push(TensorReport {
             name: t.name.clone(),
             error: m.error,
         });
     }
-    w.finish().map_err(|e| e.in_file(path))?;
-    let bytes = hashed.written();
-    let (out, sha256) = hashed
-        .finish()
-        .map_err(|e| crate::formats::FormatError::io(path, e))?;
-    out.commit()?;
+    let GgufWritten { bytes, sha256 } = w.finish()?;
     progress.done();
     Ok(WriteReport {
         files: vec![FileReport {

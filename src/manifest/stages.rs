@@ -501,18 +501,11 @@ pub mod real {
                     }
                 };
                 let plan = plan_gguf(&view, outtype).map_err(cerr)?;
-                let sources = view
-                    .files
-                    .iter()
-                    .map(|p| {
-                        crate::hashing::sha256_file(p)
-                            .map(|h| (p.clone(), h))
-                            .map_err(|e| StageError(format!("hashing {}: {e}", p.display())))
-                    })
-                    .collect::<StageResult<Vec<_>>>()?;
+                // The sources are hashed while they are converted.
+                let digests = crate::hashing::FileDigests::start(view.files.clone());
                 let provenance = Provenance {
                     command: "run".into(),
-                    sources,
+                    sources: digests.placeholders(),
                 };
                 let (mut md, _notes) = gguf_metadata(
                     &view,
@@ -527,7 +520,7 @@ pub mod real {
                 for (k, v) in req.gguf_metadata {
                     md.set(k.clone(), v.clone());
                 }
-                write_gguf(&view, &plan, &md, req.output, &opts).map_err(cerr)?;
+                write_gguf(&view, &plan, &md, Some(digests), req.output, &opts).map_err(cerr)?;
             }
             ConvertTarget::Safetensors { dtype } => {
                 let plan = plan_safetensors(&view, dtype.map(float)).map_err(cerr)?;

@@ -5,7 +5,6 @@
 //! worker thread, an f32 scratch of one row group. Output bytes do not
 //! depend on the thread count (every row is quantized on its own).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use quant_kernels::ggml::requant::{requantize, RequantStats};
@@ -17,12 +16,12 @@ use super::imatrix::ImportanceMatrix;
 use super::plan::{ImatrixRole, Method, PlannedTensor, QuantPlan};
 use super::source::TensorSource;
 use crate::device::{Device, Target, Work, GPU_GGML_TYPES};
-use crate::formats::atomic::AtomicFile;
 use crate::formats::error::{FormatError, Result};
 use crate::formats::gguf::{
-    keys, split_path, Array, GgufWriter, Metadata, TensorSpec, Value, VERSION,
+    keys, split_path, Array, GgufOutput, GgufWritten, Metadata, TensorSpec, Value, SOURCE_SHA256,
+    VERSION,
 };
-use crate::hashing::HashingWriter;
+use crate::hashing::FileDigests;
 
 /// `GGML_QNT_VERSION`: the version of the quantized block layouts.
 pub const QUANTIZATION_VERSION: u32 = 2;
@@ -131,7 +130,7 @@ pub fn quantized_metadata(
         ),
     );
     meta.set(
-        "qforge.source.sha256",
+        SOURCE_SHA256,
         strings(provenance.sources.iter().map(|(_, h)| h.clone()).collect()),
     );
     meta.set(
@@ -190,12 +189,15 @@ pub fn device_work(t: &PlannedTensor, imatrix: Option<&ImportanceMatrix>) -> Opt
 /// against the source values (for [`Method::Exact`] and
 /// [`Method::GridSearch`]). With `search`, tensors quantized to Q4_0,
 /// Q4_1, Q5_0 or Q5_1 get searched block scales ([`ggml::quantize_search`],
-/// on the CPU) instead of llama-quantize's.
+/// on the CPU) instead of llama-quantize's. `sources`, when given, are
+/// the digests `metadata` names by placeholders (see [`GgufOutput::create`]):
+/// the first file's header is completed once they are known.
 #[allow(clippy::too_many_arguments)]
 pub fn write_gguf(
     source: &dyn TensorSource,
     plan: &QuantPlan,
     metadata: &Metadata,
+    sources: Option<FileDigests>,
     paths: &[PathBuf],
     imatrix: Option<&ImportanceMatrix>,
     device: &Device,
@@ -204,6 +206,7 @@ pub fn write_gguf(
 ) -> Result<Vec<WrittenFile>> {
     assert_eq!(paths.len(), plan.n_splits, "one path per split");
     let mut written = Vec::with_capacity(paths.len());
+    let mut sources = sources;
     for (split, path) in paths.iter().enumerate() {
         let mut meta = if split == 0 {
             metadata.clone()
@@ -229,10 +232,8 @@ pub fn write_gguf(
                 ggml_type: t.to,
             })
             .collect();
-        let file = AtomicFile::create(path)?;
-        let mut out = HashingWriter::new(file);
-        let mut w =
-            GgufWriter::new(&mut out, VERSION, &meta, &specs).map_err(|e| e.in_file(path))?;
+        let digests = if split == 0 { sources.take() } else { None };
+        let mut w = GgufOutput::create(path, VERSION, &meta, &specs, digests)?;
         for t in members {
             let src = source.bytes(t.source).map_err(|e| e.for_tensor(&t.name))?;
             let weights = match t.imatrix {
@@ -268,16 +269,11 @@ pub fn write_gguf(
                     stats = Some(s);
                     w.write_tensor(&t.name, &data)
                 }
-            }
-            .map_err(|e| e.in_file(path))?;
+            }?;
             source.release(&src);
             progress(t, stats.as_ref());
         }
-        w.finish().map_err(|e| e.in_file(path))?;
-        out.flush().map_err(|e| FormatError::io(path, e))?;
-        let bytes = out.written();
-        let (file, sha256) = out.finish().map_err(|e| FormatError::io(path, e))?;
-        file.commit()?;
+        let GgufWritten { bytes, sha256 } = w.finish()?;
         written.push(WrittenFile {
             path: path.clone(),
             bytes,

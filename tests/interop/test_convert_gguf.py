@@ -227,8 +227,22 @@ def test_llama_cpp_logits_match_transformers(qforge, arch, outtype, tmp_path):
 @pytest.mark.parametrize("outtype", OUTTYPES)
 def test_smollm2_copy_to_gguf_matches_the_script(qforge, reference, smollm2_hf, outtype, tmp_path):
     ours = tmp_path / "ours.gguf"
-    qforge_convert(qforge, smollm2_hf, ours, "--outtype", outtype, "--tokenizer-pre", "smollm")
+    report = qforge_convert(qforge, smollm2_hf, ours, "--outtype", outtype, "--tokenizer-pre", "smollm")
     assert_matches_script(ours, reference(smollm2_hf, outtype, "smollm"))
+    # The sources are hashed while they are converted and the header is
+    # completed afterwards: it names each source's digest, and the report
+    # the output's, as sha256sum computes them.
+    fields = gguf.GGUFReader(str(ours)).fields
+    names = fields["qforge.source.files"].contents()
+    assert names and all(n.endswith(".safetensors") for n in names), names
+    assert fields["qforge.source.sha256"].contents() == [sha256sum(smollm2_hf / n) for n in names]
+    assert [f["sha256"] for f in report["files"]] == [sha256sum(ours)]
+
+
+def sha256sum(path):
+    """coreutils' digest of a file."""
+    r = subprocess.run(["sha256sum", str(path)], check=True, capture_output=True, text=True)
+    return r.stdout.split()[0]
 
 
 def test_smollm2_q8_0_round_trips_through_hf(qforge, smollm2_q8_0, tmp_path):

@@ -22,6 +22,7 @@ fixtures.
 """
 
 import hashlib
+import json
 import subprocess
 
 import gguf
@@ -270,6 +271,27 @@ def test_file_type_version_and_provenance(qforge, fixture_f16, tmp_path):
     keys = [k for k, _, _ in gguf_layout(out)["kv"]]
     first = min(i for i, k in enumerate(keys) if k.startswith("qforge."))
     assert all(k.startswith("qforge.") for k in keys[first:])
+
+
+def sha256sum(path):
+    """coreutils' digest of a file."""
+    r = subprocess.run(["sha256sum", str(path)], check=True, capture_output=True, text=True)
+    return r.stdout.split()[0]
+
+
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_K_M"])
+def test_digests_are_the_files(qforge, smol_f16, tmp_path, ftype):
+    """The source is hashed while it is quantized and the header completed
+    afterwards: the header names the source's digest, and `--json` the
+    output's, as sha256sum computes them (a 270 MB source and a 145-290 MB
+    output: many 4 MiB batches, read back after the header is known)."""
+    out = tmp_path / "q.gguf"
+    r = subprocess.run([str(qforge), "quantize", str(smol_f16), str(out), "--type", ftype, "--json"],
+                       check=True, capture_output=True, text=True)
+    report = json.loads(r.stdout)
+    assert kv(out)["qforge.source.sha256"].contents() == [sha256sum(smol_f16)]
+    assert [f["sha256"] for f in report["files"]] == [sha256sum(out)]
+    assert [f["bytes"] for f in report["files"]] == [out.stat().st_size]
 
 
 def test_thread_count_does_not_change_bytes(qforge, smol_f16, tmp_path):

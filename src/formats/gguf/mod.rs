@@ -5,17 +5,19 @@
 //! u64 metadata count, the metadata pairs, the tensor infos, zero padding to
 //! `general.alignment`, then each tensor's data padded to the alignment.
 
+mod output;
 mod reader;
 mod split;
 mod value;
 mod writer;
 
+pub use output::{GgufOutput, GgufWritten, SOURCE_SHA256};
 pub use reader::{GgufFile, GgufHeader};
 pub use split::{
     merge_split, split_file, split_file_with_metadata, split_path, GgufModel, SplitBy, SplitName,
 };
 pub use value::{Array, Metadata, Value, ValueType};
-pub use writer::{GgufWriter, TensorSpec};
+pub use writer::{header_bytes, GgufWriter, TensorSpec};
 
 pub(crate) use reader::align_up;
 
