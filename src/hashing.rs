@@ -60,8 +60,8 @@ const DIGEST_THREADS: usize = 4;
 
 /// The SHA-256 of files, computed on background threads while the caller
 /// goes on. A converter names its sources' digests in the header of its
-/// output, and hashing a source up front cost `qforge quantize` a third of
-/// its time on 16 cores (SHA-256 runs at about 2 GB/s on one core: 8 s for
+/// output, and hashing a source up front cost `qforge quantize` up to a
+/// third of its time on 16 cores (SHA-256 runs at about 2 GB/s on one core: 8 s for
 /// a 16 GB model); the header is completed once they are known instead
 /// (see [`HashingWriter::deferred`]). Dropping it stops the threads.
 pub struct FileDigests {

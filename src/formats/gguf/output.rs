@@ -114,11 +114,7 @@ impl GgufOutput {
     /// completed header goes to the hashing thread and is kept for
     /// [`GgufOutput::finish`].
     fn complete(&mut self, wait: bool) -> Result<()> {
-        let ready = match &mut self.pending {
-            Some(p) => wait || p.digests.ready(),
-            None => false,
-        };
-        let Some(p) = self.pending.take_if(|_| ready) else {
+        let Some(p) = self.pending.take_if(|p| wait || p.digests.ready()) else {
             return Ok(());
         };
         let digests = p.digests.finish()?;
