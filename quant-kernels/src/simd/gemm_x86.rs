@@ -14,9 +14,10 @@
 //!
 //! Integer products come from one of two strategies ([`IntDot`]): AVX2
 //! (`maddubs` + `madd`, as ggml's kernels) or AVX-512 VNNI (`vpdpbusd`,
-//! `vpdpwssd` on 256-bit registers). `vpdpbusd` multiplies unsigned by
-//! signed bytes; signed weights `w` are fed as `u = w + OFF` and the
-//! offset taken back through the activations' own lane sums:
+//! `vpdpwssd` on 256-bit registers; the Q8_0 family runs two tokens per
+//! 512-bit register instead, [`q0_batch_pairs`]). `vpdpbusd` multiplies
+//! unsigned by signed bytes; signed weights `w` are fed as `u = w + OFF`
+//! and the offset taken back through the activations' own lane sums:
 //! `sum(w*y) = sum(u*y) - OFF*sum(y)`, all exact in i32.
 
 // Kernels index rows, tokens and lanes in lockstep, as the reference does.
@@ -369,7 +370,8 @@ impl<B: Q0Block> TileKernel for B {
     }
 }
 
-/// Batches of tokens for the Q8_0 family, in two passes per tile so that
+/// Batches of tokens for the Q8_0 family with AVX2 (VNNI takes
+/// [`q0_batch_pairs`]), in two passes per tile so that
 /// the per-pair work of a block is one integer dot product, one
 /// conversion and one FMA: what depends on a token alone (its block
 /// scales as f32, the offset's lane bias) is computed once per call, what
@@ -481,6 +483,122 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
                 for r in 0..R.min(n_rows - r0) {
                     for j in 0..T.min(n_tok - t0) {
                         *out.get_unchecked_mut((t0 + j) * n_rows + r0 + r) = hsum8(acc[r][j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`q0_batch`] for VNNI with two tokens per 512-bit register: lanes 0..8
+/// hold a pair's first token and lanes 8..16 its second, each half the
+/// very arithmetic [`q0_batch`] does in a 256-bit register (the same
+/// integer lane sums, the same scale products, `fma` per lane into its
+/// own accumulator), so the bits are the same; a weight block, unpacked
+/// once, serves both halves. `P` pairs (`2 * P` tokens) per tile. The
+/// scale products are formed in the loop, one multiply each: stored in a
+/// first pass and read back, as `q0_batch` does, they took a third of
+/// the time (measured on a Zen 5 EPYC: 80 against 120 GMAC/s per core).
+///
+/// # Safety
+/// As [`drive`], with `B`'s row size; AVX-512 F/BW/VL and VNNI.
+#[inline(always)]
+unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    const { assert!(R <= 8 && P <= 8) };
+    let nb = n / 32;
+    let wrb = nb * B::BYTES;
+    let n_pairs = n_tok.div_ceil(2);
+    debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
+    debug_assert!(out.len() >= n_rows * n_tok);
+    // SAFETY: the caller's contract: whole rows of n / 32 blocks behind
+    // every row and token index below n_rows / n_tok, the CPU features.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let shift = _mm_set_epi64x(0, B::SHIFT);
+        // Per pair and block: both tokens' scales (8 lanes each) and
+        // offset lane biases. An odd last token pairs with itself.
+        let mut dy = vec![_mm512_setzero_ps(); n_pairs * nb];
+        let mut bias = vec![_mm512_setzero_si512(); n_pairs * nb];
+        for p in 0..n_pairs {
+            let t = [2 * p, (2 * p + 1).min(n_tok - 1)];
+            let at = t.map(|t| a.as_ptr().add(t * arb));
+            for b in 0..nb {
+                // Loops, not closures, around intrinsics: a closure does
+                // not inherit the caller's target features.
+                let mut s = [zero; 2];
+                let mut d = [_mm256_setzero_ps(); 2];
+                for i in 0..2 {
+                    let y = load32(at[i].add(34 * b + 2));
+                    let sum = Vnni::dot_u8(zero, _mm256_set1_epi8(1), y);
+                    s[i] = _mm256_sub_epi32(zero, _mm256_sll_epi32(sum, shift));
+                    let h = half::f16::from_bits(read_u16(at[i].add(34 * b)));
+                    d[i] = _mm256_set1_ps(h.to_f32());
+                }
+                bias[p * nb + b] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s[0]), s[1]);
+                dy[p * nb + b] = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castps_pd(_mm512_castps256_ps512(d[0])),
+                    _mm256_castps_pd(d[1]),
+                ));
+            }
+        }
+        let mut dx = vec![0f32; nb * 8];
+        for r0 in (0..n_rows).step_by(R) {
+            let rows: [*const u8; R] =
+                std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
+            for b in 0..nb {
+                let mut h = [0u16; 8];
+                for r in 0..R {
+                    h[r] = read_u16(rows[r].add(b * B::BYTES));
+                }
+                _mm256_storeu_ps(dx.as_mut_ptr().add(8 * b), f16x8v(&h));
+            }
+            for p0 in (0..n_pairs).step_by(P) {
+                let pk: [usize; P] = std::array::from_fn(|j| (p0 + j).min(n_pairs - 1));
+                // The pair's two token rows.
+                let toks: [[*const u8; 2]; P] = std::array::from_fn(|j| {
+                    [2 * pk[j], (2 * pk[j] + 1).min(n_tok - 1)].map(|t| a.as_ptr().add(t * arb))
+                });
+                let mut acc = [[_mm512_setzero_ps(); P]; R];
+                for b in 0..nb {
+                    let mut v = [_mm512_setzero_si512(); R];
+                    for r in 0..R {
+                        v[r] =
+                            _mm512_broadcast_i64x4(B::unsigned::<Vnni>(rows[r].add(b * B::BYTES)));
+                    }
+                    for j in 0..P {
+                        let y = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(load32(toks[j][0].add(34 * b + 2))),
+                            load32(toks[j][1].add(34 * b + 2)),
+                        );
+                        let init = *bias.get_unchecked(pk[j] * nb + b);
+                        let dyv = *dy.get_unchecked(pk[j] * nb + b);
+                        for r in 0..R {
+                            let lanes = _mm512_dpbusd_epi32(init, v[r], y);
+                            let d =
+                                _mm512_mul_ps(_mm512_set1_ps(*dx.get_unchecked(8 * b + r)), dyv);
+                            acc[r][j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][j]);
+                        }
+                    }
+                }
+                for r in 0..R.min(n_rows - r0) {
+                    for j in 0..P.min(n_pairs - p0) {
+                        let lo = _mm512_castps512_ps256(acc[r][j]);
+                        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(
+                            acc[r][j],
+                        )));
+                        let t = 2 * (p0 + j);
+                        *out.get_unchecked_mut(t * n_rows + r0 + r) = hsum8(lo);
+                        if t + 1 < n_tok {
+                            *out.get_unchecked_mut((t + 1) * n_rows + r0 + r) = hsum8(hi);
+                        }
                     }
                 }
             }
@@ -1000,7 +1118,7 @@ unsafe fn q0_batch_shapes<B: Q0Block, D: IntDot>(
     // SAFETY: forwarded contract.
     unsafe {
         if D::VNNI {
-            q0_batch::<B, D, 4, 4>(n, w, n_rows, a, arb, n_tok, out)
+            q0_batch_pairs::<B, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
         } else {
             q0_batch::<B, D, 2, 4>(n, w, n_rows, a, arb, n_tok, out)
         }
