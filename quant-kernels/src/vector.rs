@@ -29,6 +29,21 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     simd::axpy_f32::run(simd::level(), a, x, y);
 }
 
+/// Softmax of `x` in place: `e^(x - max)` through a fixed polynomial
+/// (within 2 ulp of `e^x`; 0 below `e^-86`), summed in f64 in an order
+/// fixed by the length, each value then times the f32 reciprocal of the
+/// sum. The same bits at every SIMD level.
+pub fn softmax(x: &mut [f32]) {
+    simd::softmax_f32::run(simd::level(), x);
+}
+
+/// `gate[i] = gate[i] / (1 + e^-gate[i]) * up[i]` (SiLU times the up
+/// projection) with [`softmax`]'s exponential. Panics if the lengths
+/// differ.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    simd::silu_mul_f32::run(simd::level(), gate, up);
+}
+
 /// [`dot`] of `q` with each of `out.len()` rows of `rows`, row `j`
 /// starting at `j * stride` (attention scores of one query over a cache
 /// of keys). Panics if a row runs past the end of `rows`.
@@ -68,7 +83,7 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::{available_levels, axpy_f32, dot_f32};
+    use crate::simd::{available_levels, axpy_f32, dot_f32, silu_mul_f32, softmax_f32};
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed | 1;
@@ -213,5 +228,77 @@ mod tests {
             .iter()
             .zip(&want)
             .all(|(g, w)| g.to_bits() == w.to_bits()));
+    }
+
+    /// Distance in units in the last place between two finite f32 of the
+    /// same sign.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_and_saturates() {
+        use crate::simd::portable::exp_f32;
+        // Every 97th f32 of [-86, 88], both ends, the integers.
+        let mut xs: Vec<f32> = (0..=4_000_000u32)
+            .map(|i| -86.0 + 174.0 * (i as f32 / 4_000_000.0))
+            .collect();
+        xs.extend((-86..=88).map(|i| i as f32));
+        xs.extend([0.0, -0.0, 1e-30, -1e-30, f32::MIN_POSITIVE]);
+        for x in xs {
+            let want = f64::from(x).exp() as f32;
+            let got = exp_f32(x);
+            assert!(ulps(got, want) <= 2, "exp({x}): {got} vs {want}");
+        }
+        assert_eq!(exp_f32(-86.5), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(88.5), f32::INFINITY);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_and_silu_match_f64_and_every_level() {
+        for n in [1, 15, 16, 17, 100, 512, 4099] {
+            let x: Vec<f32> = values(n, 31).iter().map(|v| v / 50.0).collect();
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = x.iter().map(|&v| f64::from(v - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut got = x.clone();
+            softmax(&mut got);
+            for (g, w) in got.iter().zip(&e) {
+                let w = (w / sum) as f32;
+                assert!(ulps(*g, w) <= 4, "softmax of {n}: {g} vs {w}");
+            }
+            let up = values(n, 37);
+            let mut silu = x.clone();
+            silu_mul(&mut silu, &up);
+            for ((g, &v), &u) in silu.iter().zip(&x).zip(&up) {
+                let w = f64::from(v) / (1.0 + (-f64::from(v)).exp()) * f64::from(u);
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1e-6 * w.abs().max(1e-30),
+                    "silu {g} vs {w}"
+                );
+            }
+            for level in available_levels() {
+                let mut y = x.clone();
+                softmax_f32::run(level, &mut y);
+                assert!(
+                    y.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{level:?}"
+                );
+                let mut s = x.clone();
+                silu_mul_f32::run(level, &mut s, &up);
+                assert!(
+                    s.iter().zip(&silu).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{level:?}"
+                );
+            }
+        }
+        // A masked-out score (-inf) gets exactly 0.
+        let mut x = [0.5, f32::NEG_INFINITY, -0.25];
+        softmax(&mut x);
+        assert_eq!(x[1], 0.0);
+        assert!((x[0] + x[2] - 1.0).abs() < 1e-6);
     }
 }

@@ -387,12 +387,20 @@ impl<'a> Model<'a> {
         if let Some(w) = &l.k_norm {
             ops::rms_norm(k, w, c.norm_eps);
         }
-        for t in 0..n {
-            let pos = pos0 + t;
-            l.rope
-                .apply(&mut q[t * q_dim..(t + 1) * q_dim], hd, pos, c.rope_style);
-            l.rope
-                .apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_style);
+        let rope = |(t, (qt, kt)): (usize, (&mut [f32], &mut [f32]))| {
+            l.rope.apply_all(&mut [qt, kt], hd, pos0 + t, c.rope_style);
+        };
+        if n > 1 {
+            q.par_chunks_exact_mut(q_dim)
+                .zip(k.par_chunks_exact_mut(kv_dim))
+                .enumerate()
+                .with_min_len(8)
+                .for_each(rope);
+        } else {
+            q.chunks_exact_mut(q_dim)
+                .zip(k.chunks_exact_mut(kv_dim))
+                .enumerate()
+                .for_each(rope);
         }
         if self.kv_f16 {
             ops::round_f16(k);
@@ -512,11 +520,9 @@ impl<'a> Model<'a> {
                 for (row, s) in sc.s.chunks_exact_mut(nk).enumerate() {
                     let pos = pos0 + t0 + row / group;
                     let seen = first(pos) - k0..pos + 1 - k0;
-                    for v in &mut s[seen.clone()] {
-                        *v *= scale;
-                        if let Some(cap) = softcap {
-                            *v = cap * (*v / cap).tanh();
-                        }
+                    s[seen.clone()].iter_mut().for_each(|v| *v *= scale);
+                    if let Some(cap) = softcap {
+                        ops::softcap(&mut s[seen.clone()], cap);
                     }
                     ops::softmax(&mut s[seen.clone()]);
                     if self.kv_f16 {

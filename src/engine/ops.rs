@@ -1,7 +1,13 @@
 //! The element-wise pieces of the forward pass, in f32: dot products,
 //! RMS norm, rope, softmax, activations.
 
+use rayon::prelude::*;
+
 use super::config::{Activation, Rope, RopeStyle};
+
+/// Values per task of the element-wise steps run in parallel over a
+/// batch (below it a step stays on the calling thread: single tokens).
+const PAR_VALUES: usize = 16 * 1024;
 
 /// Dot product with 16 independent accumulators (the summation order
 /// depends on the length only; see `quant_kernels::vector::dot`), compiled
@@ -22,15 +28,23 @@ pub fn round_f16(x: &mut [f32]) {
     quant_kernels::float::round_to_f16(x);
 }
 
-/// RMS norm of each `n`-value row of `x` in place, times `weight`.
+/// RMS norm of each `n`-value row of `x` in place, times `weight`; rows
+/// in parallel for a batch (each row's arithmetic is the same either way).
 pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     let n = weight.len();
-    for row in x.chunks_exact_mut(n) {
+    let norm = |row: &mut [f32]| {
         let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         let scale = 1.0 / ((sum / n as f64) as f32 + eps).sqrt();
         for (v, w) in row.iter_mut().zip(weight) {
             *v = *v * scale * w;
         }
+    };
+    if x.len() >= 2 * PAR_VALUES {
+        x.par_chunks_exact_mut(n)
+            .with_min_len(PAR_VALUES.div_ceil(n))
+            .for_each(norm);
+    } else {
+        x.chunks_exact_mut(n).for_each(norm);
     }
 }
 
@@ -62,6 +76,12 @@ impl RopeTable {
     /// Rotates the first `n_rot` values of each `head_dim` head in `x`
     /// (`n_heads` heads of one token at position `pos`).
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize, style: RopeStyle) {
+        self.apply_all(&mut [x], head_dim, pos, style);
+    }
+
+    /// [`RopeTable::apply`] to every slice of `xs` (a token's queries and
+    /// keys), the angles computed once.
+    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: usize, style: RopeStyle) {
         let half = self.inv_freq.len();
         let p = pos as f64 * self.position_scale;
         let mut cs = [(0f32, 0f32); 512];
@@ -70,42 +90,36 @@ impl RopeTable {
             let a = p * f;
             *c = (a.cos() as f32, a.sin() as f32);
         }
-        for head in x.chunks_exact_mut(head_dim) {
-            for (i, &(c, s)) in cs.iter().enumerate() {
-                let (a, b) = match style {
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    RopeStyle::Neox => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c - x1 * s;
-                head[b] = x0 * s + x1 * c;
+        for x in xs.iter_mut() {
+            for head in x.chunks_exact_mut(head_dim) {
+                for (i, &(c, s)) in cs.iter().enumerate() {
+                    let (a, b) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c - x1 * s;
+                    head[b] = x0 * s + x1 * c;
+                }
             }
         }
     }
 }
 
-/// Softmax in place (max-subtracted, f32 sums as ggml's soft_max).
+/// Softmax in place: max-subtracted, summed in f64 as ggml's soft_max,
+/// with quant-kernels' vectorized exponential (`vector::softmax`).
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += f64::from(*v);
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    quant_kernels::vector::softmax(x);
 }
 
 /// `gate = act(gate) * up`, element-wise.
 pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
-        Activation::Silu => {
-            for (g, u) in gate.iter_mut().zip(up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-        }
+        Activation::Silu if gate.len() >= 2 * PAR_VALUES => gate
+            .par_chunks_mut(PAR_VALUES)
+            .zip(up.par_chunks(PAR_VALUES))
+            .for_each(|(g, u)| quant_kernels::vector::silu_mul(g, u)),
+        Activation::Silu => quant_kernels::vector::silu_mul(gate, up),
         Activation::GeluTanh => {
             const SQRT_2_OVER_PI: f32 = 0.797_884_6;
             for (g, u) in gate.iter_mut().zip(up) {

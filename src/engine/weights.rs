@@ -64,8 +64,20 @@ impl<'x> PreparedActs<'x> {
             ActFormat::Ggml(vdt) => {
                 let row_bytes = ggml::row_size(vdt, cols).map_err(EngineError::kernel)?;
                 let mut bytes = vec![0u8; n_tok * row_bytes];
-                for (dst, src) in bytes.chunks_exact_mut(row_bytes).zip(x.chunks_exact(cols)) {
-                    ggml::quantize_activations(vdt, src, dst).map_err(EngineError::kernel)?;
+                let encode = |(dst, src): (&mut [u8], &[f32])| {
+                    ggml::quantize_activations(vdt, src, dst).map_err(EngineError::kernel)
+                };
+                if n_tok >= 16 {
+                    bytes
+                        .par_chunks_exact_mut(row_bytes)
+                        .zip(x.par_chunks_exact(cols))
+                        .with_min_len(8)
+                        .try_for_each(encode)?;
+                } else {
+                    bytes
+                        .chunks_exact_mut(row_bytes)
+                        .zip(x.chunks_exact(cols))
+                        .try_for_each(encode)?;
                 }
                 Ok(PreparedActs {
                     n_tok,

@@ -161,6 +161,8 @@ versions! {
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
     portable::dot_f32(a: &[f32], b: &[f32], out: &mut f32);
     portable::axpy_f32(a: f32, x: &[f32], y: &mut [f32]);
+    portable::softmax_f32(x: &mut [f32]);
+    portable::silu_mul_f32(gate: &mut [f32], up: &[f32]);
     portable::dot_tile_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]);
     portable::dots_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);
     portable::weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]);

@@ -628,6 +628,101 @@ pub(crate) fn dot_tile_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
+/// `e^x` as a fixed sequence of f32 roundings (no FMA, no table), so
+/// every SIMD level gives the same bits: `x = n ln2 + r` with `n` the
+/// nearest integer to `x log2(e)` (Cody and Waite's two-part `ln2`, whose
+/// high part times any `n` here is exact), `e^r` by its Taylor series to
+/// `r^7 / 7!` (below 2^-27 relative for `|r| <= ln2 / 2`), times `2^n`
+/// built in the exponent field. Within 2 ulp of `e^x` for `x` in [-86,
+/// 88]; 0 below (`e^-86` is 4e-38), infinity above, NaN for NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 0x3f317200: ln 2 to 15 bits; times |n| <= 127 it is exact.
+    const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(-86.0, 88.0);
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    // n in [-124, 127]: a normal power of two.
+    let e = (t.to_bits() as i32).wrapping_sub(0x4b40_0000) + 127;
+    let y = p * f32::from_bits((e << 23) as u32);
+    if x < -86.0 {
+        0.0
+    } else if x > 88.0 {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+/// Softmax in place: the maximum subtracted, [`exp_f32`] of each value,
+/// the sum in f64 over 16 lanes (value `k` into lane `k % 16`, the lanes
+/// folded pairwise, the tail of `len % 16` values added in order last),
+/// then each value times the f32 reciprocal of the sum.
+#[inline(always)]
+pub(crate) fn softmax_f32(x: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    let max = chunks.remainder().iter().fold(
+        m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        |a, &b| a.max(b),
+    );
+    let mut acc = [0f64; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            c[i] = exp_f32(c[i] - max);
+            acc[i] += f64::from(c[i]);
+        }
+    }
+    let mut tail = 0f64;
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - max);
+        tail += f64::from(*v);
+    }
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    let inv = (1.0 / (acc[0] + tail)) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `gate = gate / (1 + e^-gate) * up` (SiLU-gated), with [`exp_f32`].
+#[inline(always)]
+pub(crate) fn silu_mul_f32(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp_f32(-*g)) * u;
+    }
+}
+
 /// `y += a * x` (a product then a sum per value, no FMA).
 #[inline(always)]
 pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
