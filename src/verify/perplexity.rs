@@ -172,45 +172,23 @@ impl KlStats {
     /// log-probs, and the true next token. Follows llama.cpp's
     /// `log_softmax(..., base_log_prob, tok, kld)` step by step.
     pub fn add(&mut self, logits: &[f32], base: &BaseLogProbs, tok: usize) {
-        let mut max = logits[0];
-        let mut imax = 0;
-        for (i, &l) in logits.iter().enumerate().skip(1) {
-            if l > max {
-                max = l;
-                imax = i;
-            }
-        }
-        let sum_exp: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
-        let log_sum_exp = sum_exp.ln() as f32;
-        let nll = max + log_sum_exp - logits[tok];
-        let nll_base = -base.log_prob(tok);
-        self.nll.add(f64::from(nll));
-        self.nll_base.add(f64::from(nll_base));
-        self.sum_nll_nll_base += f64::from(nll) * f64::from(nll_base);
-        let max_l = max + log_sum_exp;
-        let mut kld = 0f64;
-        let mut imax_base = 0;
-        let mut best = 0f32;
-        for (i, &l) in logits.iter().enumerate() {
-            let lp_base = base.log_prob(i);
-            if i == 0 || lp_base > best {
-                best = lp_base;
-                imax_base = i;
-            }
-            if lp_base > -16.0 {
-                let p_base = lp_base.exp();
-                kld += f64::from(p_base * (lp_base - l + max_l));
-            }
-        }
-        self.sum_kld += kld;
-        self.sum_kld2 += kld * kld;
-        self.kld_values.push(kld as f32);
-        if imax == imax_base {
+        self.push(&KlPosition::new(logits, base, tok));
+    }
+
+    /// Adds one position computed by [`KlPosition::new`] (positions can be
+    /// computed in parallel and pushed in order: the same sums).
+    pub fn push(&mut self, p: &KlPosition) {
+        self.nll.add(f64::from(p.nll));
+        self.nll_base.add(f64::from(p.nll_base));
+        self.sum_nll_nll_base += f64::from(p.nll) * f64::from(p.nll_base);
+        self.sum_kld += p.kld;
+        self.sum_kld2 += p.kld * p.kld;
+        self.kld_values.push(p.kld as f32);
+        if p.same_top {
             self.same_top += 1;
         }
-        let p_diff = f64::from((-nll).exp() - (-nll_base).exp());
-        self.sum_p_diff += p_diff;
-        self.sum_p_diff2 += p_diff * p_diff;
+        self.sum_p_diff += p.p_diff;
+        self.sum_p_diff2 += p.p_diff * p.p_diff;
     }
 
     /// Positions added.
@@ -248,6 +226,58 @@ impl KlStats {
         let mut v = self.kld_values.clone();
         v.sort_by(f32::total_cmp);
         percentile(&v, fraction)
+    }
+}
+
+/// One position's terms of [`KlStats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KlPosition {
+    nll: f32,
+    nll_base: f32,
+    kld: f64,
+    same_top: bool,
+    p_diff: f64,
+}
+
+impl KlPosition {
+    /// The terms of one position: the artifact's logits, the reference's
+    /// quantized log-probs, the true next token.
+    pub fn new(logits: &[f32], base: &BaseLogProbs, tok: usize) -> KlPosition {
+        let mut max = logits[0];
+        let mut imax = 0;
+        for (i, &l) in logits.iter().enumerate().skip(1) {
+            if l > max {
+                max = l;
+                imax = i;
+            }
+        }
+        let sum_exp: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+        let log_sum_exp = sum_exp.ln() as f32;
+        let nll = max + log_sum_exp - logits[tok];
+        let nll_base = -base.log_prob(tok);
+        let max_l = max + log_sum_exp;
+        let mut kld = 0f64;
+        let mut imax_base = 0;
+        let mut best = 0f32;
+        for (i, &l) in logits.iter().enumerate() {
+            let lp_base = base.log_prob(i);
+            if i == 0 || lp_base > best {
+                best = lp_base;
+                imax_base = i;
+            }
+            if lp_base > -16.0 {
+                let p_base = lp_base.exp();
+                kld += f64::from(p_base * (lp_base - l + max_l));
+            }
+        }
+        let p_diff = f64::from((-nll).exp() - (-nll_base).exp());
+        KlPosition {
+            nll,
+            nll_base,
+            kld,
+            same_top: imax == imax_base,
+            p_diff,
+        }
     }
 }
 
