@@ -6,6 +6,11 @@
 //! average around each measurement (the machine is shared: read ratios,
 //! and distrust rows taken at a load above the core count).
 //!
+//! Then the whole perplexity step: `qforge verify --no-speed` against
+//! `llama-perplexity` on the same file and text (8 windows of 512 tokens of
+//! /usr/share/common-licenses/GPL-3, 2 threads), wall time of each command
+//! including its load and tokenization, best of 3 runs, alternating.
+//!
 //! ```sh
 //! source tests/interop/oracles.env
 //! cargo bench --bench engine              # all types
@@ -93,6 +98,56 @@ fn llama_bench(model: &Path) -> (f64, f64) {
     (pp, tg)
 }
 
+const PPL_TEXT: &str = "/usr/share/common-licenses/GPL-3";
+const PPL_RUNS: usize = 3;
+
+/// Wall seconds of `cmd`, its stdout and its stderr; panics when it
+/// fails.
+fn timed(cmd: &mut Command) -> (f64, String, String) {
+    let t = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");
+    (secs, stdout, stderr)
+}
+
+/// Best wall time of `qforge verify` and of `llama-perplexity` over the
+/// same windows, and the perplexity each printed.
+fn perplexity_step(model: &Path) -> ((f64, f64), (f64, f64)) {
+    let threads = THREADS.to_string();
+    let (mut ours, mut theirs) = ((f64::INFINITY, 0.0), (f64::INFINITY, 0.0));
+    for _ in 0..PPL_RUNS {
+        let (s, report, _) = timed(
+            Command::new(env!("CARGO_BIN_EXE_qforge"))
+                .arg("verify")
+                .arg(model)
+                .args(["--text", PPL_TEXT, "--ctx", "512", "--chunks", "8"])
+                .args(["--no-speed", "--sample-tokens", "0", "--device", "cpu"])
+                .args(["--threads", &threads, "--json"]),
+        );
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        ours = (ours.0.min(s), report["perplexity"]["ppl"].as_f64().unwrap());
+        let (s, stdout, stderr) = timed(
+            Command::new(env_path("QFORGE_LLAMA_BIN").join("llama-perplexity"))
+                .arg("-m")
+                .arg(model)
+                .args(["-f", PPL_TEXT, "-c", "512", "--chunks", "8", "-t", &threads]),
+        );
+        let ppl = (stdout + &stderr)
+            .split("Final estimate: PPL = ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("llama-perplexity printed no final estimate");
+        theirs = (theirs.0.min(s), ppl);
+    }
+    (ours, theirs)
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -144,5 +199,27 @@ fn main() {
             ),
             None => println!("| {ty} | {load} | - | {lpp:.1} | - | - | {ltg:.1} | - |"),
         }
+    }
+    assert!(
+        Path::new(PPL_TEXT).is_file(),
+        "{PPL_TEXT} is missing (Debian's base-files ships it)"
+    );
+    println!(
+        "\nPerplexity, 8 windows of 512 tokens of GPL-3, {THREADS} threads: whole command, best of {PPL_RUNS} (s)\n"
+    );
+    println!("| type | load | qforge verify | llama-perplexity | speed-up | qforge PPL | llama.cpp PPL |");
+    println!("|---|---|---|---|---|---|---|");
+    for ty in TYPES {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == ty) {
+            continue;
+        }
+        let path = model_file(&dir, ty);
+        let load_before = load_average();
+        let ((ours, ppl), (theirs, lppl)) = perplexity_step(&path);
+        println!(
+            "| {ty} | {load_before}-{} | {ours:.2} | {theirs:.2} | {:.2}x | {ppl:.4} | {lppl:.4} |",
+            load_average(),
+            theirs / ours
+        );
     }
 }
