@@ -244,3 +244,26 @@ fn executor_quantizes_every_gpu_type_like_the_cpu() {
         }
     }
 }
+
+/// Without a desktop session (no `XDG_RUNTIME_DIR`: CI, servers) probing
+/// for an adapter does not print libwayland's "XDG_RUNTIME_DIR is invalid"
+/// (twice, from Mesa's device-select layer, which qforge switches off
+/// there). The note naming the adapter proves the probe happened.
+#[test]
+fn probing_without_a_session_prints_only_our_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q8.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["convert", fixture("llama").to_str().unwrap()])
+        .arg(&out)
+        .args(["--type", "q8_0", "--device", "gpu"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(out.is_file());
+    assert!(err.contains("--device gpu runs on"), "no probe: {err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}
