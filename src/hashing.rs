@@ -228,12 +228,22 @@ pub struct HashingWriter<W> {
     writer: Option<thread::JoinHandle<W>>,
     hasher: Option<thread::JoinHandle<io::Result<Sha256>>>,
     written: u64,
+    /// Whether the bytes are hashed ([`HashingWriter::unhashed`]: no).
+    hashing: bool,
 }
 
 impl<W: Write + Send + 'static> HashingWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        Self::start(inner, None)
+        Self::start(inner, None, true)
+    }
+
+    /// Wraps `inner`, counting and writing behind but not hashing: for an
+    /// output whose digest nobody reports (SHA-256 runs at about 2 GB/s
+    /// on one core, and a deferred digest cannot start before the header
+    /// it hashes first is complete).
+    pub fn unhashed(inner: W) -> Self {
+        Self::start(inner, None, false)
     }
 
     /// Wraps `inner`, whose first bytes are placeholders: the digest takes
@@ -247,10 +257,10 @@ impl<W: Write + Send + 'static> HashingWriter<W> {
     /// to the caller as soon as they are written, so waiting for the
     /// prefix holds no memory.
     pub fn deferred(inner: W, readback: File) -> Self {
-        Self::start(inner, Some(readback))
+        Self::start(inner, Some(readback), true)
     }
 
-    fn start(mut inner: W, readback: Option<File>) -> Self {
+    fn start(mut inner: W, readback: Option<File>, hashing: bool) -> Self {
         let deferred = readback.is_some();
         let (batches, to_write) = mpsc::sync_channel::<Msg>(QUEUED);
         // Deferred, the hashing thread hears only counts: a long queue of
@@ -305,7 +315,7 @@ impl<W: Write + Send + 'static> HashingWriter<W> {
             .expect("starting the write-behind thread");
         let hasher = thread::Builder::new()
             .name("sha256".into())
-            .spawn(move || hash_thread(to_hash, readback, give_back))
+            .spawn(move || hash_thread(to_hash, readback, give_back, hashing))
             .expect("starting the hashing thread");
         HashingWriter {
             pending: Vec::new(),
@@ -316,6 +326,7 @@ impl<W: Write + Send + 'static> HashingWriter<W> {
             writer: Some(writer),
             hasher: Some(hasher),
             written: 0,
+            hashing,
         }
     }
 
@@ -338,9 +349,10 @@ impl<W: Write + Send + 'static> HashingWriter<W> {
 
     /// Waits for every byte to be written and hashed; returns the inner
     /// writer (unflushed, as written to) and the hex SHA-256 of everything
-    /// written (with the prefix given, if deferred), or the first error
-    /// writing or hashing met.
-    pub fn finish(mut self) -> io::Result<(W, String)> {
+    /// written (with the prefix given, if deferred; `None` when made
+    /// [`HashingWriter::unhashed`]), or the first error writing or hashing
+    /// met.
+    pub fn finish(mut self) -> io::Result<(W, Option<String>)> {
         self.send_pending();
         drop(self.batches.take());
         // Deferred without a prefix, the hashing thread says so.
@@ -348,7 +360,8 @@ impl<W: Write + Send + 'static> HashingWriter<W> {
         let inner = joined(self.writer.take().expect("joined once").join());
         let h = joined(self.hasher.take().expect("joined once").join());
         self.check()?;
-        Ok((inner, hex(&h?.finalize())))
+        let h = h?;
+        Ok((inner, self.hashing.then(|| hex(&h.finalize()))))
     }
 
     /// The error an earlier batch met, once.
@@ -386,6 +399,7 @@ fn hash_thread(
     input: mpsc::Receiver<ToHash>,
     mut readback: Option<File>,
     give_back: mpsc::Sender<Vec<u8>>,
+    hashing: bool,
 ) -> io::Result<Sha256> {
     let mut h = Sha256::new();
     // Deferred: bytes known to be in the file, and hashed so far (from the
@@ -395,7 +409,9 @@ fn hash_thread(
     for m in input {
         match m {
             ToHash::Bytes(mut b) => {
-                h.update(&b);
+                if hashing {
+                    h.update(&b);
+                }
                 b.clear();
                 let _ = give_back.send(b);
             }
@@ -520,12 +536,19 @@ mod tests {
         assert_eq!(inner, all);
         // sha2's one-shot digest of the same bytes, and the empty input's
         // published digest.
-        assert_eq!(digest, sha256_bytes(&all));
+        assert_eq!(digest, Some(sha256_bytes(&all)));
         let (_, empty) = HashingWriter::new(Vec::new()).finish().unwrap();
         assert_eq!(
-            empty,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            empty.as_deref(),
+            Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         );
+        // Unhashed: the same bytes written and counted, no digest.
+        let mut w = HashingWriter::unhashed(Vec::new());
+        w.write_all(&all).unwrap();
+        assert_eq!(w.written(), all.len() as u64);
+        let (inner, digest) = w.finish().unwrap();
+        assert_eq!(inner, all);
+        assert_eq!(digest, None);
     }
 
     /// Writes `data` through a deferred writer on a real file, giving the
@@ -549,7 +572,7 @@ mod tests {
         file.seek(SeekFrom::Start(0)).unwrap();
         file.write_all(prefix).unwrap();
         drop(file);
-        (digest, std::fs::read(&path).unwrap())
+        (digest.unwrap(), std::fs::read(&path).unwrap())
     }
 
     #[test]

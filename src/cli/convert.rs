@@ -679,7 +679,15 @@ fn gguf_to_gguf(args: &ConvertArgs) -> Result<ExitCode> {
             .sum();
         let progress = Progress::bytes(total, "writing", args.json);
         let version = model.files()[0].header().version;
-        let mut w = GgufOutput::create(&args.output, version, &meta, &specs, Some(digests))?;
+        // Only the JSON report names the output's digest.
+        let mut w = GgufOutput::create(
+            &args.output,
+            version,
+            &meta,
+            &specs,
+            Some(digests),
+            args.json,
+        )?;
         for (t, data) in model.tensors() {
             progress.set_message(&t.name);
             w.write_tensor(&t.name, data)?;

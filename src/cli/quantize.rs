@@ -404,6 +404,8 @@ fn write(args: &QuantizeArgs, output: &Path, r: Resolved) -> Result<ExitCode> {
         plan,
         &meta,
         Some(digests),
+        // Only the JSON report names the outputs' digests.
+        args.json,
         &paths,
         r.imatrix.as_ref(),
         &device,

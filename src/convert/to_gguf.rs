@@ -12,7 +12,7 @@ use super::view::{ModelView, Source};
 use super::{FileReport, Provenance, TensorReport, WriteOptions, WriteReport};
 use crate::arch::KeyWriter;
 use crate::device::Device;
-use crate::formats::gguf::{self, GgufOutput, GgufWritten, Metadata, TensorSpec, Value};
+use crate::formats::gguf::{self, GgufOutput, Metadata, TensorSpec, Value};
 use crate::hashing::FileDigests;
 
 /// `GGML_QUANT_VERSION`.
@@ -198,7 +198,7 @@ pub fn write_gguf_on(
     let total: u64 = plan.tensors.iter().filter_map(|t| t.out_bytes()).sum();
     let progress = opts.progress;
     progress.file(&path.display().to_string(), total);
-    let mut w = GgufOutput::create(path, gguf::VERSION, metadata, &specs, sources)?;
+    let mut w = GgufOutput::create(path, gguf::VERSION, metadata, &specs, sources, true)?;
     let mut tensors = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         progress.tensor(&t.name);
@@ -211,13 +211,13 @@ pub fn write_gguf_on(
             error: m.error,
         });
     }
-    let GgufWritten { bytes, sha256 } = w.finish()?;
+    let written = w.finish()?;
     progress.done();
     Ok(WriteReport {
         files: vec![FileReport {
             path: PathBuf::from(path),
-            bytes,
-            sha256,
+            bytes: written.bytes,
+            sha256: written.digest().to_string(),
         }],
         tensors,
     })

@@ -166,8 +166,8 @@ pub struct WrittenFile {
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
-    /// SHA-256 of its bytes, hex.
-    pub sha256: String,
+    /// SHA-256 of its bytes, hex (when `write_gguf` was asked for it).
+    pub sha256: Option<String>,
 }
 
 /// The device work of a planned tensor: quantizing it without importance
@@ -191,13 +191,15 @@ pub fn device_work(t: &PlannedTensor, imatrix: Option<&ImportanceMatrix>) -> Opt
 /// Q4_1, Q5_0 or Q5_1 get searched block scales ([`ggml::quantize_search`],
 /// on the CPU) instead of llama-quantize's. `sources`, when given, are
 /// the digests `metadata` names by placeholders (see [`GgufOutput::create`]):
-/// the first file's header is completed once they are known.
+/// the first file's header is completed once they are known. With
+/// `digest`, each file's SHA-256 is computed as it is written.
 #[allow(clippy::too_many_arguments)]
 pub fn write_gguf(
     source: &dyn TensorSource,
     plan: &QuantPlan,
     metadata: &Metadata,
     sources: Option<FileDigests>,
+    digest: bool,
     paths: &[PathBuf],
     imatrix: Option<&ImportanceMatrix>,
     device: &Device,
@@ -233,7 +235,7 @@ pub fn write_gguf(
             })
             .collect();
         let digests = if split == 0 { sources.take() } else { None };
-        let mut w = GgufOutput::create(path, VERSION, &meta, &specs, digests)?;
+        let mut w = GgufOutput::create(path, VERSION, &meta, &specs, digests, digest)?;
         for t in members {
             let src = source.bytes(t.source).map_err(|e| e.for_tensor(&t.name))?;
             let weights = match t.imatrix {

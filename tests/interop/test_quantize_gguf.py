@@ -284,7 +284,9 @@ def test_digests_are_the_files(qforge, smol_f16, tmp_path, ftype):
     """The source is hashed while it is quantized and the header completed
     afterwards: the header names the source's digest, and `--json` the
     output's, as sha256sum computes them (a 270 MB source and a 145-290 MB
-    output: many 4 MiB batches, read back after the header is known)."""
+    output: many 4 MiB batches, read back after the header is known).
+    Without `--json` nothing reports the output's digest and nothing
+    computes it: the file is the same."""
     out = tmp_path / "q.gguf"
     r = subprocess.run([str(qforge), "quantize", str(smol_f16), str(out), "--type", ftype, "--json"],
                        check=True, capture_output=True, text=True)
@@ -292,6 +294,10 @@ def test_digests_are_the_files(qforge, smol_f16, tmp_path, ftype):
     assert kv(out)["qforge.source.sha256"].contents() == [sha256sum(smol_f16)]
     assert [f["sha256"] for f in report["files"]] == [sha256sum(out)]
     assert [f["bytes"] for f in report["files"]] == [out.stat().st_size]
+    plain = tmp_path / "plain.gguf"
+    subprocess.run([str(qforge), "quantize", str(smol_f16), str(plain), "--type", ftype],
+                   check=True, capture_output=True)
+    assert sha256sum(plain) == sha256sum(out)
 
 
 def test_thread_count_does_not_change_bytes(qforge, smol_f16, tmp_path):

@@ -27,6 +27,8 @@ pub struct GgufOutput {
 
 struct Pending {
     digests: FileDigests,
+    /// Whether the output's digest waits for the completed header.
+    deferred: bool,
     version: u32,
     meta: Metadata,
     specs: Vec<TensorSpec>,
@@ -39,8 +41,17 @@ struct Pending {
 pub struct GgufWritten {
     /// Its size.
     pub bytes: u64,
-    /// SHA-256 of its bytes, hex.
-    pub sha256: String,
+    /// SHA-256 of its bytes, hex (when asked for).
+    pub sha256: Option<String>,
+}
+
+impl GgufWritten {
+    /// The digest of an output created with `digest` set.
+    pub fn digest(&self) -> &str {
+        self.sha256
+            .as_deref()
+            .expect("outputs created with a digest have one")
+    }
 }
 
 impl GgufOutput {
@@ -52,16 +63,21 @@ impl GgufOutput {
     /// the tensors are then written while the sources are hashed, and the
     /// header is completed (same length) once the digests are known. A
     /// value the caller set there itself is kept, and the hashing stopped.
+    ///
+    /// With `digest`, the output's own SHA-256 is computed as it is written
+    /// ([`GgufWritten::sha256`]); without, nothing hashes it.
     pub fn create(
         path: &Path,
         version: u32,
         meta: &Metadata,
         specs: &[TensorSpec],
         sources: Option<FileDigests>,
+        digest: bool,
     ) -> Result<GgufOutput> {
         let file = AtomicFile::create(path)?;
         let sources = sources.filter(|d| names_placeholders(meta, d.len()));
         let hashed = match &sources {
+            _ if !digest => HashingWriter::unhashed(file),
             Some(_) => {
                 let readback = file.reader().map_err(|e| FormatError::io(path, e))?;
                 HashingWriter::deferred(file, readback)
@@ -71,6 +87,7 @@ impl GgufOutput {
         let mut w = GgufWriter::new(hashed, version, meta, specs).map_err(|e| e.in_file(path))?;
         let pending = sources.map(|digests| Pending {
             digests,
+            deferred: digest,
             version,
             meta: meta.clone(),
             specs: specs.to_vec(),
@@ -132,10 +149,12 @@ impl GgufOutput {
             ))
             .in_file(&self.path));
         }
-        self.w
-            .sink_mut()
-            .set_prefix(header.clone())
-            .map_err(|e| FormatError::io(&self.path, e))?;
+        if p.deferred {
+            self.w
+                .sink_mut()
+                .set_prefix(header.clone())
+                .map_err(|e| FormatError::io(&self.path, e))?;
+        }
         self.header = Some(header);
         Ok(())
     }
@@ -169,6 +188,7 @@ mod tests {
         dir: &Path,
         sources: &[PathBuf],
         named: Option<Value>,
+        digest: bool,
     ) -> (Result<GgufWritten>, PathBuf) {
         let digests = FileDigests::start(sources.to_vec());
         let mut meta = Metadata::new();
@@ -193,7 +213,7 @@ mod tests {
         ];
         let path = dir.join("out.gguf");
         let r = (|| {
-            let mut out = GgufOutput::create(&path, VERSION, &meta, &specs, Some(digests))?;
+            let mut out = GgufOutput::create(&path, VERSION, &meta, &specs, Some(digests), digest)?;
             out.write_tensor("a", &vec![1; 12_000_000])?;
             out.write_tensor("b", &[2; 20])?;
             out.finish()
@@ -211,11 +231,11 @@ mod tests {
                 p
             })
             .collect();
-        let (r, path) = write(dir.path(), &sources, None);
+        let (r, path) = write(dir.path(), &sources, None, true);
         let written = r.unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(written.bytes, bytes.len() as u64);
-        assert_eq!(written.sha256, sha256_bytes(&bytes));
+        assert_eq!(written.digest(), sha256_bytes(&bytes));
         let want: Vec<String> = sources
             .iter()
             .map(|p| sha256_bytes(&std::fs::read(p).unwrap()))
@@ -230,7 +250,7 @@ mod tests {
 
         // A value the caller set itself is kept as it is.
         let own = strings(&["mine"]);
-        let (r, path) = write(dir.path(), &sources, Some(own.clone()));
+        let (r, path) = write(dir.path(), &sources, Some(own.clone()), true);
         r.unwrap();
         let file = GgufFile::open(&path).unwrap();
         assert_eq!(file.metadata().get(SOURCE_SHA256), Some(&own));
@@ -240,11 +260,13 @@ mod tests {
     fn a_source_that_cannot_be_hashed_is_named_and_nothing_is_left() {
         let dir = tempfile::tempdir().unwrap();
         let absent = dir.path().join("absent.safetensors");
-        let (r, path) = write(dir.path(), &[absent], None);
-        let e = r.expect_err("the source cannot be read").to_string();
-        assert!(e.contains("absent.safetensors"), "{e}");
-        assert!(!path.exists());
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(left.is_empty(), "{left:?}");
+        for digest in [true, false] {
+            let (r, path) = write(dir.path(), std::slice::from_ref(&absent), None, digest);
+            let e = r.expect_err("the source cannot be read").to_string();
+            assert!(e.contains("absent.safetensors"), "{e}");
+            assert!(!path.exists());
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 }
