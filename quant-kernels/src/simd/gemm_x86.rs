@@ -370,6 +370,31 @@ impl<B: Q0Block> TileKernel for B {
     }
 }
 
+/// The f16 scales that open each `bytes`-byte block of `R <= 8` rows,
+/// widened to f32: `dx[8 * b + r]` for block `b` of row `r`.
+///
+/// # Safety
+/// `nb` whole blocks behind every row pointer, `dx` at least `8 * nb`
+/// values; F16C (every caller's features).
+#[inline(always)]
+unsafe fn row_scales<const R: usize>(
+    rows: &[*const u8; R],
+    nb: usize,
+    bytes: usize,
+    dx: &mut [f32],
+) {
+    debug_assert!(R <= 8 && dx.len() >= 8 * nb);
+    for b in 0..nb {
+        let mut h = [0u16; 8];
+        for r in 0..R {
+            // SAFETY: block b of row r is in bounds (the contract).
+            h[r] = unsafe { read_u16(rows[r].add(b * bytes)) };
+        }
+        // SAFETY: 8 values at 8 * b fit in `dx`; F16C per the contract.
+        unsafe { _mm256_storeu_ps(dx.as_mut_ptr().add(8 * b), f16x8v(&h)) };
+    }
+}
+
 /// Batches of tokens for the Q8_0 family with AVX2 (VNNI takes
 /// [`q0_batch_pairs`]), in two passes per tile so that
 /// the per-pair work of a block is one integer dot product, one
@@ -427,13 +452,7 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
         for r0 in (0..n_rows).step_by(R) {
             let rows: [*const u8; R] =
                 std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
-            for b in 0..nb {
-                let mut h = [0u16; 8];
-                for r in 0..R {
-                    h[r] = read_u16(rows[r].add(b * B::BYTES));
-                }
-                _mm256_storeu_ps(dx.as_mut_ptr().add(8 * b), f16x8v(&h));
-            }
+            row_scales(&rows, nb, B::BYTES, &mut dx);
             for t0 in (0..n_tok).step_by(T) {
                 let tk: [usize; T] = std::array::from_fn(|j| (t0 + j).min(n_tok - 1));
                 let toks: [*const u8; T] = std::array::from_fn(|j| a.as_ptr().add(tk[j] * arb));
@@ -553,13 +572,7 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
         for r0 in (0..n_rows).step_by(R) {
             let rows: [*const u8; R] =
                 std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
-            for b in 0..nb {
-                let mut h = [0u16; 8];
-                for r in 0..R {
-                    h[r] = read_u16(rows[r].add(b * B::BYTES));
-                }
-                _mm256_storeu_ps(dx.as_mut_ptr().add(8 * b), f16x8v(&h));
-            }
+            row_scales(&rows, nb, B::BYTES, &mut dx);
             for p0 in (0..n_pairs).step_by(P) {
                 let pk: [usize; P] = std::array::from_fn(|j| (p0 + j).min(n_pairs - 1));
                 // The pair's two token rows.
