@@ -742,6 +742,103 @@ unsafe fn q8k_pair_sums(yb: *const u8) -> __m128i {
     }
 }
 
+/// Whether a K-quant tile of `T` tokens accumulates its integer products
+/// two tokens per 512-bit register (VNNI, an even token count).
+const fn k_pairs<D: IntDot, const T: usize>() -> bool {
+    D::VNNI && T.is_multiple_of(2)
+}
+
+/// The 512-bit accumulators of [`k_products`]: tokens `2p` and `2p + 1`
+/// of `lanes` in the halves of entry `p` (`T / 2` entries used).
+#[inline(always)]
+unsafe fn k_pairs_begin<D: IntDot, const R: usize, const T: usize>(
+    lanes: &[[__m256i; T]; R],
+) -> [[__m512i; T]; R] {
+    // SAFETY: AVX-512F whenever `k_pairs` holds (VNNI callers).
+    unsafe {
+        let mut wide = [[_mm512_setzero_si512(); T]; R];
+        if k_pairs::<D, T>() {
+            for r in 0..R {
+                for p in 0..T / 2 {
+                    wide[r][p] = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(lanes[r][2 * p]),
+                        lanes[r][2 * p + 1],
+                    );
+                }
+            }
+        }
+        wide
+    }
+}
+
+/// Splits [`k_pairs_begin`]'s accumulators back into `lanes`.
+#[inline(always)]
+unsafe fn k_pairs_end<D: IntDot, const R: usize, const T: usize>(
+    wide: &[[__m512i; T]; R],
+    lanes: &mut [[__m256i; T]; R],
+) {
+    // SAFETY: AVX-512F whenever `k_pairs` holds (VNNI callers).
+    unsafe {
+        if k_pairs::<D, T>() {
+            for r in 0..R {
+                for p in 0..T / 2 {
+                    lanes[r][2 * p] = _mm512_castsi512_si256(wide[r][p]);
+                    lanes[r][2 * p + 1] = _mm512_extracti64x4_epi64::<1>(wide[r][p]);
+                }
+            }
+        }
+    }
+}
+
+/// One 32-value step of a K-quant tile: `lanes[r][t] += dot_i16(
+/// maddubs(v[r], y_t), sc[r])`, `y_t` the 32 bytes at `off` in token `t`'s
+/// block. When [`k_pairs`] holds, into `wide` instead, a pair of tokens
+/// per register: `maddubs` and `vpdpwssd` are lane-wise, so each half
+/// gets the very integer sums of its token.
+///
+/// # Safety
+/// 32 readable bytes at `off` in every token's block; the features of
+/// `D` (AVX-512 F/BW and VNNI when [`k_pairs`] holds).
+#[inline(always)]
+unsafe fn k_products<D: IntDot, const R: usize, const T: usize>(
+    v: &[__m256i; R],
+    sc: &[__m256i; R],
+    yb: &[*const u8; T],
+    off: usize,
+    lanes: &mut [[__m256i; T]; R],
+    wide: &mut [[__m512i; T]; R],
+) {
+    // SAFETY: the contract above.
+    unsafe {
+        if k_pairs::<D, T>() {
+            let mut vw = [_mm512_setzero_si512(); R];
+            let mut sw = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                vw[r] = _mm512_broadcast_i64x4(v[r]);
+                sw[r] = _mm512_broadcast_i64x4(sc[r]);
+            }
+            for p in 0..T / 2 {
+                let y = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(load32(yb[2 * p].add(off))),
+                    load32(yb[2 * p + 1].add(off)),
+                );
+                for r in 0..R {
+                    let q = _mm512_maddubs_epi16(vw[r], y);
+                    wide[r][p] = _mm512_dpwssd_epi32(wide[r][p], q, sw[r]);
+                }
+            }
+        } else {
+            for t in 0..T {
+                let y = load32(yb[t].add(off));
+                for r in 0..R {
+                    let q = _mm256_maddubs_epi16(v[r], y);
+                    lanes[r][t] = D::dot_i16(lanes[r][t], q, sc[r]);
+                }
+            }
+        }
+    }
+}
+
 /// Scales, mins and the two f16 factors of a Q4_K/Q5_K block.
 #[derive(Clone, Copy)]
 struct K4Header {
@@ -828,6 +925,7 @@ unsafe fn k45_tile<D: IntDot, const HIGH: bool, const R: usize, const T: usize>(
                 hdr[r] = k4_header(xb[r]);
             }
             let mut lanes = [[_mm256_setzero_si256(); T]; R];
+            let mut wide = k_pairs_begin::<D, R, T>(&lanes);
             for j in 0..8 {
                 let mut v = [_mm256_setzero_si256(); R];
                 let mut sc = [_mm256_setzero_si256(); R];
@@ -848,14 +946,9 @@ unsafe fn k45_tile<D: IntDot, const HIGH: bool, const R: usize, const T: usize>(
                     v[r] = q;
                     sc[r] = _mm256_set1_epi16(hdr[r].scales[j]);
                 }
-                for t in 0..T {
-                    let y = load32(yb[t].add(4 + 32 * j));
-                    for r in 0..R {
-                        let p = _mm256_maddubs_epi16(v[r], y);
-                        lanes[r][t] = D::dot_i16(lanes[r][t], p, sc[r]);
-                    }
-                }
+                k_products::<D, R, T>(&v, &sc, &yb, 4 + 32 * j, &mut lanes, &mut wide);
             }
+            k_pairs_end::<D, R, T>(&wide, &mut lanes);
             for t in 0..T {
                 let yd = read_f32(yb[t]);
                 let q8s = q8k_pair_sums(yb[t]);
@@ -976,6 +1069,7 @@ impl TileKernel for Q6K {
                         lanes[r][t] = D::dot_i16(lanes[r][t], neg32[r], bsums);
                     }
                 }
+                let mut wide = k_pairs_begin::<D, R, T>(&lanes);
                 for j in 0..8 {
                     let (half, quarter) = (j / 4, j % 4);
                     let mut v = [_mm256_setzero_si256(); R];
@@ -996,14 +1090,9 @@ impl TileKernel for Q6K {
                         let s1 = i16::from(*xb[r].add(193 + 2 * j) as i8);
                         sc[r] = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
                     }
-                    for t in 0..T {
-                        let y = load32(yb[t].add(4 + 32 * j));
-                        for r in 0..R {
-                            let p = _mm256_maddubs_epi16(v[r], y);
-                            lanes[r][t] = D::dot_i16(lanes[r][t], p, sc[r]);
-                        }
-                    }
+                    k_products::<D, R, T>(&v, &sc, &yb, 4 + 32 * j, &mut lanes, &mut wide);
                 }
+                k_pairs_end::<D, R, T>(&wide, &mut lanes);
                 let dx: [f32; 8] = {
                     let mut h = [0u16; 8];
                     for r in 0..R {
@@ -1104,6 +1193,8 @@ unsafe fn drive_shapes<K: TileKernel, D: IntDot>(
                 drive::<K, D, 4, 1>(n, w, n_rows, a, arb, n_tok, out)
             } else if n_tok == 1 {
                 drive::<K, D, 8, 1>(n, w, n_rows, a, arb, n_tok, out)
+            } else if K::SUPER_BLOCKS {
+                drive::<K, D, 3, 8>(n, w, n_rows, a, arb, n_tok, out)
             } else {
                 drive::<K, D, 4, 4>(n, w, n_rows, a, arb, n_tok, out)
             }
