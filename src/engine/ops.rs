@@ -73,14 +73,9 @@ impl RopeTable {
         }
     }
 
-    /// Rotates the first `n_rot` values of each `head_dim` head in `x`
-    /// (`n_heads` heads of one token at position `pos`).
-    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize, style: RopeStyle) {
-        self.apply_all(&mut [x], head_dim, pos, style);
-    }
-
-    /// [`RopeTable::apply`] to every slice of `xs` (a token's queries and
-    /// keys), the angles computed once.
+    /// Rotates the first `n_rot` values of each `head_dim` head in every
+    /// slice of `xs` (a token's queries and keys, at position `pos`), the
+    /// angles computed once.
     pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: usize, style: RopeStyle) {
         let half = self.inv_freq.len();
         let p = pos as f64 * self.position_scale;
@@ -161,8 +156,8 @@ mod tests {
         // Interleaved layout of the same pairs: (0,4),(1,5),(2,6),(3,7).
         let mut inter: Vec<f32> = (0..4).flat_map(|i| [neox[i], neox[i + 4]]).collect();
         let mut n = neox.clone();
-        t.apply(&mut n, 8, 7, RopeStyle::Neox);
-        t.apply(&mut inter, 8, 7, RopeStyle::Interleaved);
+        t.apply_all(&mut [&mut n], 8, 7, RopeStyle::Neox);
+        t.apply_all(&mut [&mut inter], 8, 7, RopeStyle::Interleaved);
         for i in 0..4 {
             assert_eq!(n[i], inter[2 * i]);
             assert_eq!(n[i + 4], inter[2 * i + 1]);

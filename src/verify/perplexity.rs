@@ -168,15 +168,9 @@ pub struct KlStats {
 }
 
 impl KlStats {
-    /// Adds one position: the artifact's logits, the reference's quantized
-    /// log-probs, and the true next token. Follows llama.cpp's
-    /// `log_softmax(..., base_log_prob, tok, kld)` step by step.
-    pub fn add(&mut self, logits: &[f32], base: &BaseLogProbs, tok: usize) {
-        self.push(&KlPosition::new(logits, base, tok));
-    }
-
     /// Adds one position computed by [`KlPosition::new`] (positions can be
-    /// computed in parallel and pushed in order: the same sums).
+    /// computed in parallel and pushed in order: the same sums as one
+    /// loop).
     pub fn push(&mut self, p: &KlPosition) {
         self.nll.add(f64::from(p.nll));
         self.nll_base.add(f64::from(p.nll_base));
@@ -241,7 +235,8 @@ pub struct KlPosition {
 
 impl KlPosition {
     /// The terms of one position: the artifact's logits, the reference's
-    /// quantized log-probs, the true next token.
+    /// quantized log-probs, the true next token. Follows llama.cpp's
+    /// `log_softmax(..., base_log_prob, tok, kld)` step by step.
     pub fn new(logits: &[f32], base: &BaseLogProbs, tok: usize) -> KlPosition {
         let mut max = logits[0];
         let mut imax = 0;
@@ -353,7 +348,7 @@ mod tests {
         let logits: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) * 0.1).collect();
         let base = BaseLogProbs::new(&logits);
         let mut k = KlStats::default();
-        k.add(&logits, &base, 5);
+        k.push(&KlPosition::new(&logits, &base, 5));
         assert!(k.sum_kld.abs() < 1e-4, "{}", k.sum_kld);
         assert_eq!(k.same_top, 1);
     }

@@ -370,6 +370,43 @@ impl<B: Q0Block> TileKernel for B {
     }
 }
 
+/// `lo` and `hi` as the halves of one 512-bit register (a pair of
+/// tokens); AVX-512F in every caller.
+#[inline(always)]
+unsafe fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
+    // SAFETY: AVX-512F per the callers.
+    unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
+}
+
+/// [`join_i`] for f32 lanes.
+#[inline(always)]
+unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
+    // SAFETY: AVX-512F per the callers.
+    unsafe {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+            _mm256_castps_pd(hi),
+        ))
+    }
+}
+
+/// The halves of a pair register, low first.
+#[inline(always)]
+unsafe fn split_i(v: __m512i) -> (__m256i, __m256i) {
+    // SAFETY: AVX-512F per the callers.
+    unsafe { (_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)) }
+}
+
+/// [`split_i`] for f32 lanes.
+#[inline(always)]
+unsafe fn split_ps(v: __m512) -> (__m256, __m256) {
+    // SAFETY: AVX-512F per the callers.
+    unsafe {
+        let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+        (_mm512_castps512_ps256(v), _mm256_castpd_ps(hi))
+    }
+}
+
 /// The f16 scales that open each `bytes`-byte block of `R <= 8` rows,
 /// widened to f32: `dx[8 * b + r]` for block `b` of row `r`.
 ///
@@ -561,11 +598,8 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                     let h = half::f16::from_bits(read_u16(at[i].add(34 * b)));
                     d[i] = _mm256_set1_ps(h.to_f32());
                 }
-                bias[p * nb + b] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s[0]), s[1]);
-                dy[p * nb + b] = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                    _mm512_castps_pd(_mm512_castps256_ps512(d[0])),
-                    _mm256_castps_pd(d[1]),
-                ));
+                bias[p * nb + b] = join_i(s[0], s[1]);
+                dy[p * nb + b] = join_ps(d[0], d[1]);
             }
         }
         let mut dx = vec![0f32; nb * 8];
@@ -587,8 +621,8 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                             _mm512_broadcast_i64x4(B::unsigned::<Vnni>(rows[r].add(b * B::BYTES)));
                     }
                     for j in 0..P {
-                        let y = _mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(load32(toks[j][0].add(34 * b + 2))),
+                        let y = join_i(
+                            load32(toks[j][0].add(34 * b + 2)),
                             load32(toks[j][1].add(34 * b + 2)),
                         );
                         let init = *bias.get_unchecked(pk[j] * nb + b);
@@ -603,10 +637,7 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                 }
                 for r in 0..R.min(n_rows - r0) {
                     for j in 0..P.min(n_pairs - p0) {
-                        let lo = _mm512_castps512_ps256(acc[r][j]);
-                        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(
-                            acc[r][j],
-                        )));
+                        let (lo, hi) = split_ps(acc[r][j]);
                         let t = 2 * (p0 + j);
                         *out.get_unchecked_mut(t * n_rows + r0 + r) = hsum8(lo);
                         if t + 1 < n_tok {
@@ -760,10 +791,7 @@ unsafe fn k_pairs_begin<D: IntDot, const R: usize, const T: usize>(
         if k_pairs::<D, T>() {
             for r in 0..R {
                 for p in 0..T / 2 {
-                    wide[r][p] = _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(lanes[r][2 * p]),
-                        lanes[r][2 * p + 1],
-                    );
+                    wide[r][p] = join_i(lanes[r][2 * p], lanes[r][2 * p + 1]);
                 }
             }
         }
@@ -782,8 +810,7 @@ unsafe fn k_pairs_end<D: IntDot, const R: usize, const T: usize>(
         if k_pairs::<D, T>() {
             for r in 0..R {
                 for p in 0..T / 2 {
-                    lanes[r][2 * p] = _mm512_castsi512_si256(wide[r][p]);
-                    lanes[r][2 * p + 1] = _mm512_extracti64x4_epi64::<1>(wide[r][p]);
+                    (lanes[r][2 * p], lanes[r][2 * p + 1]) = split_i(wide[r][p]);
                 }
             }
         }
@@ -818,10 +845,7 @@ unsafe fn k_products<D: IntDot, const R: usize, const T: usize>(
                 sw[r] = _mm512_broadcast_i64x4(sc[r]);
             }
             for p in 0..T / 2 {
-                let y = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(load32(yb[2 * p].add(off))),
-                    load32(yb[2 * p + 1].add(off)),
-                );
+                let y = join_i(load32(yb[2 * p].add(off)), load32(yb[2 * p + 1].add(off)));
                 for r in 0..R {
                     let q = _mm512_maddubs_epi16(vw[r], y);
                     wide[r][p] = _mm512_dpwssd_epi32(wide[r][p], q, sw[r]);
