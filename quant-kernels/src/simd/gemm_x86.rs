@@ -1471,6 +1471,299 @@ pub(super) unsafe fn gemm_float_avx512(
     true
 }
 
+// ---------------------------------------------------------------------
+// BF16 weights (AVX-512): `vec_dot_bf16` emulates `vdpbf16ps`, whose
+// every addition flushes a denormal result to zero and which treats
+// denormal inputs as zero. Where no product can be denormal and none
+// overflows, those flushes never fire and every product is exact, so
+// `fma(w, a, c)` rounds exactly as the reference's `c + w * a` does; the
+// tile runs there, and a (row, token) pair outside it goes to the
+// reference.
+//
+// The proof of the fast case: a nonzero bf16 value with exponent `e` is
+// an integer (below 2^8) times 2^(e - 7), so a product of a weight with
+// exponent at least `BF16_W_MIN` and an activation with exponent at least
+// `BF16_A_MIN` is an integer below 2^16 times a power of two of at least
+// 2^(BF16_W_MIN + BF16_A_MIN - 14) = 2^-123, exact in f32; every sum of
+// such products, rounded or not, stays a multiple of 2^-123 (a result
+// whose ulp is finer is below 2^-100 and exact), so a nonzero sum is at
+// least 2^-123 and never denormal. Exponents at most 62 keep every product
+// below 2^126: no product overflows (sums may, the same in both).
+
+/// Smallest exponent of a nonzero weight in the fast case.
+const BF16_W_MIN: i32 = -60;
+/// Smallest exponent of a nonzero activation in the fast case.
+const BF16_A_MIN: i32 = -49;
+/// Largest exponent of any value in the fast case.
+const BF16_MAX: i32 = 62;
+
+/// Whether every bf16 value of `row` is zero or normal with an exponent
+/// in `[min, BF16_MAX]` (no denormal, infinity or NaN).
+///
+/// # Safety
+/// AVX-512F/BW.
+#[inline(always)]
+unsafe fn bf16_row_in_range(row: &[u8], min: i32) -> bool {
+    // Magnitude bits (sign cleared): zero, or in [2^min, 2^(MAX + 1)).
+    // m - 1 wraps for zero, which then passes both tests.
+    let lo = ((min + 127) << 7) as u16;
+    let hi = ((BF16_MAX + 128) << 7) as u16;
+    let mut chunks = row.chunks_exact(64);
+    // SAFETY: 64 bytes per chunk; AVX-512F/BW per the contract.
+    let (least, most) = unsafe {
+        let magnitude = _mm512_set1_epi16(0x7fff);
+        let one = _mm512_set1_epi16(1);
+        let mut least = _mm512_set1_epi16(-1);
+        let mut most = _mm512_setzero_si512();
+        for c in chunks.by_ref() {
+            let m = _mm512_and_si512(_mm512_loadu_si512(c.as_ptr() as *const _), magnitude);
+            least = _mm512_min_epu16(least, _mm512_sub_epi16(m, one));
+            most = _mm512_max_epu16(most, m);
+        }
+        let mut l = [0u16; 32];
+        let mut h = [0u16; 32];
+        _mm512_storeu_si512(l.as_mut_ptr() as *mut _, least);
+        _mm512_storeu_si512(h.as_mut_ptr() as *mut _, most);
+        (
+            l.into_iter().min().unwrap_or(u16::MAX),
+            h.into_iter().max().unwrap_or(0),
+        )
+    };
+    let (least, most) = chunks
+        .remainder()
+        .chunks_exact(2)
+        .fold((least, most), |(l, h), b| {
+            let m = u16::from_le_bytes([b[0], b[1]]) & 0x7fff;
+            (l.min(m.wrapping_sub(1)), h.max(m))
+        });
+    least >= lo - 1 && most < hi
+}
+
+/// The main loop over the first `np` (a multiple of 64) values of `R`
+/// bf16 weight rows and `T` activation rows: the two folded `vdpbf16ps`
+/// accumulators of each pair. `NATIVE` runs `vdpbf16ps` itself on the
+/// activations' bf16 bytes; otherwise two FMAs per lane (odd product,
+/// then even) on activations split by [`bf16_split`].
+#[inline(always)]
+unsafe fn bf16_tile<const NATIVE: bool, const R: usize, const T: usize>(
+    np: usize,
+    w: &[*const u8; R],
+    x: &[*const u8; T],
+    out: &mut [[[f32; 2]; T]; R],
+) {
+    // SAFETY: the caller's contract: np values behind every pointer (2
+    // bytes each, or 4 for split activations), AVX-512F, and AVX512-BF16
+    // when NATIVE.
+    unsafe {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc = [[[_mm512_setzero_ps(); 2]; T]; R];
+        for step in 0..np / 64 {
+            for h in 0..2 {
+                let k = 64 * step + 32 * h;
+                if NATIVE {
+                    let mut wv = [_mm512_setzero_si512(); R];
+                    for r in 0..R {
+                        wv[r] = _mm512_loadu_si512(w[r].add(2 * k) as *const _);
+                    }
+                    for t in 0..T {
+                        let xv = _mm512_loadu_si512(x[t].add(2 * k) as *const _);
+                        for r in 0..R {
+                            acc[r][t][h] = _mm512_dpbf16_ps(
+                                acc[r][t][h],
+                                std::mem::transmute::<__m512i, __m512bh>(wv[r]),
+                                std::mem::transmute::<__m512i, __m512bh>(xv),
+                            );
+                        }
+                    }
+                    continue;
+                }
+                let mut odd = [_mm512_setzero_ps(); R];
+                let mut even = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let v = _mm512_loadu_si512(w[r].add(2 * k) as *const _);
+                    odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+                    even[r] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                }
+                for t in 0..T {
+                    let xo = _mm512_loadu_ps(x[t].add(4 * k) as *const f32);
+                    let xe = _mm512_loadu_ps(x[t].add(4 * k + 64) as *const f32);
+                    for r in 0..R {
+                        let a = _mm512_fmadd_ps(odd[r], xo, acc[r][t][h]);
+                        acc[r][t][h] = _mm512_fmadd_ps(even[r], xe, a);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                for h in 0..2 {
+                    out[r][t][h] = reduce_add_16(acc[r][t][h]);
+                }
+            }
+        }
+    }
+}
+
+/// The first `np` bf16 values of an activation row as f32, each chunk of
+/// 32 as its 16 odd-numbered values, then its 16 even-numbered ones (the
+/// two products of `vdpbf16ps`'s lanes, in its order).
+///
+/// # Safety
+/// AVX-512F.
+#[inline(always)]
+unsafe fn bf16_split(row: &[u8], np: usize, out: &mut [f32]) {
+    for (c, o) in row[..2 * np]
+        .chunks_exact(64)
+        .zip(out[..np].chunks_exact_mut(32))
+    {
+        // SAFETY: 64 bytes in, 32 f32 out; AVX-512F per the contract.
+        unsafe {
+            let v = _mm512_loadu_si512(c.as_ptr() as *const _);
+            let odd = _mm512_and_si512(v, _mm512_set1_epi32(0xffff_0000u32 as i32));
+            _mm512_storeu_si512(o.as_mut_ptr() as *mut _, odd);
+            _mm512_storeu_si512(o.as_mut_ptr().add(16) as *mut _, _mm512_slli_epi32::<16>(v));
+        }
+    }
+}
+
+/// Tiles of [`bf16_tile`] over one block of `R` rows and every token;
+/// `x` holds the tokens as the tile reads them (`stride` bytes each).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive_bf16<const NATIVE: bool, const R: usize, const T: usize>(
+    n: usize,
+    w: &[u8],
+    r0: usize,
+    n_rows: usize,
+    a: &[u8],
+    x: &[u8],
+    stride: usize,
+    tok_ok: &[bool],
+    out: &mut [f32],
+) {
+    use crate::ggml::reference::{vec_dot_bf16, vec_dot_bf16_tail};
+    let (wrb, np) = (2 * n, n & !63);
+    let n_tok = tok_ok.len();
+    let row = |i: usize| &w[i * wrb..(i + 1) * wrb];
+    // A plain loop: a closure would not inherit the caller's features.
+    let mut row_ok = [true; R];
+    for i in 0..R.min(n_rows - r0) {
+        // SAFETY: AVX-512F/BW per the caller.
+        row_ok[i] = unsafe { bf16_row_in_range(row(r0 + i), BF16_W_MIN) };
+    }
+    // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.
+    let rows: [*const u8; R] =
+        std::array::from_fn(|i| unsafe { w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb) });
+    for t0 in (0..n_tok).step_by(T) {
+        // SAFETY: as above for the tokens in `x`.
+        let toks: [*const u8; T] =
+            std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * stride) });
+        let mut tile = [[[0f32; 2]; T]; R];
+        // SAFETY: whole rows (above); the features per the caller.
+        unsafe { bf16_tile::<NATIVE, R, T>(np, &rows, &toks, &mut tile) };
+        for (i, row_tile) in tile.iter().enumerate().take(n_rows - r0) {
+            let wr = row(r0 + i);
+            for (j, c) in row_tile.iter().enumerate().take(n_tok - t0) {
+                let (r, t) = (r0 + i, t0 + j);
+                let at = &a[t * wrb..(t + 1) * wrb];
+                out[t * n_rows + r] = if row_ok[i] && tok_ok[t] {
+                    vec_dot_bf16_tail(c[0], c[1], np, n, wr, at)
+                } else {
+                    vec_dot_bf16(n, wr, at)
+                };
+            }
+        }
+    }
+}
+
+/// [`gemm_bf16_avx512`] or [`gemm_bf16_native`].
+#[inline(always)]
+unsafe fn gemm_bf16<const NATIVE: bool>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    let np = n & !63;
+    let mut tok_ok = vec![false; n_tok];
+    for (t, at) in a.chunks_exact(2 * n).enumerate() {
+        // SAFETY: AVX-512F/BW per the caller.
+        tok_ok[t] = unsafe { bf16_row_in_range(at, BF16_A_MIN) };
+    }
+    let mut split = Vec::new();
+    let (x, stride) = if NATIVE {
+        (a, 2 * n)
+    } else {
+        split = vec![0f32; n_tok * np];
+        for (t, at) in a.chunks_exact(2 * n).enumerate() {
+            // SAFETY: AVX-512F per the caller.
+            unsafe { bf16_split(at, np, &mut split[t * np..(t + 1) * np]) };
+        }
+        // SAFETY: f32 has no padding; the bytes of `split`, which lives on.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(split.as_ptr() as *const u8, 4 * split.len()) };
+        (bytes, 4 * np)
+    };
+    for r0 in (0..n_rows).step_by(if n_tok == 1 { 2 } else { 3 }) {
+        // SAFETY: the sizes are the caller's contract; the features per
+        // the caller.
+        unsafe {
+            if n_tok == 1 {
+                // One token streams the rows from memory: ask for them
+                // ahead of the scan.
+                let ahead = (r0 + 2) * 2 * n + PREFETCH_AHEAD;
+                if ahead < w.len() {
+                    prefetch_ahead(w.as_ptr().add(ahead), 0, 4 * n);
+                }
+                drive_bf16::<NATIVE, 2, 1>(n, w, r0, n_rows, a, x, stride, &tok_ok, out);
+            } else {
+                drive_bf16::<NATIVE, 3, 4>(n, w, r0, n_rows, a, x, stride, &tok_ok, out);
+            }
+        }
+    }
+    drop(split);
+}
+
+/// BF16 weights times BF16 activations, as `gemm_at` documents, with
+/// `vdpbf16ps`'s arithmetic emulated by FMAs.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW and FMA; `w` must hold `n_rows` rows
+/// of `n` bf16 values, `a` `n_tok` rows of `n` bf16 values, `out`
+/// `n_rows * n_tok` values.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+pub(super) unsafe fn gemm_bf16_avx512(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { gemm_bf16::<false>(n, w, n_rows, a, n_tok, out) }
+}
+
+/// [`gemm_bf16_avx512`] with `vdpbf16ps` itself (the same bits: in the
+/// tile's exact case its two roundings are those the FMAs make).
+///
+/// # Safety
+/// As [`gemm_bf16_avx512`], and the CPU must support AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+pub(super) unsafe fn gemm_bf16_native(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { gemm_bf16::<true>(n, w, n_rows, a, n_tok, out) }
+}
+
 /// [`gemm_types`] with AVX2 integer products.
 ///
 /// # Safety

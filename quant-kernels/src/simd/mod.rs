@@ -90,6 +90,31 @@ fn has_vnni() -> bool {
     *VNNI.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
 }
 
+/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`, which the BF16 tiles
+/// use at [`Level::Avx512`]).
+#[cfg(target_arch = "x86_64")]
+fn has_bf16() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bf16"))
+}
+
+/// BF16 tile products, with `vdpbf16ps` where the CPU has it.
+///
+/// # Safety
+/// AVX-512 F/BW and FMA; `w` holds `n_rows` rows of `n` bf16 values, `a`
+/// `n_tok` rows, `out` `n_rows * n_tok` values.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_bf16(n: usize, w: &[u8], n_rows: usize, a: &[u8], n_tok: usize, out: &mut [f32]) {
+    // SAFETY: the caller's contract, plus AVX512-BF16 where detected.
+    unsafe {
+        if has_bf16() {
+            gemm_x86::gemm_bf16_native(n, w, n_rows, a, n_tok, out)
+        } else {
+            gemm_x86::gemm_bf16_avx512(n, w, n_rows, a, n_tok, out)
+        }
+    }
+}
+
 /// Levels this CPU can run (for tests that compare every level).
 #[cfg(test)]
 pub(crate) fn available_levels() -> Vec<Level> {
@@ -314,6 +339,11 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
                 T::Q6K => Some(dot_x86::vec_dot_q6_k_q8_k(n, w, a)),
                 // SAFETY (as above): AVX-512F is present at this level.
                 T::F16 if level >= Level::Avx512 => Some(dot_x86::vec_dot_f16(n, w, a)),
+                T::BF16 if level >= Level::Avx512 => {
+                    let mut out = [0f32];
+                    gemm_bf16(n, w, 1, a, 1, &mut out);
+                    Some(out[0])
+                }
                 _ => None,
             }
         };
@@ -374,6 +404,12 @@ pub(crate) fn gemm_at(
             // SAFETY: AVX-512F, FMA and F16C are present at this level;
             // the sizes are asserted above.
             return unsafe { gemm_x86::gemm_float_avx512(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+        if level >= Level::Avx512 && ty == GgmlType::BF16 {
+            // SAFETY: AVX-512 F/BW and FMA are present at this level; the
+            // sizes are asserted above (BF16 rows of `n` values each).
+            unsafe { gemm_bf16(n, w, n_rows, a, n_tok, out) };
+            return true;
         }
         if level >= Level::Avx512 && has_vnni() {
             // SAFETY: AVX-512 F/BW/VL (the level, see `detect`) and VNNI

@@ -363,3 +363,119 @@ proptest! {
         }
     }
 }
+
+/// A bf16 value `±m * 2^(e - 7)` with `m` in [128, 256) (normal), as bytes.
+fn bf16_bytes(sign: bool, m: u16, e: i32) -> [u8; 2] {
+    let bits = (u16::from(sign) << 15) | (((e + 127) as u16) << 7) | (m & 0x7f);
+    bits.to_le_bytes()
+}
+
+/// BF16 rows at the edges of the tile's exact case (nonzero weight
+/// exponents from -60, activation exponents from -49, all at most 62):
+/// products near 2^-109 that cancel to tiny sums, the same one exponent
+/// lower and far below (where `vdpbf16ps` flushes), denormal, huge, infinite and NaN
+/// values, and lengths with tails. Every pair against the reference.
+#[test]
+fn bf16_products_at_the_edges_of_the_exact_case_match_the_reference() {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    // (exponent of the weights, of the activations) per case, and extra
+    // values mixed into one row of each side.
+    let cases = [
+        (-60, -49),
+        (-61, -49),
+        (-60, -50),
+        (-70, -60),
+        (-66, -63),
+        (62, 62),
+        (63, 62),
+        (0, -3),
+    ];
+    let specials: [u16; 7] = [0x0001, 0x807f, 0x7f80, 0xff80, 0x7fc1, 0x0000, 0x8000];
+    for &(ew, ea) in &cases {
+        for n in [64usize, 96, 128, 200, 512] {
+            let row = |e: i32, special: Option<u16>, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
+                (0..n)
+                    .flat_map(|k| {
+                        let r = next();
+                        match special {
+                            Some(v) if k % 37 == 5 => v.to_le_bytes(),
+                            _ if r.is_multiple_of(11) => [0, 0],
+                            _ => {
+                                let up = ((r >> 20) % 2) as i32 * i32::from(e < 0);
+                                bf16_bytes(r & 1 == 1, 128 + ((r >> 8) % 128) as u16, e + up)
+                            }
+                        }
+                    })
+                    .collect()
+            };
+            let mut w = Vec::new();
+            for i in 0..7 {
+                let special = (i == 3).then(|| specials[(next() % 7) as usize]);
+                w.extend(row(ew, special, &mut next));
+            }
+            let mut a = Vec::new();
+            for j in 0..6 {
+                let special = (j == 4).then(|| specials[(next() % 7) as usize]);
+                a.extend(row(ea, special, &mut next));
+            }
+            check_gemm(GgmlType::BF16, n, &w, &a);
+            check_bf16_variants(n, &w, &a);
+            for level in available_levels() {
+                for (wr, ar) in w.chunks(2 * n).zip(a.chunks(2 * n)) {
+                    let want = reference::vec_dot_bf16(n, wr, ar);
+                    let got = vec_dot_at(level, GgmlType::BF16, n, wr, ar).unwrap();
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "bf16 dot at {level:?}, exponents {ew}/{ea}, n {n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A BF16 tile entry point of `gemm_x86`.
+#[cfg(target_arch = "x86_64")]
+type Bf16Gemm = unsafe fn(usize, &[u8], usize, &[u8], usize, &mut [f32]);
+
+/// Both BF16 tile variants this CPU runs (the FMA emulation, and
+/// `vdpbf16ps` itself where present) against the reference, bit for bit.
+fn check_bf16_variants(n: usize, w: &[u8], a: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if detect() >= Level::Avx512 {
+        let (n_rows, n_tok) = (w.len() / (2 * n), a.len() / (2 * n));
+        let want: Vec<f32> = (0..n_tok * n_rows)
+            .map(|i| {
+                let (t, r) = (i / n_rows, i % n_rows);
+                reference::vec_dot_bf16(n, &w[2 * n * r..][..2 * n], &a[2 * n * t..][..2 * n])
+            })
+            .collect();
+        let mut variants: Vec<(&str, Bf16Gemm)> = vec![("emulated", gemm_x86::gemm_bf16_avx512)];
+        if has_bf16() {
+            variants.push(("vdpbf16ps", gemm_x86::gemm_bf16_native));
+        }
+        for (name, f) in variants {
+            for nt in 1..=n_tok {
+                let mut got = vec![f32::NAN; n_rows * nt];
+                // SAFETY: AVX-512 F/BW (the level) and AVX512-BF16 for the
+                // native variant (`has_bf16`); whole rows.
+                unsafe { f(n, w, n_rows, &a[..2 * n * nt], nt, &mut got) };
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()),
+                        "{name} bf16 tile, {nt} tokens, row {} token {}: {g} vs {e}",
+                        i % n_rows,
+                        i / n_rows
+                    );
+                }
+            }
+        }
+    }
+    let _ = (n, w, a);
+}

@@ -606,8 +606,16 @@ pub fn vec_dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
             }
         }
     }
-    let mut sumf = f64::from(reduce_add_16(&c[0]));
-    sumf += f64::from(reduce_add_16(&c[1]));
+    vec_dot_bf16_tail(reduce_add_16(&c[0]), reduce_add_16(&c[1]), np, n, w, a)
+}
+
+/// The part of [`vec_dot_bf16`] after the main loop: the two folded
+/// accumulators and the leftover values' products (no denormal
+/// flushing there) summed in f64.
+#[inline(always)]
+pub(crate) fn vec_dot_bf16_tail(c0: f32, c1: f32, np: usize, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sumf = f64::from(c0);
+    sumf += f64::from(c1);
     let plain = |b: &[u8], k: usize| {
         f32::from_bits(u32::from(u16::from_le_bytes([b[2 * k], b[2 * k + 1]])) << 16)
     };
