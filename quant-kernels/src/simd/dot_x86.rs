@@ -408,6 +408,83 @@ fn reduce_add_16(a: &[f32; 16]) -> f32 {
     (t6[0] + t6[2]) + (t6[1] + t6[3])
 }
 
+/// 32 IQ4 codes (16 bytes in Q4_0's order) as their signed values.
+#[inline(always)]
+unsafe fn iq4_values(b: &[u8]) -> __m256i {
+    use crate::ggml::reference::KVALUES_IQ4NL;
+    // SAFETY: the table holds 16 bytes; AVX2 is enabled in every caller.
+    unsafe {
+        let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(b))
+    }
+}
+
+/// `ggml_vec_dot_iq4_nl_q8_0` (see the reference): pairs of blocks into
+/// two accumulators, added lane-wise before the fold, an odd last block
+/// added in scalar.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_iq4_nl_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = n / 32;
+    // SAFETY: AVX2 is enabled here; whole blocks (ib < nb).
+    let block = |ib: usize| unsafe {
+        let (xb, yb) = (&w[18 * ib..18 * ib + 18], &a[34 * ib..34 * ib + 34]);
+        let d = read_f16(&yb[0..2]) * read_f16(&xb[0..2]);
+        (d, lanes_i8(iq4_values(&xb[2..18]), load32(&yb[2..34])))
+    };
+    // SAFETY: AVX2, FMA and F16C are enabled here.
+    unsafe {
+        let mut acc1 = _mm256_setzero_ps();
+        let mut acc2 = _mm256_setzero_ps();
+        let mut ib = 0;
+        while ib + 1 < nb {
+            let (d1, l1) = block(ib);
+            let (d2, l2) = block(ib + 1);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(l1), acc1);
+            acc2 = _mm256_fmadd_ps(_mm256_set1_ps(d2), _mm256_cvtepi32_ps(l2), acc2);
+            ib += 2;
+        }
+        let mut sumf = hsum8(&store8(_mm256_add_ps(acc1, acc2)));
+        if ib < nb {
+            let (d, l) = block(ib);
+            let sumi: i32 = store8i(l).iter().sum();
+            sumf += d * sumi as f32;
+        }
+        sumf
+    }
+}
+
+/// `ggml_vec_dot_iq4_xs_q8_K`: per super-block, each 32-value chunk's
+/// lane sums times its 6-bit scale minus 32, then `fma(d, lanes, acc)`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_iq4_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: AVX2, FMA and F16C are enabled here; blocks are whole
+    // (chunks_exact), 136 bytes of weights and 292 of activations.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (xb, yb) in w.chunks_exact(136).zip(a.chunks_exact(292)).take(n / 256) {
+            let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+            let d = read_f16(&xb[0..2]) * dy;
+            let sh = u16::from_le_bytes([xb[2], xb[3]]);
+            let mut lanes = _mm256_setzero_si256();
+            for ib in 0..8 {
+                let ls = i32::from((xb[4 + ib / 2] >> (4 * (ib % 2))) & 0xF)
+                    | (i32::from((sh >> (2 * ib)) & 3) << 4);
+                let x = iq4_values(&xb[8 + 16 * ib..24 + 16 * ib]);
+                let y = load32(&yb[4 + 32 * ib..36 + 32 * ib]);
+                lanes = _mm256_add_epi32(lanes, scaled_lanes_i8(x, y, ls - 32, ls - 32));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+        }
+        hsum8(&store8(acc))
+    }
+}
+
 /// `ggml_vec_dot_f16` on an AVX-512 CPU: four 16-lane FMA accumulators
 /// over steps of 64 values (widened with F16C), folded `(s0+s2) +
 /// (s1+s3)`, then `_mm512_reduce_add_ps`; the tail summed in f64.

@@ -337,6 +337,8 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
                 T::Q3K => Some(dot_x86::vec_dot_q3_k_q8_k(n, w, a)),
                 T::Q4K => Some(dot_x86::vec_dot_q4_k_q8_k(n, w, a)),
                 T::Q6K => Some(dot_x86::vec_dot_q6_k_q8_k(n, w, a)),
+                T::IQ4NL => Some(dot_x86::vec_dot_iq4_nl_q8_0(n, w, a)),
+                T::IQ4XS => Some(dot_x86::vec_dot_iq4_xs_q8_k(n, w, a)),
                 // SAFETY (as above): AVX-512F is present at this level.
                 T::F16 if level >= Level::Avx512 => Some(dot_x86::vec_dot_f16(n, w, a)),
                 T::BF16 if level >= Level::Avx512 => {

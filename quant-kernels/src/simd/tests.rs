@@ -479,3 +479,25 @@ fn check_bf16_variants(n: usize, w: &[u8], a: &[u8]) {
     }
     let _ = (n, w, a);
 }
+
+/// IQ4_NL's dot product takes blocks in pairs and the last of an odd
+/// count on its own: rows of 1, 3 and 17 blocks.
+#[test]
+fn iq4_nl_dots_of_odd_block_counts_match_the_reference() {
+    let rows = adversarial_rows();
+    for n in [32usize, 96, 544] {
+        for (wx, ax) in rows.iter().zip(rows.iter().rev()) {
+            let cycle = |x: &Vec<f32>| x.iter().cycle().take(n).copied().collect::<Vec<f32>>();
+            let wq = quantize_rows(GgmlType::IQ4NL, &[cycle(wx)]);
+            let aq = quantize_acts(GgmlType::Q8_0, &[cycle(ax)]);
+            let want = reference::vec_dot(GgmlType::IQ4NL, n, &wq, &aq).unwrap();
+            for level in available_levels() {
+                let got = vec_dot_at(level, GgmlType::IQ4NL, n, &wq, &aq).unwrap();
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "IQ4_NL dot at {level:?}, {n} values: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
