@@ -240,6 +240,10 @@ trait Q0Block {
     const FULL_BYTES: bool;
     /// The block's 32 values plus the offset, as unsigned bytes.
     unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i;
+    /// Whether the reference alternates blocks between two accumulators,
+    /// adds them lane-wise before the fold and adds an odd last block in
+    /// scalar (IQ4_NL).
+    const ALTERNATE: bool = false;
 }
 
 pub(super) struct Q4_0;
@@ -289,6 +293,47 @@ impl Q0Block for Q8_0 {
     unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i {
         // SAFETY: a 34-byte block: values at 2..34. XOR 0x80 adds 128.
         unsafe { _mm256_xor_si256(load32(xb.add(2)), _mm256_set1_epi8(-128)) }
+    }
+}
+
+/// IQ4_NL: Q4_0's layout, the codes looked up in the non-linear table.
+pub(super) struct Iq4Nl;
+
+impl Q0Block for Iq4Nl {
+    const BYTES: usize = 18;
+    const SHIFT: i64 = 7;
+    const FULL_BYTES: bool = true;
+    const ALTERNATE: bool = true;
+
+    #[inline(always)]
+    unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i {
+        use crate::ggml::reference::KVALUES_IQ4NL;
+        // SAFETY: an 18-byte block: codes at 2..18. The table's values
+        // plus 128 (XOR 0x80) are unsigned bytes.
+        unsafe {
+            let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+            let t = _mm_xor_si128(t, _mm_set1_epi8(-128));
+            _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(xb.add(2)))
+        }
+    }
+}
+
+/// IQ4_NL's odd last block as its reference adds it: `d * sumi`, `d` the
+/// activation's scale times the weight's, `sumi` the block's integer dot.
+#[inline(always)]
+unsafe fn iq4nl_last_block(xb: *const u8, yb: *const u8) -> f32 {
+    use crate::ggml::reference::KVALUES_IQ4NL;
+    // SAFETY: whole blocks (18 and 34 bytes) at `xb` and `yb`.
+    unsafe {
+        let d = half::f16::from_bits(read_u16(yb)).to_f32()
+            * half::f16::from_bits(read_u16(xb)).to_f32();
+        let mut sumi = 0i32;
+        for e in 0..32 {
+            let byte = *xb.add(2 + e % 16);
+            let code = if e < 16 { byte & 0xF } else { byte >> 4 };
+            sumi += i32::from(KVALUES_IQ4NL[usize::from(code)]) * i32::from(*yb.add(2 + e) as i8);
+        }
+        d * sumi as f32
     }
 }
 
@@ -613,8 +658,12 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                 let toks: [[*const u8; 2]; P] = std::array::from_fn(|j| {
                     [2 * pk[j], (2 * pk[j] + 1).min(n_tok - 1)].map(|t| a.as_ptr().add(t * arb))
                 });
-                let mut acc = [[_mm512_setzero_ps(); P]; R];
-                for b in 0..nb {
+                // Two accumulators per pair when B alternates blocks
+                // (the second stays zero otherwise).
+                let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
+                let nb_tile = if B::ALTERNATE { nb & !1 } else { nb };
+                for b in 0..nb_tile {
+                    let h = if B::ALTERNATE { b & 1 } else { 0 };
                     let mut v = [_mm512_setzero_si512(); R];
                     for r in 0..R {
                         v[r] =
@@ -631,17 +680,33 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                             let lanes = _mm512_dpbusd_epi32(init, v[r], y);
                             let d =
                                 _mm512_mul_ps(_mm512_set1_ps(*dx.get_unchecked(8 * b + r)), dyv);
-                            acc[r][j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][j]);
+                            acc[r][j][h] =
+                                _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][j][h]);
                         }
                     }
                 }
                 for r in 0..R.min(n_rows - r0) {
                     for j in 0..P.min(n_pairs - p0) {
-                        let (lo, hi) = split_ps(acc[r][j]);
+                        let sum = if B::ALTERNATE {
+                            _mm512_add_ps(acc[r][j][0], acc[r][j][1])
+                        } else {
+                            acc[r][j][0]
+                        };
+                        let (lo, hi) = split_ps(sum);
                         let t = 2 * (p0 + j);
-                        *out.get_unchecked_mut(t * n_rows + r0 + r) = hsum8(lo);
-                        if t + 1 < n_tok {
-                            *out.get_unchecked_mut((t + 1) * n_rows + r0 + r) = hsum8(hi);
+                        for (t, half) in [(t, lo), (t + 1, hi)] {
+                            if t >= n_tok {
+                                break;
+                            }
+                            let mut v = hsum8(half);
+                            if B::ALTERNATE && nb % 2 == 1 {
+                                let last = (nb - 1) * B::BYTES;
+                                v += iq4nl_last_block(
+                                    rows[r].add(last),
+                                    a.as_ptr().add(t * arb + 34 * (nb - 1)),
+                                );
+                            }
+                            *out.get_unchecked_mut(t * n_rows + r0 + r) = v;
                         }
                     }
                 }
@@ -1273,6 +1338,9 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q4_0 if n_tok > 1 => q0_batch_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 if n_tok > 1 => q0_batch_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 if n_tok > 1 => q0_batch_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
+            G::IQ4NL if n_tok > 1 && D::VNNI => {
+                q0_batch_pairs::<Iq4Nl, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
+            }
             G::Q4_0 => drive_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 => drive_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 => drive_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),

@@ -481,11 +481,21 @@ fn check_bf16_variants(n: usize, w: &[u8], a: &[u8]) {
 }
 
 /// IQ4_NL's dot product takes blocks in pairs and the last of an odd
-/// count on its own: rows of 1, 3 and 17 blocks.
+/// count on its own: rows of 1, 3 and 17 blocks (and 18), single dots
+/// and tiles.
 #[test]
 fn iq4_nl_dots_of_odd_block_counts_match_the_reference() {
     let rows = adversarial_rows();
-    for n in [32usize, 96, 544] {
+    for n in [32usize, 96, 544, 576] {
+        let cycled = |x: &Vec<f32>| x.iter().cycle().take(n).copied().collect::<Vec<f32>>();
+        let ws: Vec<Vec<f32>> = rows.iter().take(7).map(cycled).collect();
+        let xs: Vec<Vec<f32>> = rows.iter().rev().take(5).map(cycled).collect();
+        check_gemm(
+            GgmlType::IQ4NL,
+            n,
+            &quantize_rows(GgmlType::IQ4NL, &ws),
+            &quantize_acts(GgmlType::Q8_0, &xs),
+        );
         for (wx, ax) in rows.iter().zip(rows.iter().rev()) {
             let cycle = |x: &Vec<f32>| x.iter().cycle().take(n).copied().collect::<Vec<f32>>();
             let wq = quantize_rows(GgmlType::IQ4NL, &[cycle(wx)]);
