@@ -1297,6 +1297,109 @@ unsafe fn drive_shapes<K: TileKernel, D: IntDot>(
     }
 }
 
+/// IQ4_XS tiles (AVX-512 BW and VNNI; `R` rows x `T` tokens). Each
+/// 32-value chunk's weights are looked up, widened to i16 and multiplied
+/// by the chunk's scale minus 32 (at most 127 * 32 in magnitude), once
+/// for all tokens; `vpdpwssd` with the activations widened to i16 gives
+/// 16 lanes of two products, and adjacent lanes added at the end of the
+/// super-block are the reference's eight lanes of four (integers, exact
+/// in any order: at most 16 * 127 * 32 * 127 per lane). Then the
+/// reference's `fma(d, lanes, acc)` per super-block and `hsum_float_8`.
+///
+/// # Safety
+/// As [`drive`], with IQ4_XS rows (`n` a multiple of 256) and Q8_K
+/// activations of `arb` bytes; AVX-512 F/BW and VNNI.
+#[inline(always)]
+unsafe fn iq4xs_batch<const R: usize, const T: usize>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    use crate::ggml::reference::KVALUES_IQ4NL;
+    let nsb = n / 256;
+    let wrb = nsb * 136;
+    debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
+    debug_assert!(out.len() >= n_rows * n_tok);
+    // SAFETY: the caller's contract: whole rows of n / 256 super-blocks
+    // behind every row and token index below n_rows / n_tok, the CPU
+    // features.
+    unsafe {
+        // The activations as i16 and their scales, once per call.
+        let mut y16 = vec![0i16; n_tok * nsb * 256];
+        let mut dy = vec![0f32; n_tok * nsb];
+        for t in 0..n_tok {
+            for sb in 0..nsb {
+                let yb = a.as_ptr().add(t * arb + sb * Q8K_BYTES);
+                dy[t * nsb + sb] = read_f32(yb);
+                for c in 0..8 {
+                    let v = _mm512_cvtepi8_epi16(load32(yb.add(4 + 32 * c)));
+                    let at = y16.as_mut_ptr().add((t * nsb + sb) * 256 + 32 * c);
+                    _mm512_storeu_si512(at as *mut _, v);
+                }
+            }
+        }
+        let t16 = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let table = _mm256_set_m128i(t16, t16);
+        for r0 in (0..n_rows).step_by(R) {
+            let rows: [*const u8; R] =
+                std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
+            for t0 in (0..n_tok).step_by(T) {
+                let tk: [usize; T] = std::array::from_fn(|j| (t0 + j).min(n_tok - 1));
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                for sb in 0..nsb {
+                    let mut lanes = [[_mm512_setzero_si512(); T]; R];
+                    for c in 0..8 {
+                        let mut wv = [_mm512_setzero_si512(); R];
+                        for r in 0..R {
+                            let xb = rows[r].add(sb * 136);
+                            let sh = read_u16(xb.add(2));
+                            let ls = i16::from((*xb.add(4 + c / 2) >> (4 * (c % 2))) & 0xF)
+                                | (((sh >> (2 * c)) & 3) as i16) << 4;
+                            let kv = _mm256_shuffle_epi8(table, nibbles32(xb.add(8 + 16 * c)));
+                            wv[r] = _mm512_mullo_epi16(
+                                _mm512_cvtepi8_epi16(kv),
+                                _mm512_set1_epi16(ls - 32),
+                            );
+                        }
+                        for j in 0..T {
+                            let at = y16.as_ptr().add((tk[j] * nsb + sb) * 256 + 32 * c);
+                            let yv = _mm512_loadu_si512(at as *const _);
+                            for r in 0..R {
+                                lanes[r][j] = _mm512_dpwssd_epi32(lanes[r][j], wv[r], yv);
+                            }
+                        }
+                    }
+                    for r in 0..R {
+                        let dx = half::f16::from_bits(read_u16(rows[r].add(sb * 136))).to_f32();
+                        for j in 0..T {
+                            let l = lanes[r][j];
+                            let l8 = _mm512_cvtepi64_epi32(_mm512_add_epi32(
+                                l,
+                                _mm512_srli_epi64::<32>(l),
+                            ));
+                            let d = dx * *dy.get_unchecked(tk[j] * nsb + sb);
+                            acc[r][j] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d),
+                                _mm256_cvtepi32_ps(l8),
+                                acc[r][j],
+                            );
+                        }
+                    }
+                }
+                for r in 0..R.min(n_rows - r0) {
+                    for j in 0..T.min(n_tok - t0) {
+                        *out.get_unchecked_mut((t0 + j) * n_rows + r0 + r) = hsum8(acc[r][j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// [`q0_batch`] in the shape for `D`.
 #[inline(always)]
 unsafe fn q0_batch_shapes<B: Q0Block, D: IntDot>(
@@ -1338,6 +1441,9 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q4_0 if n_tok > 1 => q0_batch_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 if n_tok > 1 => q0_batch_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 if n_tok > 1 => q0_batch_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
+            G::IQ4XS if n_tok > 1 && D::VNNI => {
+                iq4xs_batch::<3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            }
             G::IQ4NL if n_tok > 1 && D::VNNI => {
                 q0_batch_pairs::<Iq4Nl, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
             }
