@@ -1297,20 +1297,168 @@ unsafe fn drive_shapes<K: TileKernel, D: IntDot>(
     }
 }
 
-/// IQ4_XS tiles (AVX-512 BW and VNNI; `R` rows x `T` tokens). Each
-/// 32-value chunk's weights are looked up, widened to i16 and multiplied
-/// by the chunk's scale minus 32 (at most 127 * 32 in magnitude), once
-/// for all tokens; `vpdpwssd` with the activations widened to i16 gives
-/// 16 lanes of two products, and adjacent lanes added at the end of the
-/// super-block are the reference's eight lanes of four (integers, exact
-/// in any order: at most 16 * 127 * 32 * 127 per lane). Then the
-/// reference's `fma(d, lanes, acc)` per super-block and `hsum_float_8`.
+// ---------------------------------------------------------------------
+// Super-block types whose reference forms `value * scale` per value in
+// integers (Q2_K, Q3_K, IQ4_XS), on AVX-512 BW and VNNI. Each 32-value
+// chunk's weights are widened to i16 and multiplied by their scales once
+// for all tokens of the tile (at most 128 in magnitude for Q2_K/Q3_K,
+// 127 * 32 for IQ4_XS); `vpdpwssd` with the activations widened to i16
+// (once per call) gives 16 lanes of two products, and adjacent lanes
+// added at the end of the super-block are the reference's eight lanes of
+// four (integers, exact in any order). Then the reference's float steps
+// per super-block (Q2_K's `fma(dmin, mins, acc)` first, then
+// `fma(d, lanes, acc)`) and `hsum_float_8`.
+
+/// A super-block type for [`scaled_batch`].
+trait ScaledSuper {
+    /// Bytes per super-block.
+    const BYTES: usize;
+    /// Whether the type has Q2_K's mins (`fma(dmin, madd(mins, bsums))`).
+    const MINS: bool;
+    /// The 16 scales of a super-block, one per 16 values, as the products
+    /// use them.
+    unsafe fn scales(xb: *const u8) -> [i16; 16];
+    /// The 32 values of chunk `c` (0..8) as i16, unscaled.
+    unsafe fn values(xb: *const u8, c: usize) -> __m512i;
+    /// The weight's scale factor `d` (f16 in the block).
+    unsafe fn d(xb: *const u8) -> f32;
+    /// Q2_K: the 16 four-bit mins as i16, and `dmin`.
+    unsafe fn mins(_xb: *const u8) -> (__m256i, f32) {
+        unreachable!("only types with MINS have mins")
+    }
+}
+
+pub(super) struct Iq4Xs;
+pub(super) struct Q3K;
+pub(super) struct Q2K;
+
+impl ScaledSuper for Iq4Xs {
+    const BYTES: usize = 136;
+    const MINS: bool = false;
+
+    #[inline(always)]
+    unsafe fn scales(xb: *const u8) -> [i16; 16] {
+        // SAFETY: a whole 136-byte block.
+        unsafe {
+            let sh = read_u16(xb.add(2));
+            std::array::from_fn(|j| {
+                let c = j / 2;
+                let ls = i16::from((*xb.add(4 + c / 2) >> (4 * (c % 2))) & 0xF)
+                    | (((sh >> (2 * c)) & 3) as i16) << 4;
+                ls - 32
+            })
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn values(xb: *const u8, c: usize) -> __m512i {
+        use crate::ggml::reference::KVALUES_IQ4NL;
+        // SAFETY: a whole block; AVX-512BW in every caller.
+        unsafe {
+            let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+            let kv = _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(xb.add(8 + 16 * c)));
+            _mm512_cvtepi8_epi16(kv)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn d(xb: *const u8) -> f32 {
+        // SAFETY: a whole block.
+        half::f16::from_bits(unsafe { read_u16(xb) }).to_f32()
+    }
+}
+
+impl ScaledSuper for Q3K {
+    const BYTES: usize = 110;
+    const MINS: bool = false;
+
+    #[inline(always)]
+    unsafe fn scales(xb: *const u8) -> [i16; 16] {
+        // SAFETY: a whole 110-byte block: scales at 96..108.
+        unsafe {
+            let s = |i: usize| *xb.add(96 + i);
+            std::array::from_fn(|j| {
+                let code = if j < 8 { s(j) & 0xF } else { s(j - 8) >> 4 };
+                i16::from(code | (((s(8 + j % 4) >> (2 * (j / 4))) & 3) << 4)) - 32
+            })
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn values(xb: *const u8, c: usize) -> __m512i {
+        // SAFETY: a whole block: high-bit masks at 0..32, low bits at
+        // 32..96; AVX-512BW in every caller.
+        unsafe {
+            let (half, quarter) = (c / 4, c % 4);
+            let q = _mm256_srl_epi16(
+                load32(xb.add(32 + 32 * half)),
+                _mm_set_epi64x(0, 2 * quarter as i64),
+            );
+            let q = _mm256_and_si256(q, _mm256_set1_epi8(3));
+            let bit = _mm256_set1_epi8((1u8 << (4 * half + quarter)) as i8);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(load32(xb), bit), bit);
+            // lo - 4 where the high bit is clear.
+            let v = _mm256_sub_epi8(q, _mm256_andnot_si256(set, _mm256_set1_epi8(4)));
+            _mm512_cvtepi8_epi16(v)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn d(xb: *const u8) -> f32 {
+        // SAFETY: a whole block.
+        half::f16::from_bits(unsafe { read_u16(xb.add(108)) }).to_f32()
+    }
+}
+
+impl ScaledSuper for Q2K {
+    const BYTES: usize = 84;
+    const MINS: bool = true;
+
+    #[inline(always)]
+    unsafe fn scales(xb: *const u8) -> [i16; 16] {
+        // SAFETY: a whole 84-byte block: scales and mins at 0..16.
+        std::array::from_fn(|j| i16::from(unsafe { *xb.add(j) } & 0xF))
+    }
+
+    #[inline(always)]
+    unsafe fn values(xb: *const u8, c: usize) -> __m512i {
+        // SAFETY: a whole block: codes at 16..80; AVX-512BW in every
+        // caller.
+        unsafe {
+            let (half, quarter) = (c / 4, c % 4);
+            let q = _mm256_srl_epi16(
+                load32(xb.add(16 + 32 * half)),
+                _mm_set_epi64x(0, 2 * quarter as i64),
+            );
+            _mm512_cvtepi8_epi16(_mm256_and_si256(q, _mm256_set1_epi8(3)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn d(xb: *const u8) -> f32 {
+        // SAFETY: a whole block.
+        half::f16::from_bits(unsafe { read_u16(xb.add(80)) }).to_f32()
+    }
+
+    #[inline(always)]
+    unsafe fn mins(xb: *const u8) -> (__m256i, f32) {
+        // SAFETY: a whole block; AVX2 in every caller.
+        unsafe {
+            let m =
+                _mm256_cvtepu8_epi16(_mm_srli_epi16::<4>(_mm_loadu_si128(xb as *const __m128i)));
+            let m = _mm256_and_si256(m, _mm256_set1_epi16(0xF));
+            (m, half::f16::from_bits(read_u16(xb.add(82))).to_f32())
+        }
+    }
+}
+
+/// Tiles of `R` rows x `T` tokens of a [`ScaledSuper`] type (see above).
 ///
 /// # Safety
-/// As [`drive`], with IQ4_XS rows (`n` a multiple of 256) and Q8_K
+/// As [`drive`], with rows of `K` (`n` a multiple of 256) and Q8_K
 /// activations of `arb` bytes; AVX-512 F/BW and VNNI.
 #[inline(always)]
-unsafe fn iq4xs_batch<const R: usize, const T: usize>(
+unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
     n: usize,
     w: &[u8],
     n_rows: usize,
@@ -1319,9 +1467,8 @@ unsafe fn iq4xs_batch<const R: usize, const T: usize>(
     n_tok: usize,
     out: &mut [f32],
 ) {
-    use crate::ggml::reference::KVALUES_IQ4NL;
     let nsb = n / 256;
-    let wrb = nsb * 136;
+    let wrb = nsb * K::BYTES;
     debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
     debug_assert!(out.len() >= n_rows * n_tok);
     // SAFETY: the caller's contract: whole rows of n / 256 super-blocks
@@ -1342,8 +1489,6 @@ unsafe fn iq4xs_batch<const R: usize, const T: usize>(
                 }
             }
         }
-        let t16 = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
-        let table = _mm256_set_m128i(t16, t16);
         for r0 in (0..n_rows).step_by(R) {
             let rows: [*const u8; R] =
                 std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
@@ -1351,19 +1496,20 @@ unsafe fn iq4xs_batch<const R: usize, const T: usize>(
                 let tk: [usize; T] = std::array::from_fn(|j| (t0 + j).min(n_tok - 1));
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 for sb in 0..nsb {
+                    let xb: [*const u8; R] = std::array::from_fn(|r| rows[r].add(sb * K::BYTES));
+                    let mut sc = [[0i16; 16]; R];
+                    for r in 0..R {
+                        sc[r] = K::scales(xb[r]);
+                    }
                     let mut lanes = [[_mm512_setzero_si512(); T]; R];
                     for c in 0..8 {
                         let mut wv = [_mm512_setzero_si512(); R];
                         for r in 0..R {
-                            let xb = rows[r].add(sb * 136);
-                            let sh = read_u16(xb.add(2));
-                            let ls = i16::from((*xb.add(4 + c / 2) >> (4 * (c % 2))) & 0xF)
-                                | (((sh >> (2 * c)) & 3) as i16) << 4;
-                            let kv = _mm256_shuffle_epi8(table, nibbles32(xb.add(8 + 16 * c)));
-                            wv[r] = _mm512_mullo_epi16(
-                                _mm512_cvtepi8_epi16(kv),
-                                _mm512_set1_epi16(ls - 32),
+                            let s = _mm512_inserti64x4::<1>(
+                                _mm512_set1_epi16(sc[r][2 * c]),
+                                _mm256_set1_epi16(sc[r][2 * c + 1]),
                             );
+                            wv[r] = _mm512_mullo_epi16(K::values(xb[r], c), s);
                         }
                         for j in 0..T {
                             let at = y16.as_ptr().add((tk[j] * nsb + sb) * 256 + 32 * c);
@@ -1374,16 +1520,31 @@ unsafe fn iq4xs_batch<const R: usize, const T: usize>(
                         }
                     }
                     for r in 0..R {
-                        let dx = half::f16::from_bits(read_u16(rows[r].add(sb * 136))).to_f32();
+                        let dx = K::d(xb[r]);
+                        let (mins, dmin_x) = if K::MINS {
+                            K::mins(xb[r])
+                        } else {
+                            (_mm256_setzero_si256(), 0.0)
+                        };
                         for j in 0..T {
+                            let yd = *dy.get_unchecked(tk[j] * nsb + sb);
+                            if K::MINS {
+                                let ya = a.as_ptr().add(tk[j] * arb + sb * Q8K_BYTES);
+                                let bsums = _mm256_loadu_si256(ya.add(260) as *const __m256i);
+                                let prod = _mm256_madd_epi16(mins, bsums);
+                                acc[r][j] = _mm256_fmadd_ps(
+                                    _mm256_set1_ps(-yd * dmin_x),
+                                    _mm256_cvtepi32_ps(prod),
+                                    acc[r][j],
+                                );
+                            }
                             let l = lanes[r][j];
                             let l8 = _mm512_cvtepi64_epi32(_mm512_add_epi32(
                                 l,
                                 _mm512_srli_epi64::<32>(l),
                             ));
-                            let d = dx * *dy.get_unchecked(tk[j] * nsb + sb);
                             acc[r][j] = _mm256_fmadd_ps(
-                                _mm256_set1_ps(d),
+                                _mm256_set1_ps(yd * dx),
                                 _mm256_cvtepi32_ps(l8),
                                 acc[r][j],
                             );
@@ -1442,7 +1603,13 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q5_0 if n_tok > 1 => q0_batch_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 if n_tok > 1 => q0_batch_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::IQ4XS if n_tok > 1 && D::VNNI => {
-                iq4xs_batch::<3, 4>(n, w, n_rows, a, arb, n_tok, out)
+                scaled_batch::<Iq4Xs, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            }
+            G::Q3K if n_tok > 1 && D::VNNI => {
+                scaled_batch::<Q3K, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            }
+            G::Q2K if n_tok > 1 && D::VNNI => {
+                scaled_batch::<Q2K, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
             }
             G::IQ4NL if n_tok > 1 && D::VNNI => {
                 q0_batch_pairs::<Iq4Nl, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
