@@ -3,8 +3,9 @@
 //! machine, files and run, for SmolLM2-135M in F16, BF16, Q8_0, Q4_0,
 //! Q4_K_M, Q3_K_M and IQ4_XS (made from the oracle's Q4_1 file with
 //! llama-quantize, cached under target/bench-models). Prints ratios
-//! qforge / llama.cpp and the load average around each measurement (the machine is shared: read ratios,
-//! and distrust rows taken at a load above the core count).
+//! qforge / llama.cpp and the load average around each measurement (the
+//! machine is shared: read ratios, and distrust rows taken at a load
+//! above the core count).
 //!
 //! Then the whole perplexity step: `qforge verify --no-speed` against
 //! `llama-perplexity` on the same file and text (8 windows of 512 tokens of
