@@ -1,6 +1,6 @@
 //! Prompt (128 tokens) and generation (64 tokens) throughput of qforge's
 //! engine against llama.cpp's `llama-bench -p 128 -n 64 -t 2`, on the same
-//! machine, files and run, for SmolLM2-135M in F16, BF16, Q8_0, Q4_0,
+//! machine, files and run, for SmolLM2-135M in F16, BF16, Q8_0, Q4_0, Q4_1,
 //! Q4_K_M, Q3_K_M and IQ4_XS (made from the oracle's Q4_1 file with
 //! llama-quantize, cached under target/bench-models). Prints ratios
 //! qforge / llama.cpp and the load average around each measurement (the
@@ -24,7 +24,9 @@ use std::process::Command;
 use qforge::engine::{Artifact, Model};
 use qforge::verify::{measure_speed, NoProgress, VerifyOptions};
 
-const TYPES: [&str; 7] = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "IQ4_XS"];
+const TYPES: [&str; 8] = [
+    "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K_M", "Q3_K_M", "IQ4_XS",
+];
 const THREADS: usize = 2;
 const REPS: usize = 5;
 

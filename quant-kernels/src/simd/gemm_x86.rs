@@ -813,6 +813,120 @@ impl<B: Q1Block> TileKernel for Q1<B> {
     }
 }
 
+/// The Q8_1 family in tiles of `R` rows x `P` pairs of tokens (AVX-512
+/// VNNI), as [`q0_batch_pairs`] runs the Q8_0 family: two tokens per
+/// 512-bit register for the lanes (`vpdpbusd` of the unsigned values, no
+/// offset), their scale products formed in the loop; the reference's
+/// scalar `summs = fma(m, s, summs)` runs for the tile's `2 * P` tokens
+/// of a row in one 8-lane FMA (each lane its own token's chain, in block
+/// order), then `hsum_float_8(acc) + summs` per pair.
+///
+/// # Safety
+/// As [`drive`], with `B`'s row size and Q8_1 activations of `arb` bytes;
+/// AVX-512 F/BW/VL and VNNI.
+#[inline(always)]
+unsafe fn q1_batch_pairs<B: Q1Block, const R: usize, const P: usize>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    const { assert!(R <= 8 && P == 4) };
+    let nb = n / 32;
+    let wrb = nb * B::BYTES;
+    let n_pairs = n_tok.div_ceil(2);
+    // Token groups of 2 * P, the last one padded with its last token.
+    let n_groups = n_tok.div_ceil(2 * P);
+    debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
+    debug_assert!(out.len() >= n_rows * n_tok);
+    // SAFETY: the caller's contract: whole rows of n / 32 blocks behind
+    // every row and token index below n_rows / n_tok, the CPU features.
+    unsafe {
+        // Per pair and block: both tokens' scales (8 lanes each); per
+        // group of 2P tokens and block: their sums `s`, one lane each.
+        let mut dy = vec![_mm512_setzero_ps(); n_pairs * nb];
+        let mut sy = vec![0f32; n_groups * nb * 2 * P];
+        for t in 0..n_groups * 2 * P {
+            let at = a.as_ptr().add(t.min(n_tok - 1) * arb);
+            for b in 0..nb {
+                let s = half::f16::from_bits(read_u16(at.add(36 * b + 2)));
+                sy[((t / (2 * P)) * nb + b) * 2 * P + t % (2 * P)] = s.to_f32();
+            }
+        }
+        for p in 0..n_pairs {
+            let t = [2 * p, (2 * p + 1).min(n_tok - 1)];
+            let at = t.map(|t| a.as_ptr().add(t * arb));
+            for b in 0..nb {
+                let mut d = [_mm256_setzero_ps(); 2];
+                for i in 0..2 {
+                    let h = half::f16::from_bits(read_u16(at[i].add(36 * b)));
+                    d[i] = _mm256_set1_ps(h.to_f32());
+                }
+                dy[p * nb + b] = join_ps(d[0], d[1]);
+            }
+        }
+        let mut dx = vec![0f32; nb * 8];
+        let mut mx = vec![0f32; nb * 8];
+        for r0 in (0..n_rows).step_by(R) {
+            let rows: [*const u8; R] =
+                std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
+            row_scales(&rows, nb, B::BYTES, &mut dx);
+            row_scales(&rows.map(|p| p.add(2)), nb, B::BYTES, &mut mx);
+            for g in 0..n_groups {
+                let p0 = g * P;
+                let pk: [usize; P] = std::array::from_fn(|j| (p0 + j).min(n_pairs - 1));
+                let toks: [[*const u8; 2]; P] = std::array::from_fn(|j| {
+                    [2 * pk[j], (2 * pk[j] + 1).min(n_tok - 1)].map(|t| a.as_ptr().add(t * arb))
+                });
+                let mut acc = [[_mm512_setzero_ps(); P]; R];
+                let mut summs = [_mm256_setzero_ps(); R];
+                for b in 0..nb {
+                    let syv = _mm256_loadu_ps(sy.as_ptr().add((g * nb + b) * 2 * P));
+                    let mut v = [_mm512_setzero_si512(); R];
+                    for r in 0..R {
+                        let xb = rows[r].add(b * B::BYTES);
+                        v[r] = _mm512_broadcast_i64x4(B::values(xb));
+                        summs[r] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(*mx.get_unchecked(8 * b + r)),
+                            syv,
+                            summs[r],
+                        );
+                    }
+                    for j in 0..P {
+                        let y = join_i(
+                            load32(toks[j][0].add(36 * b + 4)),
+                            load32(toks[j][1].add(36 * b + 4)),
+                        );
+                        let dyv = *dy.get_unchecked(pk[j] * nb + b);
+                        for r in 0..R {
+                            let lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[r], y);
+                            let d =
+                                _mm512_mul_ps(_mm512_set1_ps(*dx.get_unchecked(8 * b + r)), dyv);
+                            acc[r][j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][j]);
+                        }
+                    }
+                }
+                for r in 0..R.min(n_rows - r0) {
+                    let mut sm = [0f32; 8];
+                    _mm256_storeu_ps(sm.as_mut_ptr(), summs[r]);
+                    for j in 0..P.min(n_pairs - p0) {
+                        let (lo, hi) = split_ps(acc[r][j]);
+                        let t = 2 * (p0 + j);
+                        *out.get_unchecked_mut(t * n_rows + r0 + r) = hsum8(lo) + sm[2 * j];
+                        if t + 1 < n_tok {
+                            *out.get_unchecked_mut((t + 1) * n_rows + r0 + r) =
+                                hsum8(hi) + sm[2 * j + 1];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------
 // Q4_K, Q5_K, Q6_K with Q8_K activations (blocks of 256).
 
@@ -1617,6 +1731,12 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q4_0 => drive_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 => drive_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 => drive_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
+            G::Q4_1 if n_tok > 1 && D::VNNI => {
+                q1_batch_pairs::<Q4_1, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            }
+            G::Q5_1 if n_tok > 1 && D::VNNI => {
+                q1_batch_pairs::<Q5_1, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            }
             G::Q4_1 => drive_shapes::<Q1<Q4_1>, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_1 => drive_shapes::<Q1<Q5_1>, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q4K => drive_shapes::<Q4K, D>(n, w, n_rows, a, arb, n_tok, out),
