@@ -20,7 +20,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// w.len() / cols`, bit for bit what [`dot`] gives, several products run
 /// side by side. Panics if `out` is shorter than `rows * x.len() / cols`.
 pub fn dot_tile(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
-    simd::dot_tile_f32::run(simd::level(), w, x, cols, out);
+    simd::dot_tile_at(simd::level(), w, x, cols, out);
 }
 
 /// `y[i] += a * x[i]` (the product rounded, then the sum). Panics if the
@@ -153,7 +153,7 @@ mod tests {
             let x = values(toks * cols, 29);
             for level in available_levels() {
                 let mut got = vec![f32::NAN; rows * toks];
-                crate::simd::dot_tile_f32::run(level, &w, &x, cols, &mut got);
+                crate::simd::dot_tile_at(level, &w, &x, cols, &mut got);
                 for t in 0..toks {
                     for r in 0..rows {
                         let want =

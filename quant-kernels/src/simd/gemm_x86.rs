@@ -2225,6 +2225,110 @@ pub(super) unsafe fn gemm_bf16_native(
     unsafe { gemm_bf16::<true>(n, w, n_rows, a, n_tok, out) }
 }
 
+// ---------------------------------------------------------------------
+// Decoded f32 weights (safetensors, MLX): `vector::dot`'s order per pair
+// (16 lanes of `acc += w * x`, the product rounded, then the sum; folded
+// by halves; the leftover values summed in order and added last), in
+// tiles of 4 rows x 4 tokens.
+
+/// `out[t * ldo + r] = dot(w[r], x[t])` for `R` rows and `T` tokens of
+/// `cols` values.
+#[inline(always)]
+unsafe fn dense_tile<const R: usize, const T: usize>(
+    w: [&[f32]; R],
+    x: [&[f32]; T],
+    cols: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let n16 = cols / 16 * 16;
+    // SAFETY: every row holds `cols` values (the caller's slices);
+    // AVX-512F per the caller.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut k = 0;
+        while k < n16 {
+            let mut xv = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(k));
+            }
+            for r in 0..R {
+                let wv = _mm512_loadu_ps(w[r].as_ptr().add(k));
+                for t in 0..T {
+                    acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(wv, xv[t]));
+                }
+            }
+            k += 16;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let mut tail = 0f32;
+                for d in n16..cols {
+                    tail += w[r][d] * x[t][d];
+                }
+                // The fold by halves is `_mm512_reduce_add_ps`'s order.
+                out[t * ldo + r] = reduce_add_16(acc[r][t]) + tail;
+            }
+        }
+    }
+}
+
+/// `vector::dot_tile` on AVX-512: tiles of [`DENSE_R`] rows x
+/// [`DENSE_T`] tokens, the edges through the level's `dot`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `out` must hold `rows * toks` values.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn dot_tile_f32_avx512(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    const R: usize = DENSE_R;
+    const T: usize = DENSE_T;
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (rows, toks) = (w.len() / cols, x.len() / cols);
+    assert!(out.len() >= rows * toks);
+    let (rows_t, toks_t) = (rows / R * R, toks / T * T);
+    for t in (0..toks_t).step_by(T) {
+        for r in (0..rows_t).step_by(R) {
+            let mut wr: [&[f32]; R] = [&[]; R];
+            for i in 0..R {
+                wr[i] = &w[(r + i) * cols..(r + i + 1) * cols];
+            }
+            let mut xr: [&[f32]; T] = [&[]; T];
+            for j in 0..T {
+                xr[j] = &x[(t + j) * cols..(t + j + 1) * cols];
+            }
+            // SAFETY: whole rows; AVX-512F is enabled here.
+            unsafe { dense_tile::<R, T>(wr, xr, cols, &mut out[t * rows + r..], rows) };
+        }
+    }
+    // Leftover tokens one at a time against the same row blocks.
+    for t in toks_t..toks {
+        for r in (0..rows_t).step_by(R) {
+            let mut wr: [&[f32]; R] = [&[]; R];
+            for i in 0..R {
+                wr[i] = &w[(r + i) * cols..(r + i + 1) * cols];
+            }
+            let xr = [&x[t * cols..(t + 1) * cols]];
+            // SAFETY: whole rows; AVX-512F is enabled here.
+            unsafe { dense_tile::<R, 1>(wr, xr, cols, &mut out[t * rows + r..], rows) };
+        }
+    }
+    // Leftover rows.
+    for t in 0..toks {
+        for r in rows_t..rows {
+            let (wr, xr) = (&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+            super::dot_f32::run(super::Level::Avx512, wr, xr, &mut out[t * rows + r]);
+        }
+    }
+}
+
+/// Rows per dense tile (the engine's tasks hold 16 rows).
+const DENSE_R: usize = 4;
+/// Tokens per dense tile.
+const DENSE_T: usize = 6;
+
 /// [`gemm_types`] with AVX2 integer products.
 ///
 /// # Safety

@@ -90,6 +90,17 @@ fn has_vnni() -> bool {
     *VNNI.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
 }
 
+/// `vector::dot_tile` at `level`: explicit AVX-512 tiles there, the
+/// portable tiles (auto-vectorized per level) elsewhere.
+pub(crate) fn dot_tile_at(level: Level, w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx512 {
+        // SAFETY: AVX-512F is present at this level (see `detect`).
+        return unsafe { gemm_x86::dot_tile_f32_avx512(w, x, cols, out) };
+    }
+    dot_tile_f32::run(level, w, x, cols, out);
+}
+
 /// Whether the CPU has AVX512-BF16 (`vdpbf16ps`, which the BF16 tiles
 /// use at [`Level::Avx512`]).
 #[cfg(target_arch = "x86_64")]
