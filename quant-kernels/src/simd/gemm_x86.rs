@@ -591,6 +591,42 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
     }
 }
 
+/// The activation scales of token pairs for the pair tiles: per pair
+/// and block, both tokens' f16 scales (at the start of each
+/// `block_bytes`-byte block) as 8 lanes each; an odd last token pairs
+/// with itself.
+///
+/// # Safety
+/// `nb` whole blocks in each of the `n_tok` rows of `arb` bytes of `a`;
+/// AVX-512F.
+#[inline(always)]
+unsafe fn pair_scales(
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    nb: usize,
+    block_bytes: usize,
+) -> Vec<__m512> {
+    let n_pairs = n_tok.div_ceil(2);
+    let mut dy = vec![_mm512_setzero_ps(); n_pairs * nb];
+    for p in 0..n_pairs {
+        let t = [2 * p, (2 * p + 1).min(n_tok - 1)];
+        // SAFETY: the contract above.
+        unsafe {
+            let at = t.map(|t| a.as_ptr().add(t * arb));
+            for b in 0..nb {
+                let mut d = [_mm256_setzero_ps(); 2];
+                for i in 0..2 {
+                    let h = half::f16::from_bits(read_u16(at[i].add(block_bytes * b)));
+                    d[i] = _mm256_set1_ps(h.to_f32());
+                }
+                dy[p * nb + b] = join_ps(d[0], d[1]);
+            }
+        }
+    }
+    dy
+}
+
 /// [`q0_batch`] for VNNI with two tokens per 512-bit register: lanes 0..8
 /// hold a pair's first token and lanes 8..16 its second, each half the
 /// very arithmetic [`q0_batch`] does in a 256-bit register (the same
@@ -626,7 +662,7 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
         let shift = _mm_set_epi64x(0, B::SHIFT);
         // Per pair and block: both tokens' scales (8 lanes each) and
         // offset lane biases. An odd last token pairs with itself.
-        let mut dy = vec![_mm512_setzero_ps(); n_pairs * nb];
+        let dy = pair_scales(a, arb, n_tok, nb, 34);
         let mut bias = vec![_mm512_setzero_si512(); n_pairs * nb];
         for p in 0..n_pairs {
             let t = [2 * p, (2 * p + 1).min(n_tok - 1)];
@@ -635,16 +671,12 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                 // Loops, not closures, around intrinsics: a closure does
                 // not inherit the caller's target features.
                 let mut s = [zero; 2];
-                let mut d = [_mm256_setzero_ps(); 2];
                 for i in 0..2 {
                     let y = load32(at[i].add(34 * b + 2));
                     let sum = Vnni::dot_u8(zero, _mm256_set1_epi8(1), y);
                     s[i] = _mm256_sub_epi32(zero, _mm256_sll_epi32(sum, shift));
-                    let h = half::f16::from_bits(read_u16(at[i].add(34 * b)));
-                    d[i] = _mm256_set1_ps(h.to_f32());
                 }
                 bias[p * nb + b] = join_i(s[0], s[1]);
-                dy[p * nb + b] = join_ps(d[0], d[1]);
             }
         }
         let mut dx = vec![0f32; nb * 8];
@@ -658,12 +690,13 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                 let toks: [[*const u8; 2]; P] = std::array::from_fn(|j| {
                     [2 * pk[j], (2 * pk[j] + 1).min(n_tok - 1)].map(|t| a.as_ptr().add(t * arb))
                 });
-                // Two accumulators per pair when B alternates blocks
-                // (the second stays zero otherwise).
-                let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
+                // A second accumulator per pair for the odd blocks when B
+                // alternates blocks (unused otherwise).
+                let mut acc = [[_mm512_setzero_ps(); P]; R];
+                let mut acc_odd = [[_mm512_setzero_ps(); P]; R];
                 let nb_tile = if B::ALTERNATE { nb & !1 } else { nb };
                 for b in 0..nb_tile {
-                    let h = if B::ALTERNATE { b & 1 } else { 0 };
+                    let odd = B::ALTERNATE && b & 1 == 1;
                     let mut v = [_mm512_setzero_si512(); R];
                     for r in 0..R {
                         v[r] =
@@ -680,17 +713,21 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                             let lanes = _mm512_dpbusd_epi32(init, v[r], y);
                             let d =
                                 _mm512_mul_ps(_mm512_set1_ps(*dx.get_unchecked(8 * b + r)), dyv);
-                            acc[r][j][h] =
-                                _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][j][h]);
+                            let l = _mm512_cvtepi32_ps(lanes);
+                            if odd {
+                                acc_odd[r][j] = _mm512_fmadd_ps(d, l, acc_odd[r][j]);
+                            } else {
+                                acc[r][j] = _mm512_fmadd_ps(d, l, acc[r][j]);
+                            }
                         }
                     }
                 }
                 for r in 0..R.min(n_rows - r0) {
                     for j in 0..P.min(n_pairs - p0) {
                         let sum = if B::ALTERNATE {
-                            _mm512_add_ps(acc[r][j][0], acc[r][j][1])
+                            _mm512_add_ps(acc[r][j], acc_odd[r][j])
                         } else {
-                            acc[r][j][0]
+                            acc[r][j]
                         };
                         let (lo, hi) = split_ps(sum);
                         let t = 2 * (p0 + j);
@@ -847,25 +884,13 @@ unsafe fn q1_batch_pairs<B: Q1Block, const R: usize, const P: usize>(
     unsafe {
         // Per pair and block: both tokens' scales (8 lanes each); per
         // group of 2P tokens and block: their sums `s`, one lane each.
-        let mut dy = vec![_mm512_setzero_ps(); n_pairs * nb];
+        let dy = pair_scales(a, arb, n_tok, nb, 36);
         let mut sy = vec![0f32; n_groups * nb * 2 * P];
         for t in 0..n_groups * 2 * P {
             let at = a.as_ptr().add(t.min(n_tok - 1) * arb);
             for b in 0..nb {
                 let s = half::f16::from_bits(read_u16(at.add(36 * b + 2)));
                 sy[((t / (2 * P)) * nb + b) * 2 * P + t % (2 * P)] = s.to_f32();
-            }
-        }
-        for p in 0..n_pairs {
-            let t = [2 * p, (2 * p + 1).min(n_tok - 1)];
-            let at = t.map(|t| a.as_ptr().add(t * arb));
-            for b in 0..nb {
-                let mut d = [_mm256_setzero_ps(); 2];
-                for i in 0..2 {
-                    let h = half::f16::from_bits(read_u16(at[i].add(36 * b)));
-                    d[i] = _mm256_set1_ps(h.to_f32());
-                }
-                dy[p * nb + b] = join_ps(d[0], d[1]);
             }
         }
         let mut dx = vec![0f32; nb * 8];
