@@ -37,13 +37,19 @@ fn main() {
         use GgmlType as T;
         vec![
             T::F16,
+            T::BF16,
             T::Q4_0,
             T::Q4_1,
             T::Q5_0,
+            T::Q5_1,
             T::Q8_0,
+            T::Q2K,
+            T::Q3K,
             T::Q4K,
             T::Q5K,
             T::Q6K,
+            T::IQ4NL,
+            T::IQ4XS,
         ]
     });
     println!("| type | cols | rows x tokens | gemm GMAC/s | vec_dot GMAC/s | ratio |");

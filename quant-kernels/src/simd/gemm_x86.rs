@@ -1631,10 +1631,18 @@ unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
         for r0 in (0..n_rows).step_by(R) {
             let rows: [*const u8; R] =
                 std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
+            // Single tokens stream the weights once: prefetch ahead of
+            // the tile (see `prefetch_ahead`).
+            let pf = if T == 1 {
+                w.as_ptr().wrapping_add((r0 + R) * wrb + PREFETCH_AHEAD)
+            } else {
+                std::ptr::null()
+            };
             for t0 in (0..n_tok).step_by(T) {
                 let tk: [usize; T] = std::array::from_fn(|j| (t0 + j).min(n_tok - 1));
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 for sb in 0..nsb {
+                    prefetch_ahead(pf, sb, R * K::BYTES);
                     let xb: [*const u8; R] = std::array::from_fn(|r| rows[r].add(sb * K::BYTES));
                     let mut sc = [[0i16; 16]; R];
                     for r in 0..R {
@@ -1747,9 +1755,11 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q3K if n_tok > 1 && D::VNNI => {
                 scaled_batch::<Q3K, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
             }
+            G::Q3K if D::VNNI => scaled_batch::<Q3K, 4, 1>(n, w, n_rows, a, arb, n_tok, out),
             G::Q2K if n_tok > 1 && D::VNNI => {
                 scaled_batch::<Q2K, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
             }
+            G::Q2K if D::VNNI => scaled_batch::<Q2K, 4, 1>(n, w, n_rows, a, arb, n_tok, out),
             G::IQ4NL if n_tok > 1 && D::VNNI => {
                 q0_batch_pairs::<Iq4Nl, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
             }
