@@ -116,6 +116,11 @@ fn has_bf16() -> bool {
 /// `n_tok` rows, `out` `n_rows * n_tok` values.
 #[cfg(target_arch = "x86_64")]
 unsafe fn gemm_bf16(n: usize, w: &[u8], n_rows: usize, a: &[u8], n_tok: usize, out: &mut [f32]) {
+    if n == 0 {
+        // Rows of no values (the reference's empty sums).
+        out.fill(0.0);
+        return;
+    }
     // SAFETY: the caller's contract, plus AVX512-BF16 where detected.
     unsafe {
         if has_bf16() {

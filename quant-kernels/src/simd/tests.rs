@@ -397,6 +397,14 @@ fn bf16_products_at_the_edges_of_the_exact_case_match_the_reference() {
         (0, -3),
     ];
     let specials: [u16; 7] = [0x0001, 0x807f, 0x7f80, 0xff80, 0x7fc1, 0x0000, 0x8000];
+    // Rows of no values.
+    for level in available_levels() {
+        let got = vec_dot_at(level, GgmlType::BF16, 0, &[], &[]).unwrap();
+        assert_eq!(
+            got.to_bits(),
+            reference::vec_dot_bf16(0, &[], &[]).to_bits()
+        );
+    }
     for &(ew, ea) in &cases {
         for n in [64usize, 96, 128, 200, 512] {
             let row = |e: i32, special: Option<u16>, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
