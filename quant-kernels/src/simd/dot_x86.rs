@@ -448,9 +448,8 @@ pub(super) unsafe fn vec_dot_iq4_nl_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         let mut sumf = hsum8(&store8(_mm256_add_ps(acc1, acc2)));
         if ib < nb {
-            let (d, l) = block(ib);
-            let sumi: i32 = store8i(l).iter().sum();
-            sumf += d * sumi as f32;
+            let last = &w[18 * ib..18 * ib + 18];
+            sumf += crate::ggml::reference::iq4_nl_last_block(last, &a[34 * ib..34 * ib + 34]);
         }
         sumf
     }

@@ -318,25 +318,6 @@ impl Q0Block for Iq4Nl {
     }
 }
 
-/// IQ4_NL's odd last block as its reference adds it: `d * sumi`, `d` the
-/// activation's scale times the weight's, `sumi` the block's integer dot.
-#[inline(always)]
-unsafe fn iq4nl_last_block(xb: *const u8, yb: *const u8) -> f32 {
-    use crate::ggml::reference::KVALUES_IQ4NL;
-    // SAFETY: whole blocks (18 and 34 bytes) at `xb` and `yb`.
-    unsafe {
-        let d = half::f16::from_bits(read_u16(yb)).to_f32()
-            * half::f16::from_bits(read_u16(xb)).to_f32();
-        let mut sumi = 0i32;
-        for e in 0..32 {
-            let byte = *xb.add(2 + e % 16);
-            let code = if e < 16 { byte & 0xF } else { byte >> 4 };
-            sumi += i32::from(KVALUES_IQ4NL[usize::from(code)]) * i32::from(*yb.add(2 + e) as i8);
-        }
-        d * sumi as f32
-    }
-}
-
 impl<B: Q0Block> TileKernel for B {
     fn row_bytes(n: usize) -> usize {
         n / 32 * B::BYTES
@@ -737,11 +718,12 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                             }
                             let mut v = hsum8(half);
                             if B::ALTERNATE && nb % 2 == 1 {
-                                let last = (nb - 1) * B::BYTES;
-                                v += iq4nl_last_block(
-                                    rows[r].add(last),
-                                    a.as_ptr().add(t * arb + 34 * (nb - 1)),
+                                let xb = std::slice::from_raw_parts(
+                                    rows[r].add((nb - 1) * B::BYTES),
+                                    B::BYTES,
                                 );
+                                let yb = &a[t * arb + 34 * (nb - 1)..][..34];
+                                v += crate::ggml::reference::iq4_nl_last_block(xb, yb);
                             }
                             *out.get_unchecked_mut(t * n_rows + r0 + r) = v;
                         }
@@ -2123,7 +2105,8 @@ unsafe fn bf16_split(row: &[u8], np: usize, out: &mut [f32]) {
 }
 
 /// Tiles of [`bf16_tile`] over one block of `R` rows and every token;
-/// `x` holds the tokens as the tile reads them (`stride` bytes each).
+/// `x` points to the tokens as the tile reads them (`stride` bytes each,
+/// `tok_ok.len()` of them).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn drive_bf16<const NATIVE: bool, const R: usize, const T: usize>(
@@ -2132,7 +2115,7 @@ unsafe fn drive_bf16<const NATIVE: bool, const R: usize, const T: usize>(
     r0: usize,
     n_rows: usize,
     a: &[u8],
-    x: &[u8],
+    x: *const u8,
     stride: usize,
     tok_ok: &[bool],
     out: &mut [f32],
@@ -2153,7 +2136,7 @@ unsafe fn drive_bf16<const NATIVE: bool, const R: usize, const T: usize>(
     for t0 in (0..n_tok).step_by(T) {
         // SAFETY: as above for the tokens in `x`.
         let toks: [*const u8; T] =
-            std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * stride) });
+            std::array::from_fn(|j| unsafe { x.add((t0 + j).min(n_tok - 1) * stride) });
         let mut tile = [[[0f32; 2]; T]; R];
         // SAFETY: whole rows (above); the features per the caller.
         unsafe { bf16_tile::<NATIVE, R, T>(np, &rows, &toks, &mut tile) };
@@ -2188,19 +2171,19 @@ unsafe fn gemm_bf16<const NATIVE: bool>(
         // SAFETY: AVX-512F/BW per the caller.
         tok_ok[t] = unsafe { bf16_row_in_range(at, BF16_A_MIN) };
     }
-    let mut split = Vec::new();
-    let (x, stride) = if NATIVE {
-        (a, 2 * n)
-    } else {
-        split = vec![0f32; n_tok * np];
+    // The tokens as the tile reads them: the bf16 bytes themselves, or
+    // split into f32 (`stride` bytes per token either way).
+    let mut split = vec![0f32; if NATIVE { 0 } else { n_tok * np }];
+    if !NATIVE {
         for (t, at) in a.chunks_exact(2 * n).enumerate() {
             // SAFETY: AVX-512F per the caller.
             unsafe { bf16_split(at, np, &mut split[t * np..(t + 1) * np]) };
         }
-        // SAFETY: f32 has no padding; the bytes of `split`, which lives on.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(split.as_ptr() as *const u8, 4 * split.len()) };
-        (bytes, 4 * np)
+    }
+    let (x, stride) = if NATIVE {
+        (a.as_ptr(), 2 * n)
+    } else {
+        (split.as_ptr() as *const u8, 4 * np)
     };
     for r0 in (0..n_rows).step_by(if n_tok == 1 { 2 } else { 3 }) {
         // SAFETY: the sizes are the caller's contract; the features per
@@ -2219,7 +2202,6 @@ unsafe fn gemm_bf16<const NATIVE: bool>(
             }
         }
     }
-    drop(split);
 }
 
 /// BF16 weights times BF16 activations, as `gemm_at` documents, with
@@ -2264,7 +2246,7 @@ pub(super) unsafe fn gemm_bf16_native(
 // Decoded f32 weights (safetensors, MLX): `vector::dot`'s order per pair
 // (16 lanes of `acc += w * x`, the product rounded, then the sum; folded
 // by halves; the leftover values summed in order and added last), in
-// tiles of 4 rows x 4 tokens.
+// tiles of `DENSE_R` rows x `DENSE_T` tokens.
 
 /// `out[t * ldo + r] = dot(w[r], x[t])` for `R` rows and `T` tokens of
 /// `cols` values.
@@ -2324,30 +2306,20 @@ pub(super) unsafe fn dot_tile_f32_avx512(w: &[f32], x: &[f32], cols: usize, out:
     let (rows, toks) = (w.len() / cols, x.len() / cols);
     assert!(out.len() >= rows * toks);
     let (rows_t, toks_t) = (rows / R * R, toks / T * T);
+    let wr = |r: usize| -> [&[f32]; R] { std::array::from_fn(|i| &w[(r + i) * cols..][..cols]) };
     for t in (0..toks_t).step_by(T) {
+        let xr: [&[f32]; T] = std::array::from_fn(|j| &x[(t + j) * cols..][..cols]);
         for r in (0..rows_t).step_by(R) {
-            let mut wr: [&[f32]; R] = [&[]; R];
-            for i in 0..R {
-                wr[i] = &w[(r + i) * cols..(r + i + 1) * cols];
-            }
-            let mut xr: [&[f32]; T] = [&[]; T];
-            for j in 0..T {
-                xr[j] = &x[(t + j) * cols..(t + j + 1) * cols];
-            }
             // SAFETY: whole rows; AVX-512F is enabled here.
-            unsafe { dense_tile::<R, T>(wr, xr, cols, &mut out[t * rows + r..], rows) };
+            unsafe { dense_tile::<R, T>(wr(r), xr, cols, &mut out[t * rows + r..], rows) };
         }
     }
     // Leftover tokens one at a time against the same row blocks.
     for t in toks_t..toks {
+        let xr = [&x[t * cols..][..cols]];
         for r in (0..rows_t).step_by(R) {
-            let mut wr: [&[f32]; R] = [&[]; R];
-            for i in 0..R {
-                wr[i] = &w[(r + i) * cols..(r + i + 1) * cols];
-            }
-            let xr = [&x[t * cols..(t + 1) * cols]];
             // SAFETY: whole rows; AVX-512F is enabled here.
-            unsafe { dense_tile::<R, 1>(wr, xr, cols, &mut out[t * rows + r..], rows) };
+            unsafe { dense_tile::<R, 1>(wr(r), xr, cols, &mut out[t * rows + r..], rows) };
         }
     }
     // Leftover rows.

@@ -373,8 +373,9 @@ fn bf16_bytes(sign: bool, m: u16, e: i32) -> [u8; 2] {
 /// BF16 rows at the edges of the tile's exact case (nonzero weight
 /// exponents from -60, activation exponents from -49, all at most 62):
 /// products near 2^-109 that cancel to tiny sums, the same one exponent
-/// lower and far below (where `vdpbf16ps` flushes), denormal, huge, infinite and NaN
-/// values, and lengths with tails. Every pair against the reference.
+/// lower and far below (where `vdpbf16ps` flushes), denormal, huge,
+/// infinite and NaN values, rows of no values and lengths with tails.
+/// Every pair against the reference.
 #[test]
 fn bf16_products_at_the_edges_of_the_exact_case_match_the_reference() {
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
@@ -505,9 +506,8 @@ fn iq4_nl_dots_of_odd_block_counts_match_the_reference() {
             &quantize_acts(GgmlType::Q8_0, &xs),
         );
         for (wx, ax) in rows.iter().zip(rows.iter().rev()) {
-            let cycle = |x: &Vec<f32>| x.iter().cycle().take(n).copied().collect::<Vec<f32>>();
-            let wq = quantize_rows(GgmlType::IQ4NL, &[cycle(wx)]);
-            let aq = quantize_acts(GgmlType::Q8_0, &[cycle(ax)]);
+            let wq = quantize_rows(GgmlType::IQ4NL, &[cycled(wx)]);
+            let aq = quantize_acts(GgmlType::Q8_0, &[cycled(ax)]);
             let want = reference::vec_dot(GgmlType::IQ4NL, n, &wq, &aq).unwrap();
             for level in available_levels() {
                 let got = vec_dot_at(level, GgmlType::IQ4NL, n, &wq, &aq).unwrap();

@@ -210,11 +210,19 @@ pub fn vec_dot_iq4_nl_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
     let mut sumf = hsum8(&sum);
     if ib < nb {
-        let (d, l) = block(ib);
-        let sumi: i32 = l.iter().sum();
-        sumf += d * sumi as f32;
+        sumf += iq4_nl_last_block(&w[18 * ib..18 * ib + 18], &a[34 * ib..34 * ib + 34]);
     }
     sumf
+}
+
+/// The odd last block of [`vec_dot_iq4_nl_q8_0`] as it is added: `d *
+/// sumi`, `d` the activation's scale times the weight's, `sumi` the
+/// block's integer dot product (one IQ4_NL and one Q8_0 block).
+#[inline(always)]
+pub(crate) fn iq4_nl_last_block(xb: &[u8], yb: &[u8]) -> f32 {
+    let d = read_f16(&yb[0..2]) * read_f16(&xb[0..2]);
+    let sumi: i32 = lane_dot(&iq4nl_values(xb), &q8(&yb[2..34])).iter().sum();
+    d * sumi as f32
 }
 
 /// `ggml_vec_dot_q4_1_q8_1` and `_q5_1_q8_1`: `fma(dx*dy, lanes, acc)` and
