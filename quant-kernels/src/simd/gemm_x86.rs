@@ -1956,66 +1956,9 @@ pub(super) unsafe fn gemm_float_avx512(
 // overflows, those flushes never fire and every product is exact, so
 // `fma(w, a, c)` rounds exactly as the reference's `c + w * a` does; the
 // tile runs there, and a (row, token) pair outside it goes to the
-// reference.
-//
-// The proof of the fast case: a nonzero bf16 value with exponent `e` is
-// an integer (below 2^8) times 2^(e - 7), so a product of a weight with
-// exponent at least `BF16_W_MIN` and an activation with exponent at least
-// `BF16_A_MIN` is an integer below 2^16 times a power of two of at least
-// 2^(BF16_W_MIN + BF16_A_MIN - 14) = 2^-123, exact in f32; every sum of
-// such products, rounded or not, stays a multiple of 2^-123 (a result
-// whose ulp is finer is below 2^-100 and exact), so a nonzero sum is at
-// least 2^-123 and never denormal. Exponents at most 62 keep every product
-// below 2^126: no product overflows (sums may, the same in both).
+// reference (the proof and the bounds: `super::bf16`).
 
-/// Smallest exponent of a nonzero weight in the fast case.
-const BF16_W_MIN: i32 = -60;
-/// Smallest exponent of a nonzero activation in the fast case.
-const BF16_A_MIN: i32 = -49;
-/// Largest exponent of any value in the fast case.
-const BF16_MAX: i32 = 62;
-
-/// Whether every bf16 value of `row` is zero or normal with an exponent
-/// in `[min, BF16_MAX]` (no denormal, infinity or NaN).
-///
-/// # Safety
-/// AVX-512F/BW.
-#[inline(always)]
-unsafe fn bf16_row_in_range(row: &[u8], min: i32) -> bool {
-    // Magnitude bits (sign cleared): zero, or in [2^min, 2^(MAX + 1)).
-    // m - 1 wraps for zero, which then passes both tests.
-    let lo = ((min + 127) << 7) as u16;
-    let hi = ((BF16_MAX + 128) << 7) as u16;
-    let mut chunks = row.chunks_exact(64);
-    // SAFETY: 64 bytes per chunk; AVX-512F/BW per the contract.
-    let (least, most) = unsafe {
-        let magnitude = _mm512_set1_epi16(0x7fff);
-        let one = _mm512_set1_epi16(1);
-        let mut least = _mm512_set1_epi16(-1);
-        let mut most = _mm512_setzero_si512();
-        for c in chunks.by_ref() {
-            let m = _mm512_and_si512(_mm512_loadu_si512(c.as_ptr() as *const _), magnitude);
-            least = _mm512_min_epu16(least, _mm512_sub_epi16(m, one));
-            most = _mm512_max_epu16(most, m);
-        }
-        let mut l = [0u16; 32];
-        let mut h = [0u16; 32];
-        _mm512_storeu_si512(l.as_mut_ptr() as *mut _, least);
-        _mm512_storeu_si512(h.as_mut_ptr() as *mut _, most);
-        (
-            l.into_iter().min().unwrap_or(u16::MAX),
-            h.into_iter().max().unwrap_or(0),
-        )
-    };
-    let (least, most) = chunks
-        .remainder()
-        .chunks_exact(2)
-        .fold((least, most), |(l, h), b| {
-            let m = u16::from_le_bytes([b[0], b[1]]) & 0x7fff;
-            (l.min(m.wrapping_sub(1)), h.max(m))
-        });
-    least >= lo - 1 && most < hi
-}
+use super::bf16::{bf16_row_in_range, BF16_A_MIN, BF16_W_MIN};
 
 /// The main loop over the first `np` (a multiple of 64) values of `R`
 /// bf16 weight rows and `T` activation rows: the two folded `vdpbf16ps`
@@ -2127,8 +2070,7 @@ unsafe fn drive_bf16<const NATIVE: bool, const R: usize, const T: usize>(
     // A plain loop: a closure would not inherit the caller's features.
     let mut row_ok = [true; R];
     for i in 0..R.min(n_rows - r0) {
-        // SAFETY: AVX-512F/BW per the caller.
-        row_ok[i] = unsafe { bf16_row_in_range(row(r0 + i), BF16_W_MIN) };
+        row_ok[i] = bf16_row_in_range(row(r0 + i), BF16_W_MIN);
     }
     // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.
     let rows: [*const u8; R] =
@@ -2168,8 +2110,7 @@ unsafe fn gemm_bf16<const NATIVE: bool>(
     let np = n & !63;
     let mut tok_ok = vec![false; n_tok];
     for (t, at) in a.chunks_exact(2 * n).enumerate() {
-        // SAFETY: AVX-512F/BW per the caller.
-        tok_ok[t] = unsafe { bf16_row_in_range(at, BF16_A_MIN) };
+        tok_ok[t] = bf16_row_in_range(at, BF16_A_MIN);
     }
     // The tokens as the tile reads them: the bf16 bytes themselves, or
     // split into f32 (`stride` bytes per token either way).

@@ -17,7 +17,11 @@ use crate::ggml::reference;
 use crate::GgmlType;
 
 #[cfg(target_arch = "x86_64")]
+mod bf16;
+#[cfg(target_arch = "x86_64")]
 mod dot_x86;
+#[cfg(target_arch = "x86_64")]
+mod float_avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
@@ -109,13 +113,23 @@ fn has_bf16() -> bool {
     *BF16.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bf16"))
 }
 
-/// BF16 tile products, with `vdpbf16ps` where the CPU has it.
+/// BF16 tile products at `level` (at least [`Level::Avx2`]), with
+/// `vdpbf16ps` where the CPU has it.
 ///
 /// # Safety
-/// AVX-512 F/BW and FMA; `w` holds `n_rows` rows of `n` bf16 values, `a`
-/// `n_tok` rows, `out` `n_rows * n_tok` values.
+/// The features of `level`, which must be at least AVX2; `w` holds
+/// `n_rows` rows of `n` bf16 values, `a` `n_tok` rows, `out` `n_rows *
+/// n_tok` values.
 #[cfg(target_arch = "x86_64")]
-unsafe fn gemm_bf16(n: usize, w: &[u8], n_rows: usize, a: &[u8], n_tok: usize, out: &mut [f32]) {
+unsafe fn gemm_bf16(
+    level: Level,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) {
     if n == 0 {
         // Rows of no values (the reference's empty sums).
         out.fill(0.0);
@@ -123,7 +137,9 @@ unsafe fn gemm_bf16(n: usize, w: &[u8], n_rows: usize, a: &[u8], n_tok: usize, o
     }
     // SAFETY: the caller's contract, plus AVX512-BF16 where detected.
     unsafe {
-        if has_bf16() {
+        if level < Level::Avx512 {
+            float_avx2::gemm_bf16(n, w, n_rows, a, n_tok, out)
+        } else if has_bf16() {
             gemm_x86::gemm_bf16_native(n, w, n_rows, a, n_tok, out)
         } else {
             gemm_x86::gemm_bf16_avx512(n, w, n_rows, a, n_tok, out)
@@ -357,9 +373,11 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
                 T::IQ4XS => Some(dot_x86::vec_dot_iq4_xs_q8_k(n, w, a)),
                 // SAFETY (as above): AVX-512F is present at this level.
                 T::F16 if level >= Level::Avx512 => Some(dot_x86::vec_dot_f16(n, w, a)),
-                T::BF16 if level >= Level::Avx512 => {
+                T::F16 => Some(float_avx2::vec_dot_f16(n, w, a)),
+                T::F32 => Some(float_avx2::vec_dot_f32(n, w, a)),
+                T::BF16 => {
                     let mut out = [0f32];
-                    gemm_bf16(n, w, 1, a, 1, &mut out);
+                    gemm_bf16(level, n, w, 1, a, 1, &mut out);
                     Some(out[0])
                 }
                 _ => None,
@@ -423,16 +441,22 @@ pub(crate) fn gemm_at(
             // the sizes are asserted above.
             return unsafe { gemm_x86::gemm_float_avx512(ty, n, w, n_rows, a, arb, n_tok, out) };
         }
-        if level >= Level::Avx512 && ty == GgmlType::BF16 {
-            // SAFETY: AVX-512 F/BW and FMA are present at this level; the
-            // sizes are asserted above (BF16 rows of `n` values each).
-            unsafe { gemm_bf16(n, w, n_rows, a, n_tok, out) };
+        if ty == GgmlType::BF16 && level >= Level::Avx2 {
+            // SAFETY: AVX2 and FMA (and at Avx512, AVX-512 F/BW) are
+            // present at this level; the sizes are asserted above (BF16
+            // rows of `n` values each).
+            unsafe { gemm_bf16(level, n, w, n_rows, a, n_tok, out) };
             return true;
         }
         if level >= Level::Avx512 && has_vnni() {
             // SAFETY: AVX-512 F/BW/VL (the level, see `detect`) and VNNI
             // (`has_vnni`) are present; the sizes are asserted above.
             return unsafe { gemm_x86::gemm_vnni(ty, n, w, n_rows, a, arb, n_tok, out) };
+        }
+        if level >= Level::Avx2 && matches!(ty, GgmlType::F16 | GgmlType::F32) {
+            // SAFETY: AVX2, FMA and F16C are present at this level; the
+            // sizes are asserted above.
+            return unsafe { float_avx2::gemm_float(ty, n, w, n_rows, a, n_tok, out) };
         }
         if level >= Level::Avx2 {
             // SAFETY: AVX2, FMA and F16C are present at this level; the

@@ -373,7 +373,8 @@ fn bf16_bytes(sign: bool, m: u16, e: i32) -> [u8; 2] {
 /// BF16 rows at the edges of the tile's exact case (nonzero weight
 /// exponents from -60, activation exponents from -49, all at most 62):
 /// products near 2^-109 that cancel to tiny sums, the same one exponent
-/// lower and far below (where `vdpbf16ps` flushes), denormal, huge,
+/// lower, both far below and each alone far below its bound (where
+/// `vdpbf16ps` flushes), denormal, huge,
 /// infinite and NaN values, rows of no values and lengths with tails.
 /// Every pair against the reference.
 #[test]
@@ -393,6 +394,8 @@ fn bf16_products_at_the_edges_of_the_exact_case_match_the_reference() {
         (-60, -50),
         (-70, -60),
         (-66, -63),
+        (-72, -49),
+        (-60, -62),
         (62, 62),
         (63, 62),
         (0, -3),
@@ -449,15 +452,16 @@ fn bf16_products_at_the_edges_of_the_exact_case_match_the_reference() {
     }
 }
 
-/// A BF16 tile entry point of `gemm_x86`.
+/// A BF16 tile entry point of `gemm_x86` or `float_avx2`.
 #[cfg(target_arch = "x86_64")]
 type Bf16Gemm = unsafe fn(usize, &[u8], usize, &[u8], usize, &mut [f32]);
 
-/// Both BF16 tile variants this CPU runs (the FMA emulation, and
-/// `vdpbf16ps` itself where present) against the reference, bit for bit.
+/// Every BF16 tile variant this CPU runs (AVX2; at AVX-512 the FMA
+/// emulation, and `vdpbf16ps` itself where present) against the
+/// reference, bit for bit, for every token count up to `a`'s.
 fn check_bf16_variants(n: usize, w: &[u8], a: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    if detect() >= Level::Avx512 {
+    if detect() >= Level::Avx2 {
         let (n_rows, n_tok) = (w.len() / (2 * n), a.len() / (2 * n));
         let want: Vec<f32> = (0..n_tok * n_rows)
             .map(|i| {
@@ -465,15 +469,19 @@ fn check_bf16_variants(n: usize, w: &[u8], a: &[u8]) {
                 reference::vec_dot_bf16(n, &w[2 * n * r..][..2 * n], &a[2 * n * t..][..2 * n])
             })
             .collect();
-        let mut variants: Vec<(&str, Bf16Gemm)> = vec![("emulated", gemm_x86::gemm_bf16_avx512)];
-        if has_bf16() {
+        let mut variants: Vec<(&str, Bf16Gemm)> = vec![("avx2", float_avx2::gemm_bf16)];
+        if detect() >= Level::Avx512 {
+            variants.push(("emulated", gemm_x86::gemm_bf16_avx512));
+        }
+        if detect() >= Level::Avx512 && has_bf16() {
             variants.push(("vdpbf16ps", gemm_x86::gemm_bf16_native));
         }
         for (name, f) in variants {
             for nt in 1..=n_tok {
                 let mut got = vec![f32::NAN; n_rows * nt];
-                // SAFETY: AVX-512 F/BW (the level) and AVX512-BF16 for the
-                // native variant (`has_bf16`); whole rows.
+                // SAFETY: AVX2 and FMA for every variant, AVX-512 F/BW
+                // for the AVX-512 ones and AVX512-BF16 for the native one
+                // (checked above); whole rows.
                 unsafe { f(n, w, n_rows, &a[..2 * n * nt], nt, &mut got) };
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!(

@@ -483,7 +483,7 @@ pub fn vec_dot_iq4_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// GCC's `_mm512_reduce_add_ps`: halves of 8, then of 4, then pairs.
 #[inline(always)]
-fn reduce_add_16(a: &[f32; 16]) -> f32 {
+pub(crate) fn reduce_add_16(a: &[f32; 16]) -> f32 {
     let mut t3 = [0f32; 8];
     for i in 0..8 {
         t3[i] = a[8 + i] + a[i];

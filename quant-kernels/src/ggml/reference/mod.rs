@@ -47,7 +47,9 @@ pub use legacy::{
     quantize_row_q5_1_impl, quantize_row_q5_1_ref, quantize_row_q8_0_ref, quantize_row_q8_1_ref,
 };
 
-pub(crate) use dot::{iq4_nl_last_block, vec_dot_bf16_tail, vec_dot_f16_tail, vec_dot_f32_tail};
+pub(crate) use dot::{
+    iq4_nl_last_block, reduce_add_16, vec_dot_bf16_tail, vec_dot_f16_tail, vec_dot_f32_tail,
+};
 pub(crate) use helpers::{
     cvtt, get_scale_min_k4, make_q3_quants, nearest_int, put_scale_min_k4, MinSearch, GROUP_MAX_EPS,
 };
