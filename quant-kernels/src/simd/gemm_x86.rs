@@ -1420,11 +1420,12 @@ unsafe fn drive_shapes<K: TileKernel, D: IntDot>(
 
 // ---------------------------------------------------------------------
 // Super-block types whose reference forms `value * scale` per value in
-// integers (Q2_K, Q3_K, IQ4_XS), on AVX-512 BW and VNNI. Each 32-value
-// chunk's weights are widened to i16 and multiplied by their scales once
-// for all tokens of the tile (at most 128 in magnitude for Q2_K/Q3_K,
-// 127 * 32 for IQ4_XS); `vpdpwssd` with the activations widened to i16
-// (once per call) gives 16 lanes of two products, and adjacent lanes
+// integers (Q2_K, Q3_K, IQ4_XS). Each 32-value chunk's weights are
+// widened to i16 and multiplied by their scales once for all tokens of
+// the tile (at most 128 in magnitude for Q2_K/Q3_K, 127 * 32 for
+// IQ4_XS); `vpdpwssd` (AVX-512 VNNI) or `madd` + `add` (AVX2, [`Wide`])
+// with the activations widened to i16 (once per call) gives 16 lanes of
+// two products, and adjacent lanes
 // added at the end of the super-block are the reference's eight lanes of
 // four (integers, exact in any order). Then the reference's float steps
 // per super-block (Q2_K's `fma(dmin, mins, acc)` first, then
@@ -1439,8 +1440,8 @@ trait ScaledSuper {
     /// The 16 scales of a super-block, one per 16 values, as the products
     /// use them.
     unsafe fn scales(xb: *const u8) -> [i16; 16];
-    /// The 32 values of chunk `c` (0..8) as i16, unscaled.
-    unsafe fn values(xb: *const u8, c: usize) -> __m512i;
+    /// The 32 values of chunk `c` (0..8) as i8, unscaled.
+    unsafe fn values(xb: *const u8, c: usize) -> __m256i;
     /// The weight's scale factor `d` (f16 in the block).
     unsafe fn d(xb: *const u8) -> f32;
     /// Q2_K: the 16 four-bit mins as i16, and `dmin`.
@@ -1472,13 +1473,12 @@ impl ScaledSuper for Iq4Xs {
     }
 
     #[inline(always)]
-    unsafe fn values(xb: *const u8, c: usize) -> __m512i {
+    unsafe fn values(xb: *const u8, c: usize) -> __m256i {
         use crate::ggml::reference::KVALUES_IQ4NL;
-        // SAFETY: a whole block; AVX-512BW in every caller.
+        // SAFETY: a whole block; AVX2 in every caller.
         unsafe {
             let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
-            let kv = _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(xb.add(8 + 16 * c)));
-            _mm512_cvtepi8_epi16(kv)
+            _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(xb.add(8 + 16 * c)))
         }
     }
 
@@ -1506,9 +1506,9 @@ impl ScaledSuper for Q3K {
     }
 
     #[inline(always)]
-    unsafe fn values(xb: *const u8, c: usize) -> __m512i {
+    unsafe fn values(xb: *const u8, c: usize) -> __m256i {
         // SAFETY: a whole block: high-bit masks at 0..32, low bits at
-        // 32..96; AVX-512BW in every caller.
+        // 32..96; AVX2 in every caller.
         unsafe {
             let (half, quarter) = (c / 4, c % 4);
             let q = _mm256_srl_epi16(
@@ -1519,8 +1519,7 @@ impl ScaledSuper for Q3K {
             let bit = _mm256_set1_epi8((1u8 << (4 * half + quarter)) as i8);
             let set = _mm256_cmpeq_epi8(_mm256_and_si256(load32(xb), bit), bit);
             // lo - 4 where the high bit is clear.
-            let v = _mm256_sub_epi8(q, _mm256_andnot_si256(set, _mm256_set1_epi8(4)));
-            _mm512_cvtepi8_epi16(v)
+            _mm256_sub_epi8(q, _mm256_andnot_si256(set, _mm256_set1_epi8(4)))
         }
     }
 
@@ -1542,16 +1541,15 @@ impl ScaledSuper for Q2K {
     }
 
     #[inline(always)]
-    unsafe fn values(xb: *const u8, c: usize) -> __m512i {
-        // SAFETY: a whole block: codes at 16..80; AVX-512BW in every
-        // caller.
+    unsafe fn values(xb: *const u8, c: usize) -> __m256i {
+        // SAFETY: a whole block: codes at 16..80; AVX2 in every caller.
         unsafe {
             let (half, quarter) = (c / 4, c % 4);
             let q = _mm256_srl_epi16(
                 load32(xb.add(16 + 32 * half)),
                 _mm_set_epi64x(0, 2 * quarter as i64),
             );
-            _mm512_cvtepi8_epi16(_mm256_and_si256(q, _mm256_set1_epi8(3)))
+            _mm256_and_si256(q, _mm256_set1_epi8(3))
         }
     }
 
@@ -1573,13 +1571,156 @@ impl ScaledSuper for Q2K {
     }
 }
 
+/// 32 i16 values of a chunk and 16 i32 lane sums of two products each,
+/// in one register ([`Wide512`]) or two ([`Wide256`]).
+trait Wide {
+    /// 32 i16 values, or 16 i32 lanes.
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    /// 32 i8 values widened.
+    unsafe fn widen(v: __m256i) -> Self::V;
+    /// The first 16 values times `s0`, the last 16 times `s1` (low 16
+    /// bits of each product; the callers' products fit).
+    unsafe fn scale(v: Self::V, s0: i16, s1: i16) -> Self::V;
+    unsafe fn load(p: *const i16) -> Self::V;
+    unsafe fn store(p: *mut i16, v: Self::V);
+    /// `acc` plus, per i32 lane, the sum of 2 products of i16 values.
+    unsafe fn dot(acc: Self::V, a: Self::V, b: Self::V) -> Self::V;
+    /// Adjacent lanes added: lane `k` of 8 then holds values `4k..4k+3`.
+    unsafe fn lanes8(acc: Self::V) -> __m256i;
+}
+
+/// One 512-bit register, `vpdpwssd` (AVX-512 BW and VNNI).
+struct Wide512;
+
+/// Two 256-bit registers (values 0..16 and 16..32), `madd` + `add` (AVX2).
+struct Wide256;
+
+impl Wide for Wide512 {
+    type V = __m512i;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        // SAFETY: AVX-512F in every caller.
+        unsafe { _mm512_setzero_si512() }
+    }
+
+    #[inline(always)]
+    unsafe fn widen(v: __m256i) -> __m512i {
+        // SAFETY: AVX-512BW in every caller.
+        unsafe { _mm512_cvtepi8_epi16(v) }
+    }
+
+    #[inline(always)]
+    unsafe fn scale(v: __m512i, s0: i16, s1: i16) -> __m512i {
+        // SAFETY: AVX-512 F/BW in every caller.
+        unsafe {
+            let s = _mm512_inserti64x4::<1>(_mm512_set1_epi16(s0), _mm256_set1_epi16(s1));
+            _mm512_mullo_epi16(v, s)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const i16) -> __m512i {
+        // SAFETY: 64 readable bytes at `p`; AVX-512F in every caller.
+        unsafe { _mm512_loadu_si512(p as *const _) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut i16, v: __m512i) {
+        // SAFETY: 64 writable bytes at `p`; AVX-512F in every caller.
+        unsafe { _mm512_storeu_si512(p as *mut _, v) }
+    }
+
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: AVX-512 VNNI in every caller.
+        unsafe { _mm512_dpwssd_epi32(acc, a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes8(acc: __m512i) -> __m256i {
+        // SAFETY: AVX-512F in every caller.
+        unsafe { _mm512_cvtepi64_epi32(_mm512_add_epi32(acc, _mm512_srli_epi64::<32>(acc))) }
+    }
+}
+
+impl Wide for Wide256 {
+    type V = [__m256i; 2];
+
+    #[inline(always)]
+    unsafe fn zero() -> [__m256i; 2] {
+        // SAFETY: AVX in every caller.
+        unsafe { [_mm256_setzero_si256(); 2] }
+    }
+
+    #[inline(always)]
+    unsafe fn widen(v: __m256i) -> [__m256i; 2] {
+        // SAFETY: AVX2 in every caller.
+        unsafe {
+            [
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v)),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale(v: [__m256i; 2], s0: i16, s1: i16) -> [__m256i; 2] {
+        // SAFETY: AVX2 in every caller.
+        unsafe {
+            [
+                _mm256_mullo_epi16(v[0], _mm256_set1_epi16(s0)),
+                _mm256_mullo_epi16(v[1], _mm256_set1_epi16(s1)),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const i16) -> [__m256i; 2] {
+        // SAFETY: 64 readable bytes at `p`; AVX in every caller.
+        unsafe { [load32(p as *const u8), load32(p.add(16) as *const u8)] }
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut i16, v: [__m256i; 2]) {
+        // SAFETY: 64 writable bytes at `p`; AVX in every caller.
+        unsafe {
+            _mm256_storeu_si256(p as *mut __m256i, v[0]);
+            _mm256_storeu_si256(p.add(16) as *mut __m256i, v[1]);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot(acc: [__m256i; 2], a: [__m256i; 2], b: [__m256i; 2]) -> [__m256i; 2] {
+        // SAFETY: AVX2 in every caller.
+        unsafe {
+            [
+                _mm256_add_epi32(acc[0], _mm256_madd_epi16(a[0], b[0])),
+                _mm256_add_epi32(acc[1], _mm256_madd_epi16(a[1], b[1])),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes8(acc: [__m256i; 2]) -> __m256i {
+        // SAFETY: AVX2 in every caller. `hadd` pairs within 128-bit
+        // halves ([a01 a23 b01 b23 | a45 a67 b45 b67]); the permute puts
+        // the first register's four sums before the second's.
+        unsafe {
+            let h = _mm256_hadd_epi32(acc[0], acc[1]);
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(h)
+        }
+    }
+}
+
 /// Tiles of `R` rows x `T` tokens of a [`ScaledSuper`] type (see above).
 ///
 /// # Safety
 /// As [`drive`], with rows of `K` (`n` a multiple of 256) and Q8_K
-/// activations of `arb` bytes; AVX-512 F/BW and VNNI.
+/// activations of `arb` bytes; the features of `W` (and AVX2, FMA).
 #[inline(always)]
-unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
+unsafe fn scaled_batch<K: ScaledSuper, W: Wide, const R: usize, const T: usize>(
     n: usize,
     w: &[u8],
     n_rows: usize,
@@ -1604,9 +1745,8 @@ unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
                 let yb = a.as_ptr().add(t * arb + sb * Q8K_BYTES);
                 dy[t * nsb + sb] = read_f32(yb);
                 for c in 0..8 {
-                    let v = _mm512_cvtepi8_epi16(load32(yb.add(4 + 32 * c)));
-                    let at = y16.as_mut_ptr().add((t * nsb + sb) * 256 + 32 * c);
-                    _mm512_storeu_si512(at as *mut _, v);
+                    let v = W::widen(load32(yb.add(4 + 32 * c)));
+                    W::store(y16.as_mut_ptr().add((t * nsb + sb) * 256 + 32 * c), v);
                 }
             }
         }
@@ -1630,21 +1770,17 @@ unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
                     for r in 0..R {
                         sc[r] = K::scales(xb[r]);
                     }
-                    let mut lanes = [[_mm512_setzero_si512(); T]; R];
+                    let mut lanes = [[W::zero(); T]; R];
                     for c in 0..8 {
-                        let mut wv = [_mm512_setzero_si512(); R];
+                        let mut wv = [W::zero(); R];
                         for r in 0..R {
-                            let s = _mm512_inserti64x4::<1>(
-                                _mm512_set1_epi16(sc[r][2 * c]),
-                                _mm256_set1_epi16(sc[r][2 * c + 1]),
-                            );
-                            wv[r] = _mm512_mullo_epi16(K::values(xb[r], c), s);
+                            let v = W::widen(K::values(xb[r], c));
+                            wv[r] = W::scale(v, sc[r][2 * c], sc[r][2 * c + 1]);
                         }
                         for j in 0..T {
-                            let at = y16.as_ptr().add((tk[j] * nsb + sb) * 256 + 32 * c);
-                            let yv = _mm512_loadu_si512(at as *const _);
+                            let yv = W::load(y16.as_ptr().add((tk[j] * nsb + sb) * 256 + 32 * c));
                             for r in 0..R {
-                                lanes[r][j] = _mm512_dpwssd_epi32(lanes[r][j], wv[r], yv);
+                                lanes[r][j] = W::dot(lanes[r][j], wv[r], yv);
                             }
                         }
                     }
@@ -1667,11 +1803,7 @@ unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
                                     acc[r][j],
                                 );
                             }
-                            let l = lanes[r][j];
-                            let l8 = _mm512_cvtepi64_epi32(_mm512_add_epi32(
-                                l,
-                                _mm512_srli_epi64::<32>(l),
-                            ));
+                            let l8 = W::lanes8(lanes[r][j]);
                             acc[r][j] = _mm256_fmadd_ps(
                                 _mm256_set1_ps(yd * dx),
                                 _mm256_cvtepi32_ps(l8),
@@ -1688,6 +1820,39 @@ unsafe fn scaled_batch<K: ScaledSuper, const R: usize, const T: usize>(
             }
         }
     }
+}
+
+/// [`scaled_batch`] for `ty` (IQ4_XS, Q3_K or Q2_K): tiles of `R` rows x
+/// `T` tokens, or of `R1` rows for one token (Q3_K and Q2_K; IQ4_XS's
+/// single tokens gain nothing from the tile and take `vec_dot`).
+///
+/// # Safety
+/// As [`scaled_batch`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scaled_shapes<W: Wide, const R: usize, const T: usize, const R1: usize>(
+    ty: crate::GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    use crate::GgmlType as G;
+    // SAFETY: forwarded contract.
+    unsafe {
+        match (ty, n_tok > 1) {
+            (G::IQ4XS, true) => scaled_batch::<Iq4Xs, W, R, T>(n, w, n_rows, a, arb, n_tok, out),
+            (G::Q3K, true) => scaled_batch::<Q3K, W, R, T>(n, w, n_rows, a, arb, n_tok, out),
+            (G::Q3K, false) => scaled_batch::<Q3K, W, R1, 1>(n, w, n_rows, a, arb, n_tok, out),
+            (G::Q2K, true) => scaled_batch::<Q2K, W, R, T>(n, w, n_rows, a, arb, n_tok, out),
+            (G::Q2K, false) => scaled_batch::<Q2K, W, R1, 1>(n, w, n_rows, a, arb, n_tok, out),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// [`q0_batch`] in the shape for `D`.
@@ -1731,17 +1896,12 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q4_0 if n_tok > 1 => q0_batch_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 if n_tok > 1 => q0_batch_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 if n_tok > 1 => q0_batch_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
-            G::IQ4XS if n_tok > 1 && D::VNNI => {
-                scaled_batch::<Iq4Xs, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            G::IQ4XS | G::Q3K | G::Q2K if D::VNNI => {
+                return scaled_shapes::<Wide512, 3, 4, 4>(ty, n, w, n_rows, a, arb, n_tok, out);
             }
-            G::Q3K if n_tok > 1 && D::VNNI => {
-                scaled_batch::<Q3K, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
+            G::IQ4XS | G::Q3K | G::Q2K => {
+                return scaled_shapes::<Wide256, 1, 4, 3>(ty, n, w, n_rows, a, arb, n_tok, out);
             }
-            G::Q3K if D::VNNI => scaled_batch::<Q3K, 4, 1>(n, w, n_rows, a, arb, n_tok, out),
-            G::Q2K if n_tok > 1 && D::VNNI => {
-                scaled_batch::<Q2K, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
-            }
-            G::Q2K if D::VNNI => scaled_batch::<Q2K, 4, 1>(n, w, n_rows, a, arb, n_tok, out),
             G::IQ4NL if n_tok > 1 && D::VNNI => {
                 q0_batch_pairs::<Iq4Nl, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
             }
