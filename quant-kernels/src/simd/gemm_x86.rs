@@ -240,6 +240,10 @@ trait Q0Block {
     const FULL_BYTES: bool;
     /// The block's 32 values plus the offset, as unsigned bytes.
     unsafe fn unsigned<D: IntDot>(xb: *const u8) -> __m256i;
+    /// The block's 32 values as signed bytes (types with `FULL_BYTES`).
+    unsafe fn signed(_xb: *const u8) -> __m256i {
+        unreachable!("only types with FULL_BYTES take the sign trick")
+    }
     /// Whether the reference alternates blocks between two accumulators,
     /// adds them lane-wise before the fold and adds an odd last block in
     /// scalar (IQ4_NL).
@@ -294,6 +298,12 @@ impl Q0Block for Q8_0 {
         // SAFETY: a 34-byte block: values at 2..34. XOR 0x80 adds 128.
         unsafe { _mm256_xor_si256(load32(xb.add(2)), _mm256_set1_epi8(-128)) }
     }
+
+    #[inline(always)]
+    unsafe fn signed(xb: *const u8) -> __m256i {
+        // SAFETY: a 34-byte block: values at 2..34.
+        unsafe { load32(xb.add(2)) }
+    }
 }
 
 /// IQ4_NL: Q4_0's layout, the codes looked up in the non-linear table.
@@ -313,6 +323,16 @@ impl Q0Block for Iq4Nl {
         unsafe {
             let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
             let t = _mm_xor_si128(t, _mm_set1_epi8(-128));
+            _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(xb.add(2)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn signed(xb: *const u8) -> __m256i {
+        use crate::ggml::reference::KVALUES_IQ4NL;
+        // SAFETY: an 18-byte block: codes at 2..18.
+        unsafe {
+            let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
             _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(xb.add(2)))
         }
     }
@@ -458,7 +478,8 @@ unsafe fn row_scales<const R: usize>(
     }
 }
 
-/// Batches of tokens for the Q8_0 family with AVX2 (VNNI takes
+/// Batches of tokens for the Q8_0 family and IQ4_NL (its alternating
+/// accumulators as [`q0_batch_pairs`] keeps them) with AVX2 (VNNI takes
 /// [`q0_batch_pairs`]), in two passes per tile so that
 /// the per-pair work of a block is one integer dot product, one
 /// conversion and one FMA: what depends on a token alone (its block
@@ -527,15 +548,20 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
                         _mm256_storeu_ps(dprod.as_mut_ptr().add(8 * (b * T + j)), d);
                     }
                 }
+                // A second accumulator per pair for the odd blocks when B
+                // alternates blocks (unused otherwise).
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
-                for b in 0..nb {
+                let mut acc_odd = [[_mm256_setzero_ps(); T]; R];
+                let nb_tile = if B::ALTERNATE { nb & !1 } else { nb };
+                for b in 0..nb_tile {
+                    let odd = B::ALTERNATE && b & 1 == 1;
                     // Loops, not closures, around intrinsics: a closure
                     // does not inherit the caller's target features.
                     let mut v = [zero; R];
                     for r in 0..R {
                         let xb = rows[r].add(b * B::BYTES);
                         v[r] = if sign_trick {
-                            load32(xb.add(2))
+                            B::signed(xb)
                         } else {
                             B::unsigned::<D>(xb)
                         };
@@ -553,23 +579,46 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
                             } else {
                                 D::dot_u8(*bias.get_unchecked(tk[j] * nb + b), v[r], y)
                             };
-                            let d = *dprod.get_unchecked(8 * (b * T + j) + r);
-                            acc[r][j] = _mm256_fmadd_ps(
-                                _mm256_set1_ps(d),
-                                _mm256_cvtepi32_ps(lanes),
-                                acc[r][j],
-                            );
+                            let d = _mm256_set1_ps(*dprod.get_unchecked(8 * (b * T + j) + r));
+                            let l = _mm256_cvtepi32_ps(lanes);
+                            if odd {
+                                acc_odd[r][j] = _mm256_fmadd_ps(d, l, acc_odd[r][j]);
+                            } else {
+                                acc[r][j] = _mm256_fmadd_ps(d, l, acc[r][j]);
+                            }
                         }
                     }
                 }
                 for r in 0..R.min(n_rows - r0) {
                     for j in 0..T.min(n_tok - t0) {
-                        *out.get_unchecked_mut((t0 + j) * n_rows + r0 + r) = hsum8(acc[r][j]);
+                        let t = t0 + j;
+                        let mut v = if B::ALTERNATE {
+                            hsum8(_mm256_add_ps(acc[r][j], acc_odd[r][j]))
+                        } else {
+                            hsum8(acc[r][j])
+                        };
+                        if B::ALTERNATE && nb % 2 == 1 {
+                            v += iq4_nl_last(rows[r], B::BYTES, nb, &a[t * arb..(t + 1) * arb]);
+                        }
+                        *out.get_unchecked_mut(t * n_rows + r0 + r) = v;
                     }
                 }
             }
         }
     }
+}
+
+/// IQ4_NL's last block of an odd count, which the reference adds in
+/// scalar after the fold: of the row at `row` (`nb` blocks of `bytes`)
+/// against the token's Q8_0 row `y`.
+///
+/// # Safety
+/// `row` must address the row's `nb` whole blocks.
+#[inline(always)]
+unsafe fn iq4_nl_last(row: *const u8, bytes: usize, nb: usize, y: &[u8]) -> f32 {
+    // SAFETY: block nb - 1 lies inside the row (the contract).
+    let xb = unsafe { std::slice::from_raw_parts(row.add((nb - 1) * bytes), bytes) };
+    crate::ggml::reference::iq4_nl_last_block(xb, &y[34 * (nb - 1)..][..34])
 }
 
 /// The activation scales of token pairs for the pair tiles: per pair
@@ -718,12 +767,7 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                             }
                             let mut v = hsum8(half);
                             if B::ALTERNATE && nb % 2 == 1 {
-                                let xb = std::slice::from_raw_parts(
-                                    rows[r].add((nb - 1) * B::BYTES),
-                                    B::BYTES,
-                                );
-                                let yb = &a[t * arb + 34 * (nb - 1)..][..34];
-                                v += crate::ggml::reference::iq4_nl_last_block(xb, yb);
+                                v += iq4_nl_last(rows[r], B::BYTES, nb, &a[t * arb..][..arb]);
                             }
                             *out.get_unchecked_mut(t * n_rows + r0 + r) = v;
                         }
@@ -1905,6 +1949,7 @@ unsafe fn gemm_types<D: IntDot>(
             G::IQ4NL if n_tok > 1 && D::VNNI => {
                 q0_batch_pairs::<Iq4Nl, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
             }
+            G::IQ4NL if n_tok > 1 => q0_batch::<Iq4Nl, D, 1, 4>(n, w, n_rows, a, arb, n_tok, out),
             G::Q4_0 => drive_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 => drive_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 => drive_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
