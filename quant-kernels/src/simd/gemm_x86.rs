@@ -876,6 +876,93 @@ impl<B: Q1Block> TileKernel for Q1<B> {
     }
 }
 
+/// The Q8_1 family in batches with AVX2 (VNNI takes [`q1_batch_pairs`]),
+/// as [`q1_batch_pairs`] without the pairing: the rows' scales and mins
+/// converted once per row block and the tokens' scales and sums once per
+/// call; per (row, token) pair and block one integer dot product, one
+/// scale product, one conversion and one FMA, the reference's scalar
+/// `summs = fma(m, s, summs)` chains for the tile's `T` tokens of a row
+/// in one 4-lane FMA.
+///
+/// # Safety
+/// As [`drive`], with `B`'s row size and Q8_1 activations of `arb` bytes.
+#[inline(always)]
+unsafe fn q1_batch<B: Q1Block, D: IntDot, const R: usize, const T: usize>(
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    const { assert!(R <= 8 && T == 4) };
+    let nb = n / 32;
+    let wrb = nb * B::BYTES;
+    // Token groups of T, the last one padded with its last token.
+    let n_groups = n_tok.div_ceil(T);
+    debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
+    debug_assert!(out.len() >= n_rows * n_tok);
+    // SAFETY: the caller's contract: whole rows of n / 32 blocks behind
+    // every row and token index below n_rows / n_tok, the CPU features.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        // Per group of T tokens and block: their scales `d` and sums `s`,
+        // one lane each.
+        let mut dy = vec![0f32; n_groups * nb * T];
+        let mut sy = vec![0f32; n_groups * nb * T];
+        for t in 0..n_groups * T {
+            let at = a.as_ptr().add(t.min(n_tok - 1) * arb);
+            for b in 0..nb {
+                let i = ((t / T) * nb + b) * T + t % T;
+                dy[i] = half::f16::from_bits(read_u16(at.add(36 * b))).to_f32();
+                sy[i] = half::f16::from_bits(read_u16(at.add(36 * b + 2))).to_f32();
+            }
+        }
+        let mut dx = vec![0f32; nb * 8];
+        let mut mx = vec![0f32; nb * 8];
+        for r0 in (0..n_rows).step_by(R) {
+            let rows: [*const u8; R] =
+                std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
+            row_scales(&rows, nb, B::BYTES, &mut dx);
+            row_scales(&rows.map(|p| p.add(2)), nb, B::BYTES, &mut mx);
+            for g in 0..n_groups {
+                let toks: [*const u8; T] =
+                    std::array::from_fn(|j| a.as_ptr().add((g * T + j).min(n_tok - 1) * arb));
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                let mut summs = [_mm_setzero_ps(); R];
+                for b in 0..nb {
+                    let at = (g * nb + b) * T;
+                    let syv = _mm_loadu_ps(sy.as_ptr().add(at));
+                    let mut v = [zero; R];
+                    for r in 0..R {
+                        v[r] = B::values(rows[r].add(b * B::BYTES));
+                        let m = _mm_set1_ps(*mx.get_unchecked(8 * b + r));
+                        summs[r] = _mm_fmadd_ps(m, syv, summs[r]);
+                    }
+                    for j in 0..T {
+                        let y = load32(toks[j].add(36 * b + 4));
+                        let dyj = *dy.get_unchecked(at + j);
+                        for r in 0..R {
+                            let lanes = D::dot_u8(zero, v[r], y);
+                            let d = _mm256_set1_ps(*dx.get_unchecked(8 * b + r) * dyj);
+                            acc[r][j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc[r][j]);
+                        }
+                    }
+                }
+                for r in 0..R.min(n_rows - r0) {
+                    let mut sm = [0f32; 4];
+                    _mm_storeu_ps(sm.as_mut_ptr(), summs[r]);
+                    for j in 0..T.min(n_tok - g * T) {
+                        *out.get_unchecked_mut((g * T + j) * n_rows + r0 + r) =
+                            hsum8(acc[r][j]) + sm[j];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The Q8_1 family in tiles of `R` rows x `P` pairs of tokens (AVX-512
 /// VNNI), as [`q0_batch_pairs`] runs the Q8_0 family: two tokens per
 /// 512-bit register for the lanes (`vpdpbusd` of the unsigned values, no
@@ -1959,6 +2046,8 @@ unsafe fn gemm_types<D: IntDot>(
             G::Q5_1 if n_tok > 1 && D::VNNI => {
                 q1_batch_pairs::<Q5_1, 3, 4>(n, w, n_rows, a, arb, n_tok, out)
             }
+            G::Q4_1 if n_tok > 1 => q1_batch::<Q4_1, D, 1, 4>(n, w, n_rows, a, arb, n_tok, out),
+            G::Q5_1 if n_tok > 1 => q1_batch::<Q5_1, D, 1, 4>(n, w, n_rows, a, arb, n_tok, out),
             G::Q4_1 => drive_shapes::<Q1<Q4_1>, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_1 => drive_shapes::<Q1<Q5_1>, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q4K => drive_shapes::<Q4K, D>(n, w, n_rows, a, arb, n_tok, out),
