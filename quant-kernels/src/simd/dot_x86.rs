@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use crate::float::read_f16;
-use crate::ggml::reference::get_scale_min_k4;
+use crate::ggml::reference::{get_scale_min_k4, reduce_add_16};
 
 /// `hsum_float_8`: `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`.
 #[inline(always)]
@@ -392,20 +392,6 @@ pub(super) unsafe fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         fma_lanes(&mut acc, d, &lanes);
     }
     hsum8(&acc)
-}
-
-/// GCC's `_mm512_reduce_add_ps`: halves of 8, then of 4, then pairs.
-#[inline(always)]
-fn reduce_add_16(a: &[f32; 16]) -> f32 {
-    let mut t3 = [0f32; 8];
-    for i in 0..8 {
-        t3[i] = a[8 + i] + a[i];
-    }
-    let mut t6 = [0f32; 4];
-    for i in 0..4 {
-        t6[i] = t3[4 + i] + t3[i];
-    }
-    (t6[0] + t6[2]) + (t6[1] + t6[3])
 }
 
 /// 32 IQ4 codes (16 bytes in Q4_0's order) as their signed values.
