@@ -13,14 +13,12 @@
 
 use std::ops::Range;
 
-use half::{bf16, f16};
 use quant_kernels::ggml;
-use quant_kernels::mlx::MlxParams;
+use quant_kernels::mlx::{MlxDtype, MlxParams};
 use quant_kernels::GgmlType;
 use rayon::prelude::*;
 
 use super::error::{EngineError, Result};
-use super::ops::dot;
 
 /// How a weight's dot product wants its activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +100,12 @@ impl<'x> PreparedActs<'x> {
     }
 }
 
+/// f32 values a generating tile decodes at a time (32 KiB, within L1;
+/// at least 4 rows).
+const GEN_DECODE_VALUES: usize = 8192;
+/// Most rows of one such block.
+const GEN_DECODE_MAX_ROWS: usize = 64;
+
 /// A weight matrix in its stored form.
 pub trait Weight: Send + Sync {
     /// Output rows.
@@ -140,13 +144,24 @@ pub trait Weight: Send + Sync {
         let n = rows.len();
         let cols = self.cols();
         if toks.len() <= 2 {
-            // Generation: each row is used once or twice; decode it into a
-            // buffer that stays in L1 and use it at once.
-            scratch.resize(cols, 0.0);
-            for (i, r) in rows.enumerate() {
-                self.row_to_f32(r, scratch);
-                for (j, t) in toks.clone().enumerate() {
-                    out[j * n + i] = dot(scratch, acts.row(t));
+            // Generation: each row is used once or twice; decode a few
+            // rows (whole tiles of 4 where the rows allow) into a buffer
+            // that stays in L1 and use them at once, side by side (one dot
+            // product at a time waits on its own additions).
+            let block = (GEN_DECODE_VALUES / cols.max(1) / 4 * 4)
+                .clamp(4, GEN_DECODE_MAX_ROWS)
+                .min(n.max(1));
+            scratch.resize(block * cols, 0.0);
+            let x = &acts.values[toks.start * cols..toks.end * cols];
+            let mut part = [0f32; 2 * GEN_DECODE_MAX_ROWS];
+            for r0 in (0..n).step_by(block) {
+                let m = block.min(n - r0);
+                let w = &mut scratch[..m * cols];
+                self.rows_to_f32(rows.start + r0..rows.start + r0 + m, w);
+                let part = &mut part[..m * toks.len()];
+                quant_kernels::vector::dot_tile(w, x, cols, part);
+                for j in 0..toks.len() {
+                    out[j * n + r0..j * n + r0 + m].copy_from_slice(&part[j * m..(j + 1) * m]);
                 }
             }
             return;
@@ -467,42 +482,6 @@ impl Weight for GgmlWeight<'_> {
     }
 }
 
-/// Scale or bias `i` of an MLX matrix, stored as `ty` (exact in f32).
-fn mlx_scale_at(ty: DenseType, bytes: &[u8], i: usize) -> f32 {
-    match ty {
-        DenseType::F32 => {
-            let b = &bytes[i * 4..i * 4 + 4];
-            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-        }
-        DenseType::F16 => f16::from_le_bytes([bytes[i * 2], bytes[i * 2 + 1]]).to_f32(),
-        DenseType::BF16 => bf16::from_le_bytes([bytes[i * 2], bytes[i * 2 + 1]]).to_f32(),
-    }
-}
-
-/// Unpacks one group of MLX's little-endian bit stream (`bits` per value,
-/// value `i` at bit `i * bits`) into `q`.
-fn mlx_unpack(packed: &[u8], bits: u32, q: &mut [u8]) {
-    match bits {
-        8 => q.copy_from_slice(&packed[..q.len()]),
-        4 => {
-            for (pair, &b) in q.chunks_exact_mut(2).zip(packed) {
-                pair[0] = b & 15;
-                pair[1] = b >> 4;
-            }
-        }
-        _ => {
-            let mask = (1u32 << bits) - 1;
-            for (i, v) in q.iter_mut().enumerate() {
-                let bit = i * bits as usize;
-                let (byte, shift) = (bit / 8, bit % 8);
-                let lo = u32::from(packed[byte]);
-                let hi = packed.get(byte + 1).map_or(0, |&b| u32::from(b));
-                *v = (((lo | (hi << 8)) >> shift) & mask) as u8;
-            }
-        }
-    }
-}
-
 /// An MLX affine-quantized matrix: packed unsigned `bits`-bit values, one
 /// scale and bias per `group` values, decoded a tile at a time by
 /// quant-kernels' MLX dequantizer in f32 (mlx-lm's evaluation after
@@ -584,41 +563,49 @@ impl Weight for MlxAffineWeight<'_> {
     }
 
     /// Each value is `q * scale + bias` in f32, as quant-kernels'
-    /// dequantizer and mlx-lm in float32 compute it, a row at a time
-    /// without allocating (the engine calls this per row while
-    /// generating).
+    /// dequantizer and mlx-lm in float32 compute it, a few rows at a time
+    /// without allocating (the engine calls this per row block while
+    /// generating), at the CPU's SIMD level.
     fn rows_to_f32(&self, rows: Range<usize>, out: &mut [f32]) {
-        let bits = self.params.bits;
-        let gs = self.params.group_size;
-        let row_bytes = self.cols * bits as usize / 8;
-        let group_bytes = gs * bits as usize / 8;
+        let row_bytes = self.cols * self.params.bits as usize / 8;
         let gpr = self.params.groups_per_row(self.cols);
-        // Group sizes are 32, 64 or 128 (validated when the weight was built).
-        let mut q = [0u8; 128];
-        let q = &mut q[..gs];
-        for (r, o) in rows.zip(out.chunks_exact_mut(self.cols)) {
-            let packed = &self.packed[r * row_bytes..(r + 1) * row_bytes];
-            for (g, (p, o)) in packed
-                .chunks_exact(group_bytes)
-                .zip(o.chunks_exact_mut(gs))
-                .enumerate()
-            {
-                let i = r * gpr + g;
-                let s = mlx_scale_at(self.sb_type, self.scales, i);
-                let b = mlx_scale_at(self.sb_type, self.biases, i);
-                mlx_unpack(p, bits, q);
-                for (o, &qi) in o.iter_mut().zip(q.iter()) {
-                    *o = f32::from(qi) * s + b;
-                }
-            }
-        }
+        let size = self.sb_type.size();
+        let groups = rows.start * gpr * size..rows.end * gpr * size;
+        let dtype = match self.sb_type {
+            DenseType::F32 => MlxDtype::F32,
+            DenseType::F16 => MlxDtype::F16,
+            DenseType::BF16 => MlxDtype::BF16,
+        };
+        quant_kernels::mlx::affine_rows_to_f32(
+            &self.packed[rows.start * row_bytes..rows.end * row_bytes],
+            &self.scales[groups.clone()],
+            &self.biases[groups],
+            dtype,
+            &self.params,
+            self.cols,
+            &mut out[..rows.len() * self.cols],
+        )
+        .expect("sizes checked when the weight was built");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
     use quant_kernels::mlx::{self as qmlx, DequantPrecision, Scales};
+
+    /// Scale or bias `i` of an MLX matrix, stored as `ty` (exact in f32).
+    fn mlx_scale_at(ty: DenseType, bytes: &[u8], i: usize) -> f32 {
+        match ty {
+            DenseType::F32 => {
+                let b = &bytes[i * 4..i * 4 + 4];
+                f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }
+            DenseType::F16 => f16::from_le_bytes([bytes[i * 2], bytes[i * 2 + 1]]).to_f32(),
+            DenseType::BF16 => bf16::from_le_bytes([bytes[i * 2], bytes[i * 2 + 1]]).to_f32(),
+        }
+    }
 
     /// The engine's row decoder gives quant-kernels' dequantized values bit
     /// for bit, for every bit width, group size and scale dtype.

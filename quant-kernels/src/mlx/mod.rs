@@ -450,3 +450,71 @@ pub enum DequantPrecision {
     /// whatever D is; so does this).
     Mlx(MlxDtype),
 }
+
+/// Dequantizes whole rows of an MLX affine matrix straight from its stored
+/// bytes, as [`dequantize`] does with [`DequantPrecision::F32`] (each value
+/// `q * scale + bias`, the product rounded, then the sum), at the CPU's
+/// SIMD level and on the caller's thread: for an engine that decodes a
+/// few rows at a time from a memory-mapped file, whose bytes need not be
+/// aligned for `u32` words or f16 scales.
+///
+/// `packed` holds the rows (`cols * bits / 8` bytes each, mlx's
+/// little-endian bit stream), `scales` and `biases` their groups'
+/// values stored little-endian as `dtype`, and `out` receives `rows x
+/// cols` values. Errors when the parameters are not an affine mode, `cols`
+/// is not a whole number of groups and 32-bit words, or a length does not
+/// fit.
+#[allow(clippy::too_many_arguments)]
+pub fn affine_rows_to_f32(
+    packed: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    dtype: MlxDtype,
+    params: &MlxParams,
+    cols: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    params.validate()?;
+    let (bits, group) = (params.bits, params.group_size);
+    if params.mode != MlxMode::Affine
+        || cols == 0
+        || !cols.is_multiple_of(group)
+        || !(cols * bits as usize).is_multiple_of(32)
+    {
+        return Err(KernelError::BadLength(format!(
+            "{cols} columns are not whole {bits}-bit affine groups of {group} in 32-bit words"
+        )));
+    }
+    let rows = out.len() / cols;
+    let groups = rows * (cols / group);
+    let size = match dtype {
+        MlxDtype::F32 => 4,
+        MlxDtype::F16 | MlxDtype::BF16 => 2,
+    };
+    if out.len() != rows * cols
+        || packed.len() != rows * cols * bits as usize / 8
+        || scales.len() != groups * size
+        || biases.len() != groups * size
+    {
+        return Err(KernelError::BadLength(format!(
+            "{rows} rows of {cols} values at {bits} bits, group {group}, need {} packed bytes and {} of scales and of biases, got {}, {} and {} (output {})",
+            rows * cols * bits as usize / 8,
+            groups * size,
+            packed.len(),
+            scales.len(),
+            biases.len(),
+            out.len()
+        )));
+    }
+    crate::simd::mlx_affine_rows::run(
+        crate::simd::level(),
+        packed,
+        scales,
+        biases,
+        dtype,
+        bits,
+        group,
+        out,
+    );
+    Ok(())
+}

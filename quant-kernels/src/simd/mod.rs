@@ -215,6 +215,7 @@ versions! {
     portable::dequantize_iq4_nl(x: &[u8], y: &mut [f32]);
     portable::dequantize_iq4_xs(x: &[u8], y: &mut [f32]);
     portable::dequantize_bf16(x: &[u8], y: &mut [f32]);
+    portable::mlx_affine_rows(packed: &[u8], scales: &[u8], biases: &[u8], dtype: crate::mlx::MlxDtype, bits: u32, group: usize, out: &mut [f32]);
     portable::quantize_bf16(x: &[f32], y: &mut [u8]);
     portable::dot_f32(a: &[f32], b: &[f32], out: &mut f32);
     portable::axpy_f32(a: f32, x: &[f32], y: &mut [f32]);

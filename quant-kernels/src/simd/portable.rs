@@ -850,3 +850,74 @@ pub(crate) fn matmul_f32(
         _ => {}
     }
 }
+
+/// Scale or bias `i` of an MLX matrix, stored little-endian as `dtype`
+/// (exact in f32).
+#[inline(always)]
+fn mlx_param_at(dtype: crate::mlx::MlxDtype, bytes: &[u8], i: usize) -> f32 {
+    use crate::mlx::MlxDtype as D;
+    match dtype {
+        D::F32 => f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]),
+        D::F16 => read_f16(&bytes[2 * i..]),
+        D::BF16 => {
+            f32::from_bits(u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16)
+        }
+    }
+}
+
+/// `crate::mlx::affine_rows_to_f32` (checked there): each group's values
+/// `q * scale + bias` in f32, the product rounded, then the sum.
+#[inline(always)]
+pub(crate) fn mlx_affine_rows(
+    packed: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    dtype: crate::mlx::MlxDtype,
+    bits: u32,
+    group: usize,
+    out: &mut [f32],
+) {
+    let group_bytes = group * bits as usize / 8;
+    let mut q = [0u8; 128];
+    for (g, (p, o)) in packed
+        .chunks_exact(group_bytes)
+        .zip(out.chunks_exact_mut(group))
+        .enumerate()
+    {
+        let (s, b) = (
+            mlx_param_at(dtype, scales, g),
+            mlx_param_at(dtype, biases, g),
+        );
+        match bits {
+            8 => {
+                for (o, &v) in o.iter_mut().zip(p) {
+                    *o = f32::from(v) * s + b;
+                }
+            }
+            4 => {
+                for (o, &v) in o.chunks_exact_mut(2).zip(p) {
+                    o[0] = f32::from(v & 15) * s + b;
+                    o[1] = f32::from(v >> 4) * s + b;
+                }
+            }
+            _ => {
+                // Value i at bit i * bits of the little-endian stream.
+                let mask = (1u32 << bits) - 1;
+                for (i, v) in q[..group].iter_mut().enumerate() {
+                    let (byte, shift) = (i * bits as usize / 8, i * bits as usize % 8);
+                    let lo = u32::from(p[byte]);
+                    let hi = p.get(byte + 1).map_or(0, |&b| u32::from(b));
+                    *v = (((lo | (hi << 8)) >> shift) & mask) as u8;
+                }
+                for (o, &v) in o.iter_mut().zip(&q[..group]) {
+                    *o = f32::from(v) * s + b;
+                }
+            }
+        }
+    }
+}

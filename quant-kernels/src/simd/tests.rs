@@ -527,3 +527,111 @@ fn iq4_nl_dots_of_odd_block_counts_match_the_reference() {
         }
     }
 }
+
+/// MLX affine rows decoded from their stored bytes at every level against
+/// `mlx::dequantize_ref` (f32), bit for bit: every width, group size and
+/// scale dtype, scales and biases with zeros, subnormals, infinities and
+/// NaN among them.
+#[test]
+fn mlx_affine_rows_match_the_reference_at_every_level() {
+    use crate::mlx::{dequantize_ref, DequantPrecision, MlxDtype, MlxParams, Scales};
+    use half::{bf16, f16};
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let (rows, cols) = (3usize, 256usize);
+    let specials = [0.0f32, -0.0, 1e-7, f32::INFINITY, f32::NAN, -65504.0];
+    for bits in [1u32, 2, 3, 4, 5, 6, 8] {
+        for group in [32usize, 64, 128] {
+            let params = MlxParams::affine(bits, group);
+            let words: Vec<u32> = (0..rows * cols * bits as usize / 32)
+                .map(|_| next() as u32)
+                .collect();
+            let packed: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let n_groups = rows * cols / group;
+            let vals: Vec<f32> = (0..2 * n_groups)
+                .map(|i| match next() % 9 {
+                    0 => specials[i % specials.len()],
+                    _ => (next() % 4001) as f32 / 1000.0 - 2.0,
+                })
+                .collect();
+            let (sv, bv) = vals.split_at(n_groups);
+            for dtype in [MlxDtype::F32, MlxDtype::F16, MlxDtype::BF16] {
+                let (s16, b16): (Vec<f16>, Vec<f16>) = (
+                    sv.iter().map(|&x| f16::from_f32(x)).collect(),
+                    bv.iter().map(|&x| f16::from_f32(x)).collect(),
+                );
+                let (sbf, bbf): (Vec<bf16>, Vec<bf16>) = (
+                    sv.iter().map(|&x| bf16::from_f32(x)).collect(),
+                    bv.iter().map(|&x| bf16::from_f32(x)).collect(),
+                );
+                let (scales, biases, sbytes, bbytes): (Scales, Scales, Vec<u8>, Vec<u8>) =
+                    match dtype {
+                        MlxDtype::F32 => (
+                            Scales::F32(sv),
+                            Scales::F32(bv),
+                            sv.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                            bv.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ),
+                        MlxDtype::F16 => (
+                            Scales::F16(&s16),
+                            Scales::F16(&b16),
+                            s16.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                            b16.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ),
+                        MlxDtype::BF16 => (
+                            Scales::BF16(&sbf),
+                            Scales::BF16(&bbf),
+                            sbf.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                            bbf.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ),
+                    };
+                let want = dequantize_ref(
+                    &words,
+                    scales,
+                    Some(biases),
+                    cols,
+                    &params,
+                    DequantPrecision::F32,
+                )
+                .unwrap();
+                for level in available_levels() {
+                    let mut got = vec![f32::NAN; rows * cols];
+                    mlx_affine_rows::run(
+                        level, &packed, &sbytes, &bbytes, dtype, bits, group, &mut got,
+                    );
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "{bits}-bit g{group} {dtype:?} at {level:?}, value {i}: {g} vs {w}"
+                        );
+                    }
+                }
+                let mut got = vec![0f32; rows * cols];
+                crate::mlx::affine_rows_to_f32(
+                    &packed, &sbytes, &bbytes, dtype, &params, cols, &mut got,
+                )
+                .unwrap();
+                assert!(got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan())));
+                // A length that does not fit is an error, not a panic.
+                assert!(crate::mlx::affine_rows_to_f32(
+                    &packed[1..],
+                    &sbytes,
+                    &bbytes,
+                    dtype,
+                    &params,
+                    cols,
+                    &mut got,
+                )
+                .is_err());
+            }
+        }
+    }
+}
