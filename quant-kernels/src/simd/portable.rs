@@ -594,6 +594,32 @@ fn dot_block_2x4(w: [&[f32]; 2], x: [&[f32]; 4], out: &mut [f32], ldo: usize) {
     }
 }
 
+/// [`dot_f32`] of 4 rows `w0..w3` with one row `x` (a generated token's
+/// product), as [`dot_block_2x4`] runs its 8: 4 independent chains.
+/// `out[r]`.
+#[inline(always)]
+fn dot_block_4x1(w: [&[f32]; 4], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    let n16 = cols / 16 * 16;
+    let mut a = [[0f32; 16]; 4];
+    let mut k = 0;
+    while k < n16 {
+        let xv = at16(x, k);
+        mac16(&mut a[0], at16(w[0], k), xv);
+        mac16(&mut a[1], at16(w[1], k), xv);
+        mac16(&mut a[2], at16(w[2], k), xv);
+        mac16(&mut a[3], at16(w[3], k), xv);
+        k += 16;
+    }
+    for (r, acc) in a.into_iter().enumerate() {
+        let mut tail = 0f32;
+        for d in n16..cols {
+            tail += w[r][d] * x[d];
+        }
+        out[r] = fold16(acc, tail);
+    }
+}
+
 /// `out[t * rows + r] = dot_f32(w row r, x row t)` for the `rows` rows of
 /// `w` and the `x.len() / cols` rows of `x` (a tile of a matrix product
 /// with decoded weights), every value [`dot_f32`]'s bits.
@@ -619,9 +645,17 @@ pub(crate) fn dot_tile_f32(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
             );
         }
     }
+    // Tokens left over: 4 rows at a time.
+    let rows4 = rows / 4 * 4;
+    for t in toks4..toks {
+        for r in (0..rows4).step_by(4) {
+            let o = &mut out[t * rows + r..];
+            dot_block_4x1([wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], xr(t), o);
+        }
+    }
     // The edges one product at a time.
     for t in 0..toks {
-        let r0 = if t < toks4 { rows2 } else { 0 };
+        let r0 = if t < toks4 { rows2 } else { rows4 };
         for r in r0..rows {
             dot_f32(wr(r), xr(t), &mut out[t * rows + r]);
         }
