@@ -9,7 +9,7 @@
 // Kernels index blocks the way the C they transcribe does.
 #![allow(clippy::needless_range_loop)]
 
-use crate::float::{f32_to_bf16, read_f16, write_f16};
+use crate::float::{bf16_to_f32, f32_to_bf16, read_f16, write_f16};
 use crate::ggml::reference::{cvtt, KVALUES_IQ4NL};
 
 /// Blocks of `B` bytes and `N` values, as fixed-size arrays.
@@ -898,9 +898,7 @@ fn mlx_param_at(dtype: crate::mlx::MlxDtype, bytes: &[u8], i: usize) -> f32 {
             bytes[4 * i + 3],
         ]),
         D::F16 => read_f16(&bytes[2 * i..]),
-        D::BF16 => {
-            f32::from_bits(u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16)
-        }
+        D::BF16 => bf16_to_f32(half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])),
     }
 }
 
