@@ -65,9 +65,19 @@ pub fn can_quantize(ty: GgmlType) -> bool {
     QUANTIZABLE.contains(&ty)
 }
 
+/// Types [`dequantize`] and [`vec_dot`] read but [`quantize`] does not
+/// produce.
+pub const DECODE_ONLY: &[GgmlType] = &[
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ2S,
+    GgmlType::IQ3XXS,
+    GgmlType::IQ3S,
+];
+
 /// Whether [`dequantize`] can read `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {
-    can_quantize(ty) || matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K)
+    can_quantize(ty) || DECODE_ONLY.contains(&ty) || matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K)
 }
 
 /// How `ty`'s quantizer uses an importance matrix, as

@@ -19,6 +19,8 @@
 
 mod dot;
 mod helpers;
+mod iq23;
+mod iq23_tables;
 mod iq4;
 mod kquants;
 mod legacy;
@@ -28,6 +30,11 @@ pub use dot::{
     vec_dot_iq4_nl_q8_0, vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k,
     vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
     vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
+};
+pub use iq23::{
+    dequantize_row_iq2_s, dequantize_row_iq2_xs, dequantize_row_iq2_xxs, dequantize_row_iq3_s,
+    dequantize_row_iq3_xxs, vec_dot_iq2_s_q8_k, vec_dot_iq2_xs_q8_k, vec_dot_iq2_xxs_q8_k,
+    vec_dot_iq3_s_q8_k, vec_dot_iq3_xxs_q8_k,
 };
 pub use iq4::{
     dequantize_row_iq4_nl, dequantize_row_iq4_xs, quantize_row_iq4_nl_impl,
@@ -195,6 +202,11 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> Result<(), Kerne
         T::Q8K => dequantize_row_q8_k(x, y),
         T::IQ4NL => dequantize_row_iq4_nl(x, y),
         T::IQ4XS => dequantize_row_iq4_xs(x, y),
+        T::IQ2XXS => dequantize_row_iq2_xxs(x, y),
+        T::IQ2XS => dequantize_row_iq2_xs(x, y),
+        T::IQ2S => dequantize_row_iq2_s(x, y),
+        T::IQ3XXS => dequantize_row_iq3_xxs(x, y),
+        T::IQ3S => dequantize_row_iq3_s(x, y),
         _ => return Err(KernelError::Unsupported(format!("dequantizing {ty}"))),
     }
     Ok(())
@@ -211,6 +223,7 @@ pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
         T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4NL => T::Q8_0,
         T::Q4_1 | T::Q5_1 => T::Q8_1,
         T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::IQ4XS => T::Q8K,
+        T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ3XXS | T::IQ3S => T::Q8K,
         _ => return None,
     })
 }
@@ -253,6 +266,11 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, Kernel
         T::Q6K => vec_dot_q6_k_q8_k(n, w, a),
         T::IQ4NL => vec_dot_iq4_nl_q8_0(n, w, a),
         T::IQ4XS => vec_dot_iq4_xs_q8_k(n, w, a),
+        T::IQ2XXS => vec_dot_iq2_xxs_q8_k(n, w, a),
+        T::IQ2XS => vec_dot_iq2_xs_q8_k(n, w, a),
+        T::IQ2S => vec_dot_iq2_s_q8_k(n, w, a),
+        T::IQ3XXS => vec_dot_iq3_xxs_q8_k(n, w, a),
+        T::IQ3S => vec_dot_iq3_s_q8_k(n, w, a),
         _ => return Err(KernelError::Unsupported(format!("dot products of {ty}"))),
     })
 }
