@@ -74,13 +74,13 @@ pub fn quantize_row_q8_1_act(x: &[f32], y: &mut [u8]) {
 
 /// `hsum_float_8`.
 #[inline(always)]
-fn hsum8(a: &[f32; 8]) -> f32 {
+pub(super) fn hsum8(a: &[f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 /// Adds `fma(d, lanes[k], acc[k])` for the eight lanes.
 #[inline(always)]
-fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: &[i32; 8]) {
+pub(super) fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: &[i32; 8]) {
     for k in 0..8 {
         acc[k] = d.mul_add(lanes[k] as f32, acc[k]);
     }
@@ -98,7 +98,7 @@ fn lane_dot(a: &[i32; 32], b: &[i8]) -> [i32; 8] {
 
 /// The 32 activation values of a Q8_0/Q8_1 block as i8.
 #[inline(always)]
-fn q8(b: &[u8]) -> [i8; 32] {
+pub(super) fn q8(b: &[u8]) -> [i8; 32] {
     let mut q = [0i8; 32];
     for i in 0..32 {
         q[i] = b[i] as i8;
@@ -272,16 +272,16 @@ pub fn vec_dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// A Q8_K block: d, the 256 values, the 16 sums.
-struct Q8K<'a>(&'a [u8]);
+pub(super) struct Q8K<'a>(pub(super) &'a [u8]);
 
 impl Q8K<'_> {
-    fn d(&self) -> f32 {
+    pub(super) fn d(&self) -> f32 {
         f32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
     }
-    fn qs(&self) -> &[u8] {
+    pub(super) fn qs(&self) -> &[u8] {
         &self.0[4..260]
     }
-    fn bsum(&self, j: usize) -> i32 {
+    pub(super) fn bsum(&self, j: usize) -> i32 {
         i32::from(i16::from_le_bytes([
             self.0[260 + 2 * j],
             self.0[261 + 2 * j],
@@ -292,7 +292,7 @@ impl Q8K<'_> {
 /// Lane sums over a super-block: `scaled[e]` is the weight's integer
 /// value times its integer sub-block scale.
 #[inline(always)]
-fn lanes_256(scaled: &[i32; 256], q8: &[u8]) -> [i32; 8] {
+pub(super) fn lanes_256(scaled: &[i32; 256], q8: &[u8]) -> [i32; 8] {
     let mut l = [0i32; 8];
     for e in 0..256 {
         l[(e % 32) / 4] += scaled[e] * i32::from(q8[e] as i8);
