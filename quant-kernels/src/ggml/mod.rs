@@ -65,9 +65,13 @@ pub fn can_quantize(ty: GgmlType) -> bool {
     QUANTIZABLE.contains(&ty)
 }
 
+/// Types [`dequantize`] and [`vec_dot`] read that are not [`QUANTIZABLE`]:
+/// formats of downloaded models that are not produced here.
+pub const DECODE_ONLY: &[GgmlType] = &[GgmlType::MXFP4, GgmlType::NVFP4];
+
 /// Whether [`dequantize`] can read `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {
-    can_quantize(ty) || matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K)
+    can_quantize(ty) || DECODE_ONLY.contains(&ty) || matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K)
 }
 
 /// How `ty`'s quantizer uses an importance matrix, as

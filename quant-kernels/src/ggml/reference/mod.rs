@@ -18,6 +18,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod dot;
+mod fp4;
 mod helpers;
 mod iq4;
 mod kquants;
@@ -28,6 +29,10 @@ pub use dot::{
     vec_dot_iq4_nl_q8_0, vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k,
     vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
     vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
+};
+pub use fp4::{
+    dequantize_row_mxfp4, dequantize_row_nvfp4, e8m0_to_f32_half, ue4m3_to_f32, vec_dot_mxfp4_q8_0,
+    vec_dot_nvfp4_q8_0, KVALUES_FP4,
 };
 pub use iq4::{
     dequantize_row_iq4_nl, dequantize_row_iq4_xs, quantize_row_iq4_nl_impl,
@@ -195,6 +200,8 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> Result<(), Kerne
         T::Q8K => dequantize_row_q8_k(x, y),
         T::IQ4NL => dequantize_row_iq4_nl(x, y),
         T::IQ4XS => dequantize_row_iq4_xs(x, y),
+        T::MXFP4 => dequantize_row_mxfp4(x, y),
+        T::NVFP4 => dequantize_row_nvfp4(x, y),
         _ => return Err(KernelError::Unsupported(format!("dequantizing {ty}"))),
     }
     Ok(())
@@ -209,6 +216,7 @@ pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
         T::F16 => T::F16,
         T::BF16 => T::BF16,
         T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4NL => T::Q8_0,
+        T::MXFP4 | T::NVFP4 => T::Q8_0,
         T::Q4_1 | T::Q5_1 => T::Q8_1,
         T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::IQ4XS => T::Q8K,
         _ => return None,
@@ -253,6 +261,8 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, Kernel
         T::Q6K => vec_dot_q6_k_q8_k(n, w, a),
         T::IQ4NL => vec_dot_iq4_nl_q8_0(n, w, a),
         T::IQ4XS => vec_dot_iq4_xs_q8_k(n, w, a),
+        T::MXFP4 => vec_dot_mxfp4_q8_0(n, w, a),
+        T::NVFP4 => vec_dot_nvfp4_q8_0(n, w, a),
         _ => return Err(KernelError::Unsupported(format!("dot products of {ty}"))),
     })
 }
