@@ -67,7 +67,12 @@ pub fn can_quantize(ty: GgmlType) -> bool {
 
 /// Types [`dequantize`] and [`vec_dot`] read that are not [`QUANTIZABLE`]:
 /// formats of downloaded models that are not produced here.
-pub const DECODE_ONLY: &[GgmlType] = &[GgmlType::MXFP4, GgmlType::NVFP4];
+pub const DECODE_ONLY: &[GgmlType] = &[
+    GgmlType::IQ1S,
+    GgmlType::IQ1M,
+    GgmlType::MXFP4,
+    GgmlType::NVFP4,
+];
 
 /// Whether [`dequantize`] can read `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {

@@ -20,6 +20,8 @@
 mod dot;
 mod fp4;
 mod helpers;
+mod iq1;
+mod iq1_tables;
 mod iq4;
 mod kquants;
 mod legacy;
@@ -34,6 +36,7 @@ pub use fp4::{
     dequantize_row_mxfp4, dequantize_row_nvfp4, e8m0_to_f32_half, ue4m3_to_f32, vec_dot_mxfp4_q8_0,
     vec_dot_nvfp4_q8_0, KVALUES_FP4,
 };
+pub use iq1::{dequantize_row_iq1_m, dequantize_row_iq1_s, vec_dot_iq1_m_q8_k, vec_dot_iq1_s_q8_k};
 pub use iq4::{
     dequantize_row_iq4_nl, dequantize_row_iq4_xs, quantize_row_iq4_nl_impl,
     quantize_row_iq4_nl_ref, quantize_row_iq4_xs_impl, KVALUES_IQ4NL,
@@ -202,6 +205,8 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> Result<(), Kerne
         T::IQ4XS => dequantize_row_iq4_xs(x, y),
         T::MXFP4 => dequantize_row_mxfp4(x, y),
         T::NVFP4 => dequantize_row_nvfp4(x, y),
+        T::IQ1S => dequantize_row_iq1_s(x, y),
+        T::IQ1M => dequantize_row_iq1_m(x, y),
         _ => return Err(KernelError::Unsupported(format!("dequantizing {ty}"))),
     }
     Ok(())
@@ -217,6 +222,7 @@ pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
         T::BF16 => T::BF16,
         T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4NL => T::Q8_0,
         T::MXFP4 | T::NVFP4 => T::Q8_0,
+        T::IQ1S | T::IQ1M => T::Q8K,
         T::Q4_1 | T::Q5_1 => T::Q8_1,
         T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::IQ4XS => T::Q8K,
         _ => return None,
@@ -263,6 +269,8 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, Kernel
         T::IQ4XS => vec_dot_iq4_xs_q8_k(n, w, a),
         T::MXFP4 => vec_dot_mxfp4_q8_0(n, w, a),
         T::NVFP4 => vec_dot_nvfp4_q8_0(n, w, a),
+        T::IQ1S => vec_dot_iq1_s_q8_k(n, w, a),
+        T::IQ1M => vec_dot_iq1_m_q8_k(n, w, a),
         _ => return Err(KernelError::Unsupported(format!("dot products of {ty}"))),
     })
 }
