@@ -70,6 +70,8 @@ pub fn can_quantize(ty: GgmlType) -> bool {
 pub const DECODE_ONLY: &[GgmlType] = &[
     GgmlType::IQ1S,
     GgmlType::IQ1M,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
     GgmlType::MXFP4,
     GgmlType::NVFP4,
 ];

@@ -25,6 +25,7 @@ mod iq1_tables;
 mod iq4;
 mod kquants;
 mod legacy;
+mod ternary;
 
 pub use dot::{
     quantize_row_q8_0_act, quantize_row_q8_1_act, vec_dot_bf16, vec_dot_f16, vec_dot_f32,
@@ -53,6 +54,9 @@ pub use legacy::{
     dequantize_row_q8_0, dequantize_row_q8_1, quantize_row_q4_0_impl, quantize_row_q4_0_ref,
     quantize_row_q4_1_impl, quantize_row_q4_1_ref, quantize_row_q5_0_impl, quantize_row_q5_0_ref,
     quantize_row_q5_1_impl, quantize_row_q5_1_ref, quantize_row_q8_0_ref, quantize_row_q8_1_ref,
+};
+pub use ternary::{
+    dequantize_row_tq1_0, dequantize_row_tq2_0, vec_dot_tq1_0_q8_k, vec_dot_tq2_0_q8_k,
 };
 
 pub(crate) use dot::{
@@ -207,6 +211,8 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> Result<(), Kerne
         T::NVFP4 => dequantize_row_nvfp4(x, y),
         T::IQ1S => dequantize_row_iq1_s(x, y),
         T::IQ1M => dequantize_row_iq1_m(x, y),
+        T::TQ1_0 => dequantize_row_tq1_0(x, y),
+        T::TQ2_0 => dequantize_row_tq2_0(x, y),
         _ => return Err(KernelError::Unsupported(format!("dequantizing {ty}"))),
     }
     Ok(())
@@ -222,7 +228,7 @@ pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
         T::BF16 => T::BF16,
         T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4NL => T::Q8_0,
         T::MXFP4 | T::NVFP4 => T::Q8_0,
-        T::IQ1S | T::IQ1M => T::Q8K,
+        T::IQ1S | T::IQ1M | T::TQ1_0 | T::TQ2_0 => T::Q8K,
         T::Q4_1 | T::Q5_1 => T::Q8_1,
         T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::IQ4XS => T::Q8K,
         _ => return None,
@@ -271,6 +277,8 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, Kernel
         T::NVFP4 => vec_dot_nvfp4_q8_0(n, w, a),
         T::IQ1S => vec_dot_iq1_s_q8_k(n, w, a),
         T::IQ1M => vec_dot_iq1_m_q8_k(n, w, a),
+        T::TQ1_0 => vec_dot_tq1_0_q8_k(n, w, a),
+        T::TQ2_0 => vec_dot_tq2_0_q8_k(n, w, a),
         _ => return Err(KernelError::Unsupported(format!("dot products of {ty}"))),
     })
 }
