@@ -17,6 +17,8 @@
 // Kernels index blocks the way the C they transcribe does.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(test)]
+mod decode_tests;
 mod dot;
 mod fp4;
 mod helpers;
