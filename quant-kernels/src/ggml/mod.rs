@@ -65,14 +65,20 @@ pub fn can_quantize(ty: GgmlType) -> bool {
     QUANTIZABLE.contains(&ty)
 }
 
-/// Types [`dequantize`] and [`vec_dot`] read but [`quantize`] does not
-/// produce.
+/// Types [`dequantize`] and [`vec_dot`] read that are not [`QUANTIZABLE`]:
+/// llama.cpp's formats of downloaded models that are not produced here.
 pub const DECODE_ONLY: &[GgmlType] = &[
+    GgmlType::IQ1S,
+    GgmlType::IQ1M,
     GgmlType::IQ2XXS,
     GgmlType::IQ2XS,
     GgmlType::IQ2S,
     GgmlType::IQ3XXS,
     GgmlType::IQ3S,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
+    GgmlType::NVFP4,
 ];
 
 /// Whether [`dequantize`] can read `ty`.

@@ -98,7 +98,7 @@ fn lane_dot(a: &[i32; 32], b: &[i8]) -> [i32; 8] {
 
 /// The 32 activation values of a Q8_0/Q8_1 block as i8.
 #[inline(always)]
-fn q8(b: &[u8]) -> [i8; 32] {
+pub(super) fn q8(b: &[u8]) -> [i8; 32] {
     let mut q = [0i8; 32];
     for i in 0..32 {
         q[i] = b[i] as i8;
@@ -281,7 +281,7 @@ impl Q8K<'_> {
     pub(super) fn qs(&self) -> &[u8] {
         &self.0[4..260]
     }
-    fn bsum(&self, j: usize) -> i32 {
+    pub(super) fn bsum(&self, j: usize) -> i32 {
         i32::from(i16::from_le_bytes([
             self.0[260 + 2 * j],
             self.0[261 + 2 * j],
@@ -292,7 +292,7 @@ impl Q8K<'_> {
 /// Lane sums over a super-block: `scaled[e]` is the weight's integer
 /// value times its integer sub-block scale.
 #[inline(always)]
-fn lanes_256(scaled: &[i32; 256], q8: &[u8]) -> [i32; 8] {
+pub(super) fn lanes_256(scaled: &[i32; 256], q8: &[u8]) -> [i32; 8] {
     let mut l = [0i32; 8];
     for e in 0..256 {
         l[(e % 32) / 4] += scaled[e] * i32::from(q8[e] as i8);

@@ -17,13 +17,19 @@
 // Kernels index blocks the way the C they transcribe does.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(test)]
+mod decode_tests;
 mod dot;
+mod fp4;
 mod helpers;
+mod iq1;
+mod iq1_tables;
 mod iq23;
 mod iq23_tables;
 mod iq4;
 mod kquants;
 mod legacy;
+mod ternary;
 
 pub use dot::{
     quantize_row_q8_0_act, quantize_row_q8_1_act, vec_dot_bf16, vec_dot_f16, vec_dot_f32,
@@ -31,6 +37,11 @@ pub use dot::{
     vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
     vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
 };
+pub use fp4::{
+    dequantize_row_mxfp4, dequantize_row_nvfp4, e8m0_to_f32_half, ue4m3_to_f32, vec_dot_mxfp4_q8_0,
+    vec_dot_nvfp4_q8_0, KVALUES_FP4,
+};
+pub use iq1::{dequantize_row_iq1_m, dequantize_row_iq1_s, vec_dot_iq1_m_q8_k, vec_dot_iq1_s_q8_k};
 pub use iq23::{
     dequantize_row_iq2_s, dequantize_row_iq2_xs, dequantize_row_iq2_xxs, dequantize_row_iq3_s,
     dequantize_row_iq3_xxs, vec_dot_iq2_s_q8_k, vec_dot_iq2_xs_q8_k, vec_dot_iq2_xxs_q8_k,
@@ -52,6 +63,9 @@ pub use legacy::{
     dequantize_row_q8_0, dequantize_row_q8_1, quantize_row_q4_0_impl, quantize_row_q4_0_ref,
     quantize_row_q4_1_impl, quantize_row_q4_1_ref, quantize_row_q5_0_impl, quantize_row_q5_0_ref,
     quantize_row_q5_1_impl, quantize_row_q5_1_ref, quantize_row_q8_0_ref, quantize_row_q8_1_ref,
+};
+pub use ternary::{
+    dequantize_row_tq1_0, dequantize_row_tq2_0, vec_dot_tq1_0_q8_k, vec_dot_tq2_0_q8_k,
 };
 
 pub(crate) use dot::{
@@ -207,6 +221,12 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> Result<(), Kerne
         T::IQ2S => dequantize_row_iq2_s(x, y),
         T::IQ3XXS => dequantize_row_iq3_xxs(x, y),
         T::IQ3S => dequantize_row_iq3_s(x, y),
+        T::MXFP4 => dequantize_row_mxfp4(x, y),
+        T::NVFP4 => dequantize_row_nvfp4(x, y),
+        T::IQ1S => dequantize_row_iq1_s(x, y),
+        T::IQ1M => dequantize_row_iq1_m(x, y),
+        T::TQ1_0 => dequantize_row_tq1_0(x, y),
+        T::TQ2_0 => dequantize_row_tq2_0(x, y),
         _ => return Err(KernelError::Unsupported(format!("dequantizing {ty}"))),
     }
     Ok(())
@@ -221,6 +241,8 @@ pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
         T::F16 => T::F16,
         T::BF16 => T::BF16,
         T::Q4_0 | T::Q5_0 | T::Q8_0 | T::IQ4NL => T::Q8_0,
+        T::MXFP4 | T::NVFP4 => T::Q8_0,
+        T::IQ1S | T::IQ1M | T::TQ1_0 | T::TQ2_0 => T::Q8K,
         T::Q4_1 | T::Q5_1 => T::Q8_1,
         T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K | T::IQ4XS => T::Q8K,
         T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ3XXS | T::IQ3S => T::Q8K,
@@ -271,6 +293,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, Kernel
         T::IQ2S => vec_dot_iq2_s_q8_k(n, w, a),
         T::IQ3XXS => vec_dot_iq3_xxs_q8_k(n, w, a),
         T::IQ3S => vec_dot_iq3_s_q8_k(n, w, a),
+        T::MXFP4 => vec_dot_mxfp4_q8_0(n, w, a),
+        T::NVFP4 => vec_dot_nvfp4_q8_0(n, w, a),
+        T::IQ1S => vec_dot_iq1_s_q8_k(n, w, a),
+        T::IQ1M => vec_dot_iq1_m_q8_k(n, w, a),
+        T::TQ1_0 => vec_dot_tq1_0_q8_k(n, w, a),
+        T::TQ2_0 => vec_dot_tq2_0_q8_k(n, w, a),
         _ => return Err(KernelError::Unsupported(format!("dot products of {ty}"))),
     })
 }
