@@ -70,6 +70,7 @@ fn unsupported_decode(enc: Encoding) -> ConvertError {
             "qforge cannot dequantize {enc} tensors (quant-kernels reads: {})",
             ggml::QUANTIZABLE
                 .iter()
+                .chain(ggml::DECODE_ONLY)
                 .map(|t| t.name())
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -348,6 +348,17 @@ dot_versions! {
     vec_dot_q6_k_q8_k;
     vec_dot_iq4_nl_q8_0;
     vec_dot_iq4_xs_q8_k;
+    vec_dot_iq2_xxs_q8_k;
+    vec_dot_iq2_xs_q8_k;
+    vec_dot_iq2_s_q8_k;
+    vec_dot_iq3_xxs_q8_k;
+    vec_dot_iq3_s_q8_k;
+    vec_dot_iq1_s_q8_k;
+    vec_dot_iq1_m_q8_k;
+    vec_dot_tq1_0_q8_k;
+    vec_dot_tq2_0_q8_k;
+    vec_dot_mxfp4_q8_0;
+    vec_dot_nvfp4_q8_0;
 }
 
 /// The dot product of `ggml::reference::vec_dot` for `ty`, compiled for
@@ -404,6 +415,17 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
         T::Q6K => vec_dot_q6_k_q8_k::run(level, n, w, a),
         T::IQ4NL => vec_dot_iq4_nl_q8_0::run(level, n, w, a),
         T::IQ4XS => vec_dot_iq4_xs_q8_k::run(level, n, w, a),
+        T::IQ2XXS => vec_dot_iq2_xxs_q8_k::run(level, n, w, a),
+        T::IQ2XS => vec_dot_iq2_xs_q8_k::run(level, n, w, a),
+        T::IQ2S => vec_dot_iq2_s_q8_k::run(level, n, w, a),
+        T::IQ3XXS => vec_dot_iq3_xxs_q8_k::run(level, n, w, a),
+        T::IQ3S => vec_dot_iq3_s_q8_k::run(level, n, w, a),
+        T::IQ1S => vec_dot_iq1_s_q8_k::run(level, n, w, a),
+        T::IQ1M => vec_dot_iq1_m_q8_k::run(level, n, w, a),
+        T::TQ1_0 => vec_dot_tq1_0_q8_k::run(level, n, w, a),
+        T::TQ2_0 => vec_dot_tq2_0_q8_k::run(level, n, w, a),
+        T::MXFP4 => vec_dot_mxfp4_q8_0::run(level, n, w, a),
+        T::NVFP4 => vec_dot_nvfp4_q8_0::run(level, n, w, a),
         _ => return None,
     })
 }

@@ -155,6 +155,7 @@ fn sign_lanes(x: &[i8], y: &[i8; 32]) -> [i32; 8] {
 /// summed lane-wise before the fold; an odd last block is added in scalar
 /// as `sumf += d * sumi` with exact integer products (no FMA: checked in
 /// libggml-cpu.so, `vmulss` then `vaddss`).
+#[inline(always)]
 pub fn vec_dot_mxfp4_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / QK_MXFP4;
     let scale = |ib: usize| read_f16(&a[34 * ib..34 * ib + 2]) * e8m0_to_f32_half(w[MXFP4 * ib]);
@@ -189,6 +190,7 @@ pub fn vec_dot_mxfp4_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// lanes 0-3 of each Q8_0 block take one sub-block, lanes 4-7 the next,
 /// each with its own scale (`ue4m3 * d_act`), two FMAs per block into one
 /// accumulator.
+#[inline(always)]
 pub fn vec_dot_nvfp4_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     for (xb, yb) in w

@@ -80,6 +80,7 @@ pub fn dequantize_row_iq1_s(x: &[u8], y: &mut [f32]) {
 /// through the activation block sums, `sum(bsums) * ±(2s+1)` per
 /// sub-block, into a scalar with an FMA (`vfmadd231ss` in the binary).
 /// Result: `hsum(acc) + 1/8 * acc_delta` (multiply, then add).
+#[inline(always)]
 pub fn vec_dot_iq1_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     let mut acc_delta = 0f32;
@@ -168,6 +169,7 @@ pub fn dequantize_row_iq1_m(x: &[u8], y: &mut [f32]) {
 /// times the 16-value scales; `fma(d, lanes, acc)` per block for each.
 /// Result: `fma(hsum(acc_delta), 1/8, hsum(acc))` (one `vfmadd132ss` in the
 /// binary).
+#[inline(always)]
 pub fn vec_dot_iq1_m_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     let mut acc_delta = [0f32; 8];

@@ -125,6 +125,7 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
 /// `block_iq2_xxs`: `d | qs[32] (u16)`. Each 32-weight chunk is two u32:
 /// the first holds four 8-bit grid indices, the second four 7-bit sign
 /// fields and (top 4 bits) the chunk's scale.
+#[inline(always)]
 fn decode_iq2_xxs(xb: &[u8]) -> Lattice {
     let mut b = Lattice::new(&xb[0..2]);
     for ib in 0..8 {
@@ -148,6 +149,7 @@ fn decode_iq2_xxs(xb: &[u8]) -> Lattice {
 /// `block_iq2_xs`: `d | qs[32] (u16) | scales[8]`. Each u16 is a 9-bit grid
 /// index and 7 sign bits; each scale byte holds the codes of two groups
 /// of 16.
+#[inline(always)]
 fn decode_iq2_xs(xb: &[u8]) -> Lattice {
     let mut b = Lattice::new(&xb[0..2]);
     for k in 0..32 {
@@ -165,6 +167,7 @@ fn decode_iq2_xs(xb: &[u8]) -> Lattice {
 /// `block_iq2_s`: `d | qs[32] | signs[32] | qh[8] | scales[8]`. Grid indices
 /// have 10 bits (2 high bits per index in `qh`, one byte per chunk); all 8
 /// signs are stored.
+#[inline(always)]
 fn decode_iq2_s(xb: &[u8]) -> Lattice {
     let mut b = Lattice::new(&xb[0..2]);
     let (qs, signs, qh) = (&xb[2..34], &xb[34..66], &xb[66..74]);
@@ -186,6 +189,7 @@ fn decode_iq2_s(xb: &[u8]) -> Lattice {
 /// `block_iq3_xxs`: `d | qs[64] | scales_and_signs[8] (u32)`. Eight 8-bit
 /// grid indices per chunk (4 weights each); the chunk's u32 holds four
 /// 7-bit sign fields (one per 8 weights) and the scale in its top 4 bits.
+#[inline(always)]
 fn decode_iq3_xxs(xb: &[u8]) -> Lattice {
     let mut b = Lattice::new(&xb[0..2]);
     let qs = &xb[2..66];
@@ -209,6 +213,7 @@ fn decode_iq3_xxs(xb: &[u8]) -> Lattice {
 /// `block_iq3_s`: `d | qs[64] | qh[8] | signs[32] | scales[4]`. Grid
 /// indices have 9 bits (the ninth in `qh`, one byte per chunk, bit `k` for
 /// index `k`); each scale byte holds the codes of two chunks.
+#[inline(always)]
 fn decode_iq3_s(xb: &[u8]) -> Lattice {
     let mut b = Lattice::new(&xb[0..2]);
     let (qs, qh, signs, scales) = (&xb[2..66], &xb[66..74], &xb[74..106], &xb[106..110]);
@@ -300,26 +305,31 @@ fn dot_lattice(
 }
 
 /// `ggml_vec_dot_iq2_xxs_q8_K`.
+#[inline(always)]
 pub fn vec_dot_iq2_xxs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     0.125 * dot_lattice(n, w, IQ2XXS, a, decode_iq2_xxs)
 }
 
 /// `ggml_vec_dot_iq2_xs_q8_K`.
+#[inline(always)]
 pub fn vec_dot_iq2_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     0.125 * dot_lattice(n, w, IQ2XS, a, decode_iq2_xs)
 }
 
 /// `ggml_vec_dot_iq2_s_q8_K`.
+#[inline(always)]
 pub fn vec_dot_iq2_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     0.125 * dot_lattice(n, w, IQ2S, a, decode_iq2_s)
 }
 
 /// `ggml_vec_dot_iq3_xxs_q8_K`.
+#[inline(always)]
 pub fn vec_dot_iq3_xxs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     0.25 * dot_lattice(n, w, IQ3XXS, a, decode_iq3_xxs)
 }
 
 /// `ggml_vec_dot_iq3_s_q8_K` (no final factor).
+#[inline(always)]
 pub fn vec_dot_iq3_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     dot_lattice(n, w, IQ3S, a, decode_iq3_s)
 }

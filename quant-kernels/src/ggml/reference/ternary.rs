@@ -125,6 +125,7 @@ fn ternary_dot(
 }
 
 /// `ggml_vec_dot_tq1_0_q8_K`.
+#[inline(always)]
 pub fn vec_dot_tq1_0_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     ternary_dot(n, w, TQ1_0, a, |xb| {
         let mut c = [0u8; QK_K];
@@ -137,6 +138,7 @@ pub fn vec_dot_tq1_0_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// `ggml_vec_dot_tq2_0_q8_K`.
+#[inline(always)]
 pub fn vec_dot_tq2_0_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     ternary_dot(n, w, TQ2_0, a, |xb| {
         let mut c = [0u8; QK_K];
