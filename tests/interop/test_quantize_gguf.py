@@ -203,6 +203,28 @@ def test_requantizing_needs_permission(qforge, smollm2, tmp_path):
     assert_same_gguf(tmp_path / "ours.gguf", tmp_path / "ref.gguf")
 
 
+@pytest.mark.parametrize("source_type", ["IQ2_XXS", "IQ3_S", "MXFP4_MOE"])
+def test_requantize_from_types_qforge_only_reads(qforge, smol_f16, smol_imatrix, tmp_path, source_type):
+    """A file in one of llama.cpp's types that qforge reads but does not
+    write (made by llama-quantize; IQ2_XXS needs the importance matrix,
+    MXFP4_MOE is `--pure`: every tensor MXFP4) requantized to Q4_K_M by
+    both tools through f32: the same file, so qforge's dequantization of
+    the source is ggml's."""
+    extra = ["--imatrix", smol_imatrix["gguf"]] + (["--pure"] if source_type == "MXFP4_MOE" else [])
+    src = tmp_path / f"src-{source_type}.gguf"
+    ok, log = run_llama(smol_f16, src, source_type, extra)
+    assert ok, log
+    held = {t.tensor_type.name for t in gguf.GGUFReader(str(src)).tensors}
+    want = "MXFP4" if source_type == "MXFP4_MOE" else source_type
+    assert want in held, f"{source_type}: the source holds {held}"
+    ok, log = run_llama(src, tmp_path / "ref.gguf", "Q4_K_M", ["--allow-requantize"])
+    assert ok, log
+    ok, log = run_qforge(qforge, src, tmp_path / "ours.gguf", "Q4_K_M",
+                         ["--allow-requantize", "--exact-grid", "off"])
+    assert ok, log
+    assert_same_gguf(tmp_path / "ours.gguf", tmp_path / "ref.gguf")
+
+
 def test_keep_split(qforge, fixture_f16, tmp_path):
     model, _ = fixture_f16("demo-llama")
     split_dir = tmp_path / "split"

@@ -27,6 +27,21 @@ PROMPT = (
 )
 # Logits of every GGUF type the tests below use, against llama.cpp.
 LOGIT_TYPES = ["F16", "Q4_1", "Q8_0", "Q4_K_M", "Q2_K"]
+# llama.cpp's types that qforge reads but does not write: the ftype
+# llama-quantize is given (with an importance matrix, which the IQ1 and
+# IQ2 types require), the GGML type its 1536-wide ffn_down matrices must
+# then hold, and whether it runs with `--pure`. Without it the ftype's
+# mix may leave the type out (IQ2_XS and IQ3_S stand in for IQ2_S, Q2_K
+# for the first IQ1/IQ2 layers); with it a ternary model is noise (every
+# other matrix Q4_0), whose logits llama.cpp's own two attention paths
+# do not agree on either. 576-wide rows do not fill 256-value blocks:
+# llama-quantize falls back to another type for those matrices.
+DECODE_FTYPES = {
+    "IQ1_S": ("IQ1_S", True), "IQ1_M": ("IQ1_M", True), "IQ2_XXS": ("IQ2_XXS", True),
+    "IQ2_XS": ("IQ2_XS", True), "IQ2_M": ("IQ2_S", True), "IQ3_XXS": ("IQ3_XXS", True),
+    "IQ3_S": ("IQ3_S", True), "TQ1_0": ("TQ1_0", False), "TQ2_0": ("TQ2_0", False),
+    "MXFP4_MOE": ("MXFP4", True),
+}
 # KL divergence against the F16 model (issue 6: Q8_0, Q4_K_M, Q2_K).
 KLD_TYPES = ["Q8_0", "Q4_K_M", "Q2_K"]
 # Windows of CTX tokens per comparison: both sides score the same ones, and
@@ -39,8 +54,8 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("verify")
 
 
-def llama_quantize(src, dst, ftype, allow_requantize=False):
-    cmd = [str(llama_tool("llama-quantize"))]
+def llama_quantize(src, dst, ftype, allow_requantize=False, extra=()):
+    cmd = [str(llama_tool("llama-quantize")), *map(str, extra)]
     if allow_requantize:
         cmd.append("--allow-requantize")
     cmd += [str(src), str(dst), ftype, "2"]
@@ -55,7 +70,17 @@ def smollm2_f16(work, smollm2):
 
 
 @pytest.fixture(scope="session")
-def gguf_of_type(work, smollm2, smollm2_f16):
+def smollm2_imatrix(work, smollm2_f16):
+    """llama-imatrix over Apache-2.0 (not the evaluated GPL-3), 2 chunks."""
+    out = work / "smollm2.imatrix.gguf"
+    subprocess.run([str(llama_tool("llama-imatrix")), "-m", str(smollm2_f16), "-f",
+                    "/usr/share/common-licenses/Apache-2.0", "-c", str(CTX), "--chunks", "2",
+                    "-t", "2", "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gguf_of_type(work, smollm2, smollm2_f16, request):
     made = {}
 
     def make(ftype):
@@ -64,7 +89,12 @@ def gguf_of_type(work, smollm2, smollm2_f16):
         if ftype == "F16":
             return smollm2_f16
         if ftype not in made:
-            made[ftype] = llama_quantize(smollm2_f16, work / f"smollm2-{ftype}.gguf", ftype)
+            extra = []
+            if ftype in DECODE_FTYPES:
+                extra = ["--imatrix", request.getfixturevalue("smollm2_imatrix")]
+                if DECODE_FTYPES[ftype][1]:
+                    extra.append("--pure")
+            made[ftype] = llama_quantize(smollm2_f16, work / f"smollm2-{ftype}.gguf", ftype, extra=extra)
         return made[ftype]
 
     return make
@@ -155,7 +185,15 @@ def test_quantized_logits_match_llama_cpp(qforge, gguf_of_type, work, ftype):
     must stay within 1.5x that spread, and agree on the top token as often
     as llama.cpp's two paths agree with each other (one position of
     slack)."""
-    model = gguf_of_type(ftype)
+    diff = assert_logits_within_llama_spread(qforge, gguf_of_type(ftype), work, ftype)
+    if ftype in ("Q8_0", "Q4_1"):
+        # No repacked kernels in llama.cpp for these: the first position
+        # (no attention sum yet) is bit for bit the same.
+        assert (diff[0] == 0).all(), f"{ftype}: first position differs by {diff[0].max()}"
+
+
+def assert_logits_within_llama_spread(qforge, model, work, ftype):
+    """The bounds of the test above; returns |qforge - llama.cpp|."""
     ids, want = llama_cpp_logits(model)
     _, other = llama_cpp_logits(model, flash_attn=True)
     got = qforge_logits(qforge, model, ids, work)
@@ -164,10 +202,20 @@ def test_quantized_logits_match_llama_cpp(qforge, gguf_of_type, work, ftype):
     assert diff.mean() <= 1.5 * spread.mean(), f"{ftype}: mean |diff| {diff.mean()}, spread {spread.mean()}"
     agree = (got.argmax(1) == want.argmax(1)).sum()
     assert agree >= (other.argmax(1) == want.argmax(1)).sum() - 1, f"{ftype}: top-1 agrees on {agree}/{len(ids)}"
-    if ftype in ("Q8_0", "Q4_1"):
-        # No repacked kernels in llama.cpp for these: the first position
-        # (no attention sum yet) is bit for bit the same.
-        assert (diff[0] == 0).all(), f"{ftype}: first position differs by {diff[0].max()}"
+    return diff
+
+
+@pytest.mark.parametrize("ftype", list(DECODE_FTYPES))
+def test_decode_only_type_logits_match_llama_cpp(qforge, gguf_of_type, work, ftype):
+    """Files in the types qforge reads but does not write, made by
+    llama-quantize: the matrices the type can hold have it, and the logits
+    stay within llama.cpp's own spread as above."""
+    import gguf
+
+    model = gguf_of_type(ftype)
+    held = {t.tensor_type.name for t in gguf.GGUFReader(model).tensors if t.name.endswith("ffn_down.weight")}
+    assert held == {DECODE_FTYPES[ftype][0]}, f"{ftype}: ffn_down holds {held}"
+    assert_logits_within_llama_spread(qforge, model, work, ftype)
 
 
 def test_perplexity_matches_llama_perplexity(qforge, smollm2, gpl3_text, gpl3_llama_tokens):
