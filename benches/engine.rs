@@ -2,7 +2,8 @@
 //! engine against llama.cpp's `llama-bench -p 128 -n 64 -t 2`, on the same
 //! machine, files and run, for SmolLM2-135M in F16, BF16, Q8_0, Q4_0, Q4_1,
 //! Q4_K_M, Q3_K_M and IQ4_XS (made from the oracle's Q4_1 file with
-//! llama-quantize, cached under target/bench-models). Prints ratios
+//! llama-quantize, cached under target/bench-models), and on request the
+//! types qforge reads but does not write (`DECODE_TYPES`). Prints ratios
 //! qforge / llama.cpp and the load average around each measurement (the
 //! machine is shared: read ratios, and distrust rows taken at a load
 //! above the core count).
@@ -16,6 +17,7 @@
 //! source tests/interop/oracles.env
 //! cargo bench --bench engine              # all types
 //! cargo bench --bench engine -- F16 Q4_0  # some
+//! cargo bench --bench engine -- IQ3_S MXFP4_MOE  # types qforge only reads
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,23 @@ use qforge::verify::{measure_speed, NoProgress, VerifyOptions};
 
 const TYPES: [&str; 8] = [
     "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K_M", "Q3_K_M", "IQ4_XS",
+];
+/// llama-quantize file types of the GGML types qforge reads but does not
+/// write, measured only when named: made with an importance matrix from
+/// llama-imatrix (Apache-2.0, 2 windows of 512), which the IQ1 and IQ2
+/// types require, and `--pure` (every matrix whose rows fill the type's
+/// blocks has it; IQ2_M is the file type of GGML's IQ2_S).
+const DECODE_TYPES: [&str; 10] = [
+    "IQ1_S",
+    "IQ1_M",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "IQ3_XXS",
+    "IQ3_S",
+    "TQ1_0",
+    "TQ2_0",
+    "MXFP4_MOE",
 ];
 const THREADS: usize = 2;
 const REPS: usize = 5;
@@ -46,20 +65,41 @@ fn model_file(dir: &Path, ty: &str) -> PathBuf {
     let bin = env_path("QFORGE_LLAMA_BIN");
     let src = env_path("QFORGE_SMOLLM2_GGUF");
     let f16 = dir.join("smollm2-F16.gguf");
-    let quantize = |from: &Path, to: &Path, ty: &str, requant: bool| {
+    let quantize = |from: &Path, to: &Path, ty: &str, extra: &[&std::ffi::OsStr]| {
         if to.is_file() {
             return;
         }
         let mut cmd = Command::new(bin.join("llama-quantize"));
-        if requant {
-            cmd.arg("--allow-requantize");
-        }
-        let out = cmd.arg(from).arg(to).arg(ty).arg("2").output().unwrap();
+        let out = cmd
+            .args(extra)
+            .arg(from)
+            .arg(to)
+            .arg(ty)
+            .arg("2")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "llama-quantize {ty} failed");
     };
-    quantize(&src, &f16, "F16", true);
+    quantize(&src, &f16, "F16", &["--allow-requantize".as_ref()]);
     let path = dir.join(format!("smollm2-{ty}.gguf"));
-    quantize(&f16, &path, ty, false);
+    if DECODE_TYPES.contains(&ty) {
+        let imatrix = dir.join("smollm2-apache.imatrix.gguf");
+        if !imatrix.is_file() {
+            let out = Command::new(bin.join("llama-imatrix"))
+                .arg("-m")
+                .arg(&f16)
+                .args(["-f", "/usr/share/common-licenses/Apache-2.0", "-c", "512"])
+                .args(["--chunks", "2", "-t", "2", "-o"])
+                .arg(&imatrix)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "llama-imatrix failed");
+        }
+        let extra = ["--imatrix".as_ref(), imatrix.as_os_str(), "--pure".as_ref()];
+        quantize(&f16, &path, ty, &extra);
+    } else {
+        quantize(&f16, &path, ty, &[]);
+    }
     path
 }
 
@@ -163,10 +203,18 @@ fn main() {
     );
     println!("| type | load | qforge pp | llama.cpp pp | pp ratio | qforge tg | llama.cpp tg | tg ratio |");
     println!("|---|---|---|---|---|---|---|---|");
-    for ty in TYPES {
-        if !wanted.is_empty() && !wanted.iter().any(|w| w == ty) {
-            continue;
-        }
+    // The default set, or the named types (of either list) in list order.
+    let types: Vec<&str> = if wanted.is_empty() {
+        TYPES.to_vec()
+    } else {
+        TYPES
+            .iter()
+            .chain(&DECODE_TYPES)
+            .copied()
+            .filter(|t| wanted.iter().any(|w| w == t))
+            .collect()
+    };
+    for &ty in &types {
         let path = model_file(&dir, ty);
         let load_before = load_average();
         let (lpp, ltg) = llama_bench(&path);
@@ -212,10 +260,7 @@ fn main() {
     );
     println!("| type | load | qforge verify | llama-perplexity | speed-up | qforge PPL | llama.cpp PPL |");
     println!("|---|---|---|---|---|---|---|");
-    for ty in TYPES {
-        if !wanted.is_empty() && !wanted.iter().any(|w| w == ty) {
-            continue;
-        }
+    for &ty in &types {
         let path = model_file(&dir, ty);
         let load_before = load_average();
         let ((ours, ppl), (theirs, lppl)) = perplexity_step(&path);
