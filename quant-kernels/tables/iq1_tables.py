@@ -28,7 +28,7 @@ def main():
     print("/// ggml's `iq1s_grid`: byte j of entry i is value j (an `i8` in -1..=1)")
     print("/// of grid point i.")
     print("#[rustfmt::skip]")
-    print(f"pub(super) static IQ1S_GRID: [u64; {len(words)}] = [")
+    print(f"pub(crate) static IQ1S_GRID: [u64; {len(words)}] = [")
     for i in range(0, len(words), 4):
         print("    " + " ".join(f"0x{w:016x}," for w in words[i:i + 4]))
     print("];")

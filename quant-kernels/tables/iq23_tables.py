@@ -52,7 +52,7 @@ def main():
         print(f"/// ggml's `{cname}`: {n} points of {width} values "
               f"({', '.join(str(v) for v in cls.grid_map)}).")
         print("#[rustfmt::skip]")
-        print(f"pub(super) static {name}: [{ty}; {n}] = [")
+        print(f"pub(crate) static {name}: [{ty}; {n}] = [")
         per_line = 4 if width == 8 else 8
         digits = 2 * width
         for i in range(0, n, per_line):

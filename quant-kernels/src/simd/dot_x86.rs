@@ -21,12 +21,12 @@ use crate::ggml::reference::{get_scale_min_k4, reduce_add_16};
 
 /// `hsum_float_8`: `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`.
 #[inline(always)]
-fn hsum8(a: &[f32; 8]) -> f32 {
+pub(super) fn hsum8(a: &[f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 #[inline(always)]
-unsafe fn store8(v: __m256) -> [f32; 8] {
+pub(super) unsafe fn store8(v: __m256) -> [f32; 8] {
     let mut a = [0f32; 8];
     // SAFETY: `a` holds 8 f32; the store is unaligned.
     unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
@@ -43,7 +43,7 @@ unsafe fn store8i(v: __m256i) -> [i32; 8] {
 
 /// 32 bytes from `b` (which holds at least 32).
 #[inline(always)]
-unsafe fn load32(b: &[u8]) -> __m256i {
+pub(super) unsafe fn load32(b: &[u8]) -> __m256i {
     debug_assert!(b.len() >= 32);
     // SAFETY: the caller passes at least 32 bytes; the load is unaligned.
     unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
@@ -73,7 +73,7 @@ unsafe fn lanes_u8(x: __m256i, y: __m256i) -> __m256i {
 
 /// i32 lanes of signed x signed byte products (`x` never -128).
 #[inline(always)]
-unsafe fn lanes_i8(x: __m256i, y: __m256i) -> __m256i {
+pub(super) unsafe fn lanes_i8(x: __m256i, y: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller.
     unsafe { lanes_u8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) }
 }
@@ -197,7 +197,7 @@ pub(super) unsafe fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// A Q8_K block: f32 d, 256 values, 16 i16 sums.
 #[inline(always)]
-fn q8k_d(yb: &[u8]) -> f32 {
+pub(super) fn q8k_d(yb: &[u8]) -> f32 {
     f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]])
 }
 

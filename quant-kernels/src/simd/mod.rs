@@ -19,6 +19,8 @@ use crate::GgmlType;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
+mod dot_iq_x86;
+#[cfg(target_arch = "x86_64")]
 mod dot_x86;
 #[cfg(target_arch = "x86_64")]
 mod float_avx2;
@@ -348,17 +350,6 @@ dot_versions! {
     vec_dot_q6_k_q8_k;
     vec_dot_iq4_nl_q8_0;
     vec_dot_iq4_xs_q8_k;
-    vec_dot_iq2_xxs_q8_k;
-    vec_dot_iq2_xs_q8_k;
-    vec_dot_iq2_s_q8_k;
-    vec_dot_iq3_xxs_q8_k;
-    vec_dot_iq3_s_q8_k;
-    vec_dot_iq1_s_q8_k;
-    vec_dot_iq1_m_q8_k;
-    vec_dot_tq1_0_q8_k;
-    vec_dot_tq2_0_q8_k;
-    vec_dot_mxfp4_q8_0;
-    vec_dot_nvfp4_q8_0;
 }
 
 /// The dot product of `ggml::reference::vec_dot` for `ty`, compiled for
@@ -383,6 +374,17 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
                 T::Q6K => Some(dot_x86::vec_dot_q6_k_q8_k(n, w, a)),
                 T::IQ4NL => Some(dot_x86::vec_dot_iq4_nl_q8_0(n, w, a)),
                 T::IQ4XS => Some(dot_x86::vec_dot_iq4_xs_q8_k(n, w, a)),
+                T::IQ2XXS => Some(dot_iq_x86::vec_dot_iq2_xxs_q8_k(n, w, a)),
+                T::IQ2XS => Some(dot_iq_x86::vec_dot_iq2_xs_q8_k(n, w, a)),
+                T::IQ2S => Some(dot_iq_x86::vec_dot_iq2_s_q8_k(n, w, a)),
+                T::IQ3XXS => Some(dot_iq_x86::vec_dot_iq3_xxs_q8_k(n, w, a)),
+                T::IQ3S => Some(dot_iq_x86::vec_dot_iq3_s_q8_k(n, w, a)),
+                T::MXFP4 => Some(dot_iq_x86::vec_dot_mxfp4_q8_0(n, w, a)),
+                T::IQ1M => Some(dot_iq_x86::vec_dot_iq1_m_q8_k(n, w, a)),
+                T::IQ1S => Some(dot_iq_x86::vec_dot_iq1_s_q8_k(n, w, a)),
+                T::TQ2_0 => Some(dot_iq_x86::vec_dot_tq2_0_q8_k(n, w, a)),
+                T::TQ1_0 => Some(dot_iq_x86::vec_dot_tq1_0_q8_k(n, w, a)),
+                T::NVFP4 => Some(dot_iq_x86::vec_dot_nvfp4_q8_0(n, w, a)),
                 // SAFETY (as above): AVX-512F is present at this level.
                 T::F16 if level >= Level::Avx512 => Some(dot_x86::vec_dot_f16(n, w, a)),
                 T::F16 => Some(float_avx2::vec_dot_f16(n, w, a)),
@@ -415,17 +417,17 @@ pub(crate) fn vec_dot_at(level: Level, ty: GgmlType, n: usize, w: &[u8], a: &[u8
         T::Q6K => vec_dot_q6_k_q8_k::run(level, n, w, a),
         T::IQ4NL => vec_dot_iq4_nl_q8_0::run(level, n, w, a),
         T::IQ4XS => vec_dot_iq4_xs_q8_k::run(level, n, w, a),
-        T::IQ2XXS => vec_dot_iq2_xxs_q8_k::run(level, n, w, a),
-        T::IQ2XS => vec_dot_iq2_xs_q8_k::run(level, n, w, a),
-        T::IQ2S => vec_dot_iq2_s_q8_k::run(level, n, w, a),
-        T::IQ3XXS => vec_dot_iq3_xxs_q8_k::run(level, n, w, a),
-        T::IQ3S => vec_dot_iq3_s_q8_k::run(level, n, w, a),
-        T::IQ1S => vec_dot_iq1_s_q8_k::run(level, n, w, a),
-        T::IQ1M => vec_dot_iq1_m_q8_k::run(level, n, w, a),
-        T::TQ1_0 => vec_dot_tq1_0_q8_k::run(level, n, w, a),
-        T::TQ2_0 => vec_dot_tq2_0_q8_k::run(level, n, w, a),
-        T::MXFP4 => vec_dot_mxfp4_q8_0::run(level, n, w, a),
-        T::NVFP4 => vec_dot_nvfp4_q8_0::run(level, n, w, a),
+        T::IQ2XXS => reference::vec_dot_iq2_xxs_q8_k(n, w, a),
+        T::IQ2XS => reference::vec_dot_iq2_xs_q8_k(n, w, a),
+        T::IQ2S => reference::vec_dot_iq2_s_q8_k(n, w, a),
+        T::IQ3XXS => reference::vec_dot_iq3_xxs_q8_k(n, w, a),
+        T::IQ3S => reference::vec_dot_iq3_s_q8_k(n, w, a),
+        T::IQ1S => reference::vec_dot_iq1_s_q8_k(n, w, a),
+        T::IQ1M => reference::vec_dot_iq1_m_q8_k(n, w, a),
+        T::TQ1_0 => reference::vec_dot_tq1_0_q8_k(n, w, a),
+        T::TQ2_0 => reference::vec_dot_tq2_0_q8_k(n, w, a),
+        T::MXFP4 => reference::vec_dot_mxfp4_q8_0(n, w, a),
+        T::NVFP4 => reference::vec_dot_nvfp4_q8_0(n, w, a),
         _ => return None,
     })
 }

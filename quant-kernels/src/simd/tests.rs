@@ -528,6 +528,114 @@ fn iq4_nl_dots_of_odd_block_counts_match_the_reference() {
     }
 }
 
+/// A decode-only type (qforge reads it but has no quantizer): the byte
+/// offsets of its f16 scales within a block, and its reference dot product.
+type DecodeDot = (GgmlType, &'static [usize], fn(usize, &[u8], &[u8]) -> f32);
+
+const DECODE_DOTS: &[DecodeDot] = &[
+    (GgmlType::IQ2XXS, &[0], reference::vec_dot_iq2_xxs_q8_k),
+    (GgmlType::IQ2XS, &[0], reference::vec_dot_iq2_xs_q8_k),
+    (GgmlType::IQ2S, &[0], reference::vec_dot_iq2_s_q8_k),
+    (GgmlType::IQ3XXS, &[0], reference::vec_dot_iq3_xxs_q8_k),
+    (GgmlType::IQ3S, &[0], reference::vec_dot_iq3_s_q8_k),
+    (GgmlType::MXFP4, &[], reference::vec_dot_mxfp4_q8_0),
+    (GgmlType::IQ1M, &[], reference::vec_dot_iq1_m_q8_k),
+    (GgmlType::IQ1S, &[0], reference::vec_dot_iq1_s_q8_k),
+    (GgmlType::TQ2_0, &[64], reference::vec_dot_tq2_0_q8_k),
+    (GgmlType::TQ1_0, &[52], reference::vec_dot_tq1_0_q8_k),
+    (GgmlType::NVFP4, &[], reference::vec_dot_nvfp4_q8_0),
+];
+
+/// Weight blocks from random bytes, their f16 scales made finite (and
+/// MXFP4's E8M0 exponents kept within 2^±20, so that sums stay finite).
+fn decode_weights(ty: GgmlType, f16_at: &[usize], bytes: &[u8], n: usize) -> Vec<u8> {
+    let bb = ty.type_size() as usize;
+    let mut w = bytes[..ty.row_size(n as u64).unwrap() as usize].to_vec();
+    for b in w.chunks_exact_mut(bb) {
+        for &o in f16_at {
+            let mut v = u16::from_le_bytes([b[o], b[o + 1]]);
+            if (v >> 10) & 31 == 31 {
+                v &= !(1 << 14);
+            }
+            b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        if ty == GgmlType::MXFP4 {
+            b[0] = 107 + b[0] % 41;
+        }
+        if ty == GgmlType::IQ1M {
+            // The f16 scale is the top nibbles of the four u16 `scales`
+            // (bytes 48..56); its bit 14 (the last word's) cleared keeps
+            // the exponent finite.
+            b[55] &= !0x40;
+        }
+    }
+    w
+}
+
+/// Activation blocks of `vdt` (Q8_K or Q8_0) holding `qs` (any i8, -128
+/// included), blocks with `sat` set saturated at -128/127, scales from
+/// `d`; Q8_K's bsums are the sums of each 16 values, as its quantizer
+/// writes them.
+fn decode_activations(vdt: GgmlType, qs: &[i8], sat: &[bool], d: &[f32]) -> Vec<u8> {
+    let qk = vdt.block_size() as usize;
+    let mut a = Vec::new();
+    for (b, q) in qs.chunks_exact(qk).enumerate() {
+        let q: Vec<i8> = if sat[b % sat.len()] {
+            q.iter().map(|&v| if v < 0 { -128 } else { 127 }).collect()
+        } else {
+            q.to_vec()
+        };
+        let d = d[b % d.len()];
+        if vdt == GgmlType::Q8K {
+            a.extend_from_slice(&d.to_le_bytes());
+            a.extend(q.iter().map(|&v| v as u8));
+            for s in q.chunks_exact(16) {
+                let sum: i16 = s.iter().map(|&v| i16::from(v)).sum();
+                a.extend_from_slice(&sum.to_le_bytes());
+            }
+        } else {
+            let at = a.len();
+            a.extend_from_slice(&[0, 0]);
+            crate::float::write_f16(&mut a[at..], d);
+            a.extend(q.iter().map(|&v| v as u8));
+        }
+    }
+    a
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The decode-only types' dot products (explicit AVX2 at the AVX2 and
+    /// AVX-512 levels) against their references, bit for bit, on random
+    /// weight bytes with finite scales and random activations: 4
+    /// super-blocks for the Q8_K types, 1..=33 blocks of 32 for MXFP4 (an
+    /// odd count ends with a lone block). Where the CPU lacks AVX2,
+    /// `available_levels` holds only the baseline, and this compares the
+    /// reference with itself.
+    #[test]
+    fn decode_only_dots_match_the_reference_at_every_level(
+        bytes in proptest::collection::vec(any::<u8>(), 1200),
+        qs in proptest::collection::vec(any::<i8>(), 33 * 32),
+        sat in proptest::collection::vec(proptest::bool::weighted(0.3), 7),
+        d in proptest::collection::vec(prop_oneof![1e-4f32..0.1, -0.1f32..-1e-4], 5),
+        fp4_blocks in 1usize..=33,
+    ) {
+        for &(ty, f16_at, dot) in DECODE_DOTS {
+            let vdt = reference::vec_dot_type(ty).unwrap();
+            let n = if ty == GgmlType::MXFP4 { 32 * fp4_blocks } else { 1024 };
+            let w = decode_weights(ty, f16_at, &bytes, n);
+            let a = decode_activations(vdt, &qs[..n], &sat, &d);
+            let want = dot(n, &w, &a);
+            for level in available_levels() {
+                let got = vec_dot_at(level, ty, n, &w, &a).unwrap();
+                prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{} at {:?}, {} values: {} vs {}", ty, level, n, got, want);
+            }
+        }
+    }
+}
+
 /// MLX affine rows decoded from their stored bytes at every level against
 /// `mlx::dequantize_ref` (f32), bit for bit: every width, group size and
 /// scale dtype, scales and biases with zeros, subnormals, infinities and

@@ -108,7 +108,7 @@ pub fn vec_dot_iq1_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// IQ1_M: the f16 super-block scale from the top nibbles of the four
 /// scale words.
 #[inline(always)]
-fn iq1m_d(xb: &[u8]) -> f32 {
+pub(crate) fn iq1m_d(xb: &[u8]) -> f32 {
     let sc = &xb[48..56];
     let bits = (u16_at(sc, 0) >> 12)
         | ((u16_at(sc, 1) >> 8) & 0x00f0)

@@ -38,7 +38,7 @@ const IQ3S: usize = 110;
 /// their parity (the encoder keeps an even number of minus signs per 8
 /// weights, so the eighth sign is implied).
 #[inline(always)]
-const fn ksigns(i: u32) -> u8 {
+pub(crate) const fn ksigns(i: u32) -> u8 {
     let i = (i & 127) as u8;
     i | (((i.count_ones() & 1) as u8) << 7)
 }

@@ -23,9 +23,9 @@ mod dot;
 mod fp4;
 mod helpers;
 mod iq1;
-mod iq1_tables;
+pub(crate) mod iq1_tables;
 mod iq23;
-mod iq23_tables;
+pub(crate) mod iq23_tables;
 mod iq4;
 mod kquants;
 mod legacy;
@@ -74,6 +74,8 @@ pub(crate) use dot::{
 pub(crate) use helpers::{
     cvtt, get_scale_min_k4, make_q3_quants, nearest_int, put_scale_min_k4, MinSearch, GROUP_MAX_EPS,
 };
+pub(crate) use iq1::iq1m_d;
+pub(crate) use iq23::ksigns;
 pub(crate) use kquants::q3k_put_scale;
 
 use crate::float::{bf16_to_f32, f32_to_bf16, f32_to_f16, read_f16};
