@@ -39,7 +39,7 @@ const DECODE_TYPES: [&str; 10] = [
     "IQ1_M",
     "IQ2_XXS",
     "IQ2_XS",
-    "IQ2_S",
+    "IQ2_M",
     "IQ3_XXS",
     "IQ3_S",
     "TQ1_0",
