@@ -291,9 +291,10 @@ fn dequantize_row_fast(ty: GgmlType, x: &[u8], y: &mut [f32]) {
 
 /// The activation type ggml's CPU backend quantizes activations to for dot
 /// products with weights of `ty` (its `vec_dot_type`): Q8_0 for Q4_0, Q5_0,
-/// Q8_0 and IQ4_NL; Q8_1 for Q4_1 and Q5_1; Q8_K for the K-quants and
-/// IQ4_XS; the type itself for F32, F16 and BF16. `None` for types without
-/// a dot product here.
+/// Q8_0, IQ4_NL, MXFP4 and NVFP4; Q8_1 for Q4_1 and Q5_1; Q8_K for the
+/// K-quants, IQ4_XS, the IQ1/IQ2/IQ3 types, TQ1_0 and TQ2_0; the type
+/// itself for F32, F16 and BF16. `None` for types without a dot product
+/// here.
 pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
     reference::vec_dot_type(ty)
 }
