@@ -8,7 +8,10 @@
 //! `cargo bench -p quant-kernels --bench decode_dot [-- TYPE,TYPE...]`
 //!
 //! Prints both rates in billions of multiply-adds per second and their
-//! ratio (the machine may be shared: read the ratio).
+//! ratio (the machine may be shared: read the ratio). A second table
+//! times a batch of tokens (prompt processing): `ggml::gemm` (the tile
+//! kernels, where the type has one) against one `ggml::vec_dot` per
+//! (row, token) pair, the same bits asserted.
 
 mod common;
 
@@ -18,6 +21,7 @@ use quant_kernels::GgmlType;
 const REPS: usize = 5;
 const COLS: usize = 1536;
 const ROWS: usize = 512;
+const TOKENS: usize = 16;
 
 fn xorshift_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed | 1;
@@ -83,7 +87,7 @@ fn main() {
         .collect();
     println!("| type | cols x rows | reference GMAC/s | SIMD GMAC/s | ratio |");
     println!("|---|---|---|---|---|");
-    for ty in types {
+    for &ty in &types {
         let vdt = ggml::vec_dot_type(ty).unwrap();
         let w = weights(ty, ROWS);
         let mut a = vec![0u8; ggml::row_size(vdt, COLS).unwrap()];
@@ -115,6 +119,51 @@ fn main() {
             gmac / tr,
             gmac / tf,
             tr / tf
+        );
+    }
+    batch(&types);
+}
+
+/// `TOKENS` activation rows against `ROWS` weight rows: `ggml::gemm`
+/// against a `ggml::vec_dot` per pair.
+fn batch(types: &[GgmlType]) {
+    let x: Vec<f32> = xorshift_bytes(COLS * TOKENS, 13)
+        .iter()
+        .map(|&b| (f32::from(b) - 127.5) / 1024.0)
+        .collect();
+    println!();
+    println!("| type | cols x rows x tokens | vec_dot per pair GMAC/s | gemm GMAC/s | ratio |");
+    println!("|---|---|---|---|---|");
+    for &ty in types {
+        let vdt = ggml::vec_dot_type(ty).unwrap();
+        let w = weights(ty, ROWS);
+        let ab = ggml::row_size(vdt, COLS).unwrap();
+        let mut a = vec![0u8; ab * TOKENS];
+        for (row, q) in x.chunks_exact(COLS).zip(a.chunks_exact_mut(ab)) {
+            ggml::quantize_activations(vdt, row, q).unwrap();
+        }
+        let wb = w.len() / ROWS;
+        let mut out = vec![0f32; ROWS * TOKENS];
+        let tp = common::best_secs(REPS, || {
+            for (t, ar) in a.chunks_exact(ab).enumerate() {
+                for (r, wr) in w.chunks_exact(wb).enumerate() {
+                    out[t * ROWS + r] = ggml::vec_dot(ty, wr, ar, COLS).unwrap();
+                }
+            }
+        });
+        let want = out.clone();
+        let tg = common::best_secs(REPS, || ggml::gemm(ty, COLS, &w, &a, &mut out).unwrap());
+        let same = out
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+        assert!(same, "{ty}: gemm differs from vec_dot");
+        let gmac = (COLS * ROWS * TOKENS) as f64 / 1e9;
+        println!(
+            "| {ty} | {COLS} x {ROWS} x {TOKENS} | {:.2} | {:.2} | {:.2}x |",
+            gmac / tp,
+            gmac / tg,
+            tp / tg
         );
     }
 }

@@ -118,13 +118,53 @@ unsafe fn odd_scales(lo: u32, hi: u32) -> __m256i {
 /// One lattice type: its block size and the lane sums of one 32-value
 /// chunk. (A trait rather than a closure, so that the chunk is inlined
 /// into the caller's `target_feature` context.)
-trait Lattice {
+pub(super) trait Lattice {
     const BYTES: usize;
+    /// The factor the type's dot product ends with (`None`: none).
+    const FACTOR: Option<f32>;
     /// Lane sums of chunk `ib` of block `xb` against activations `q8`.
     ///
     /// # Safety
     /// The CPU must support AVX2; `xb` is a whole block, `ib < 8`.
     unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i;
+    /// The 32 values of chunk `ib` with their signs, as i8 (at most 62
+    /// in magnitude), for the tile kernels.
+    ///
+    /// # Safety
+    /// As [`Lattice::chunk`].
+    unsafe fn signed(xb: &[u8], ib: usize) -> __m256i;
+    /// The multipliers `2*ls + 1` of the block's 16 runs of 16 values
+    /// (two per chunk, the first for values 0..16).
+    fn multipliers(xb: &[u8]) -> [i16; 16];
+}
+
+/// The dot product's end: `FACTOR * sum` (or `sum`).
+#[inline(always)]
+pub(super) fn finish<L: Lattice>(sum: f32) -> f32 {
+    match L::FACTOR {
+        Some(f) => f * sum,
+        None => sum,
+    }
+}
+
+/// Multipliers of chunks whose two halves share one 4-bit scale.
+#[inline(always)]
+fn shared_multipliers(ls: impl Fn(usize) -> u32) -> [i16; 16] {
+    std::array::from_fn(|j| (2 * ls(j / 2) + 1) as i16)
+}
+
+/// Multipliers of chunks with one scale byte each, the low nibble for
+/// the first half.
+#[inline(always)]
+fn nibble_multipliers(sc: &[u8]) -> [i16; 16] {
+    std::array::from_fn(|j| (2 * ((sc[j / 2] >> (4 * (j % 2))) & 0xf) + 1) as i16)
+}
+
+/// `grid` negated where `neg` is -1 (0 elsewhere).
+#[inline(always)]
+unsafe fn apply_neg(grid: __m256i, neg: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe { _mm256_sub_epi8(_mm256_xor_si256(grid, neg), neg) }
 }
 
 /// The shared loop of the lattice kernels: per super-block,
@@ -158,113 +198,251 @@ unsafe fn dot_lattice<L: Lattice>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
 }
 
+/// The little-endian u32 at `xb[at..at + 4]`.
+#[inline(always)]
+fn u32_at(xb: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([xb[at], xb[at + 1], xb[at + 2], xb[at + 3]])
+}
+
 /// Chunk `ib` of an IQ2_XXS block: four 8-bit grid indices, then a u32 of
 /// four 7-bit sign fields and the scale in its top 4 bits.
-struct Iq2Xxs;
+pub(super) struct Iq2Xxs;
+
+impl Iq2Xxs {
+    /// The chunk's grid points and its signs and scale word.
+    #[inline(always)]
+    unsafe fn parts(xb: &[u8], ib: usize) -> (__m256i, u32) {
+        let q = &xb[2 + 8 * ib..10 + 8 * ib];
+        let g = |l: usize| IQ2XXS_GRID[usize::from(q[l])] as i64;
+        // SAFETY: AVX is enabled in every caller.
+        let grid = unsafe { _mm256_set_epi64x(g(3), g(2), g(1), g(0)) };
+        (grid, u32_at(q, 4))
+    }
+}
 
 impl Lattice for Iq2Xxs {
     const BYTES: usize = 66;
+    const FACTOR: Option<f32> = Some(0.125);
 
     #[inline(always)]
     unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i {
-        let q = &xb[2 + 8 * ib..10 + 8 * ib];
-        let aux = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
-        let g = |l: usize| IQ2XXS_GRID[usize::from(q[l])] as i64;
-        let ls = aux >> 28;
         // SAFETY: AVX2 is enabled in every caller.
         unsafe {
-            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let (grid, aux) = Self::parts(xb, ib);
+            let ls = aux >> 28;
             signed_lanes(grid, q8, even_signs(aux), odd_scales(ls, ls))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn signed(xb: &[u8], ib: usize) -> __m256i {
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            let (grid, aux) = Self::parts(xb, ib);
+            _mm256_sign_epi8(grid, even_signs(aux))
+        }
+    }
+
+    fn multipliers(xb: &[u8]) -> [i16; 16] {
+        shared_multipliers(|ib| u32_at(xb, 6 + 8 * ib) >> 28)
     }
 }
 
 /// Chunk `ib` of an IQ2_XS block: four u16 of a 9-bit grid index and a
 /// 7-bit sign field; the scale byte holds the codes of both halves.
-struct Iq2Xs;
+pub(super) struct Iq2Xs;
 
-impl Lattice for Iq2Xs {
-    const BYTES: usize = 74;
-
+impl Iq2Xs {
+    /// The chunk's grid points and their ±1 sign bytes.
     #[inline(always)]
-    unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i {
+    unsafe fn parts(xb: &[u8], ib: usize) -> (__m256i, __m256i) {
         let q = |l: usize| u16::from_le_bytes([xb[2 + 8 * ib + 2 * l], xb[3 + 8 * ib + 2 * l]]);
         let g = |l: usize| IQ2XS_GRID[usize::from(q(l) & 511)] as i64;
         let s = |l: usize| KEVEN_SIGNS[usize::from(q(l) >> 9)] as i64;
+        // SAFETY: AVX is enabled in every caller.
+        unsafe {
+            (
+                _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                _mm256_set_epi64x(s(3), s(2), s(1), s(0)),
+            )
+        }
+    }
+}
+
+impl Lattice for Iq2Xs {
+    const BYTES: usize = 74;
+    const FACTOR: Option<f32> = Some(0.125);
+
+    #[inline(always)]
+    unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i {
         let sc = u32::from(xb[66 + ib]);
         // SAFETY: AVX2 is enabled in every caller.
         unsafe {
-            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
-            let signs = _mm256_set_epi64x(s(3), s(2), s(1), s(0));
+            let (grid, signs) = Self::parts(xb, ib);
             signed_lanes(grid, q8, signs, odd_scales(sc & 0xf, sc >> 4))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn signed(xb: &[u8], ib: usize) -> __m256i {
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            let (grid, signs) = Self::parts(xb, ib);
+            _mm256_sign_epi8(grid, signs)
+        }
+    }
+
+    fn multipliers(xb: &[u8]) -> [i16; 16] {
+        nibble_multipliers(&xb[66..74])
     }
 }
 
 /// Chunk `ib` of an IQ2_S block: four 10-bit grid indices (the high bits
 /// in `qh[ib]`), four bytes of explicit signs, the scale byte of both
 /// halves.
-struct Iq2S;
+pub(super) struct Iq2S;
+
+impl Iq2S {
+    /// The chunk's grid points and its negative mask.
+    #[inline(always)]
+    unsafe fn parts(xb: &[u8], ib: usize) -> (__m256i, __m256i) {
+        let (qs, qh) = (&xb[2 + 4 * ib..6 + 4 * ib], usize::from(xb[66 + ib]));
+        let g = |l: usize| IQ2S_GRID[usize::from(qs[l]) | ((qh << (8 - 2 * l)) & 0x300)] as i64;
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            (
+                _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                sign_bytes(&xb[34 + 4 * ib..38 + 4 * ib]),
+            )
+        }
+    }
+}
 
 impl Lattice for Iq2S {
     const BYTES: usize = 82;
+    const FACTOR: Option<f32> = Some(0.125);
 
     #[inline(always)]
     unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i {
-        let (qs, qh) = (&xb[2 + 4 * ib..6 + 4 * ib], usize::from(xb[66 + ib]));
-        let g = |l: usize| IQ2S_GRID[usize::from(qs[l]) | ((qh << (8 - 2 * l)) & 0x300)] as i64;
         let sc = u32::from(xb[74 + ib]);
         // SAFETY: AVX2 is enabled in every caller.
         unsafe {
-            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
-            let neg = sign_bytes(&xb[34 + 4 * ib..38 + 4 * ib]);
+            let (grid, neg) = Self::parts(xb, ib);
             masked_lanes(grid, q8, neg, odd_scales(sc & 0xf, sc >> 4))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn signed(xb: &[u8], ib: usize) -> __m256i {
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            let (grid, neg) = Self::parts(xb, ib);
+            apply_neg(grid, neg)
+        }
+    }
+
+    fn multipliers(xb: &[u8]) -> [i16; 16] {
+        nibble_multipliers(&xb[74..82])
     }
 }
 
 /// Chunk `ib` of an IQ3_XXS block: eight 8-bit indices of 4-value grid
 /// points, then (after all 64 indices) a u32 of four 7-bit sign fields and
 /// the scale.
-struct Iq3Xxs;
+pub(super) struct Iq3Xxs;
+
+impl Iq3Xxs {
+    /// The chunk's grid points and its signs and scale word.
+    #[inline(always)]
+    unsafe fn parts(xb: &[u8], ib: usize) -> (__m256i, u32) {
+        let qs = &xb[2 + 8 * ib..10 + 8 * ib];
+        let g = |k: usize| IQ3XXS_GRID[usize::from(qs[k])] as i32;
+        // SAFETY: AVX is enabled in every caller.
+        let grid = unsafe { _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0)) };
+        (grid, u32_at(xb, 66 + 4 * ib))
+    }
+}
 
 impl Lattice for Iq3Xxs {
     const BYTES: usize = 98;
+    const FACTOR: Option<f32> = Some(0.25);
 
     #[inline(always)]
     unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i {
-        let qs = &xb[2 + 8 * ib..10 + 8 * ib];
-        let g = |k: usize| IQ3XXS_GRID[usize::from(qs[k])] as i32;
-        let a = &xb[66 + 4 * ib..70 + 4 * ib];
-        let aux = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
-        let ls = aux >> 28;
         // SAFETY: AVX2 is enabled in every caller.
         unsafe {
-            let grid = _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
+            let (grid, aux) = Self::parts(xb, ib);
+            let ls = aux >> 28;
             signed_lanes(grid, q8, even_signs(aux), odd_scales(ls, ls))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn signed(xb: &[u8], ib: usize) -> __m256i {
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            let (grid, aux) = Self::parts(xb, ib);
+            _mm256_sign_epi8(grid, even_signs(aux))
+        }
+    }
+
+    fn multipliers(xb: &[u8]) -> [i16; 16] {
+        shared_multipliers(|ib| u32_at(xb, 66 + 4 * ib) >> 28)
     }
 }
 
 /// Chunk `ib` of an IQ3_S block: eight 9-bit indices of 4-value grid
 /// points (the ninth bits in `qh[ib]`, bit `k` for index `k`), four bytes
 /// of explicit signs, a 4-bit scale (two chunks per byte).
-struct Iq3S;
+pub(super) struct Iq3S;
+
+impl Iq3S {
+    /// The chunk's grid points and its negative mask.
+    #[inline(always)]
+    unsafe fn parts(xb: &[u8], ib: usize) -> (__m256i, __m256i) {
+        let (qs, qh) = (&xb[2 + 8 * ib..10 + 8 * ib], usize::from(xb[66 + ib]));
+        let g = |k: usize| IQ3S_GRID[usize::from(qs[k]) | ((qh << (8 - k)) & 256)] as i32;
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            (
+                _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0)),
+                sign_bytes(&xb[74 + 4 * ib..78 + 4 * ib]),
+            )
+        }
+    }
+
+    /// The 4-bit scale of chunk `ib`.
+    #[inline(always)]
+    fn ls(xb: &[u8], ib: usize) -> u32 {
+        u32::from(xb[106 + ib / 2] >> (4 * (ib % 2))) & 0xf
+    }
+}
 
 impl Lattice for Iq3S {
     const BYTES: usize = 110;
+    const FACTOR: Option<f32> = None;
 
     #[inline(always)]
     unsafe fn chunk(xb: &[u8], ib: usize, q8: __m256i) -> __m256i {
-        let (qs, qh) = (&xb[2 + 8 * ib..10 + 8 * ib], usize::from(xb[66 + ib]));
-        let g = |k: usize| IQ3S_GRID[usize::from(qs[k]) | ((qh << (8 - k)) & 256)] as i32;
-        let ls = u32::from(xb[106 + ib / 2] >> (4 * (ib % 2))) & 0xf;
+        let ls = Self::ls(xb, ib);
         // SAFETY: AVX2 is enabled in every caller.
         unsafe {
-            let grid = _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
-            let neg = sign_bytes(&xb[74 + 4 * ib..78 + 4 * ib]);
+            let (grid, neg) = Self::parts(xb, ib);
             masked_lanes(grid, q8, neg, odd_scales(ls, ls))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn signed(xb: &[u8], ib: usize) -> __m256i {
+        // SAFETY: AVX2 is enabled in every caller.
+        unsafe {
+            let (grid, neg) = Self::parts(xb, ib);
+            apply_neg(grid, neg)
+        }
+    }
+
+    fn multipliers(xb: &[u8]) -> [i16; 16] {
+        shared_multipliers(|ib| Self::ls(xb, ib))
     }
 }
 
@@ -275,7 +453,7 @@ impl Lattice for Iq3S {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot_iq2_xxs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: the features are enabled here; blocks are 66 bytes.
-    0.125 * unsafe { dot_lattice::<Iq2Xxs>(n, w, a) }
+    finish::<Iq2Xxs>(unsafe { dot_lattice::<Iq2Xxs>(n, w, a) })
 }
 
 /// `ggml_vec_dot_iq2_xs_q8_K`.
@@ -285,7 +463,7 @@ pub(super) unsafe fn vec_dot_iq2_xxs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot_iq2_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: the features are enabled here; blocks are 74 bytes.
-    0.125 * unsafe { dot_lattice::<Iq2Xs>(n, w, a) }
+    finish::<Iq2Xs>(unsafe { dot_lattice::<Iq2Xs>(n, w, a) })
 }
 
 /// `ggml_vec_dot_iq2_s_q8_K`.
@@ -295,7 +473,7 @@ pub(super) unsafe fn vec_dot_iq2_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot_iq2_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: the features are enabled here; blocks are 82 bytes.
-    0.125 * unsafe { dot_lattice::<Iq2S>(n, w, a) }
+    finish::<Iq2S>(unsafe { dot_lattice::<Iq2S>(n, w, a) })
 }
 
 /// `ggml_vec_dot_iq3_xxs_q8_K`.
@@ -305,7 +483,7 @@ pub(super) unsafe fn vec_dot_iq2_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot_iq3_xxs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: the features are enabled here; blocks are 98 bytes.
-    0.25 * unsafe { dot_lattice::<Iq3Xxs>(n, w, a) }
+    finish::<Iq3Xxs>(unsafe { dot_lattice::<Iq3Xxs>(n, w, a) })
 }
 
 /// `ggml_vec_dot_iq3_s_q8_K` (no final factor).
@@ -315,7 +493,7 @@ pub(super) unsafe fn vec_dot_iq3_xxs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot_iq3_s_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: the features are enabled here; blocks are 110 bytes.
-    unsafe { dot_lattice::<Iq3S>(n, w, a) }
+    finish::<Iq3S>(unsafe { dot_lattice::<Iq3S>(n, w, a) })
 }
 
 /// The 32 doubled E2M1 levels of 16 MXFP4 code bytes: low nibbles, then

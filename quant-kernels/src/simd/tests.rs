@@ -572,18 +572,18 @@ fn decode_weights(ty: GgmlType, f16_at: &[usize], bytes: &[u8], n: usize) -> Vec
     w
 }
 
-/// Activation blocks of `vdt` (Q8_K or Q8_0) holding `qs` (any i8, -128
-/// included), blocks with `sat` set saturated at -128/127, scales from
-/// `d`; Q8_K's bsums are the sums of each 16 values, as its quantizer
-/// writes them.
-fn decode_activations(vdt: GgmlType, qs: &[i8], sat: &[bool], d: &[f32]) -> Vec<u8> {
+/// Activation blocks of `vdt` (Q8_K or Q8_0) holding `qs` raised to
+/// `floor` (-128: any i8), blocks with `sat` set saturated at
+/// `floor`/127, scales from `d`; Q8_K's bsums are the sums of each 16
+/// values, as its quantizer writes them.
+fn decode_activations(vdt: GgmlType, qs: &[i8], sat: &[bool], d: &[f32], floor: i8) -> Vec<u8> {
     let qk = vdt.block_size() as usize;
     let mut a = Vec::new();
     for (b, q) in qs.chunks_exact(qk).enumerate() {
         let q: Vec<i8> = if sat[b % sat.len()] {
-            q.iter().map(|&v| if v < 0 { -128 } else { 127 }).collect()
+            q.iter().map(|&v| if v < 0 { floor } else { 127 }).collect()
         } else {
-            q.to_vec()
+            q.iter().map(|&v| v.max(floor)).collect()
         };
         let d = d[b % d.len()];
         if vdt == GgmlType::Q8K {
@@ -625,13 +625,51 @@ proptest! {
             let vdt = reference::vec_dot_type(ty).unwrap();
             let n = if ty == GgmlType::MXFP4 { 32 * fp4_blocks } else { 1024 };
             let w = decode_weights(ty, f16_at, &bytes, n);
-            let a = decode_activations(vdt, &qs[..n], &sat, &d);
+            let a = decode_activations(vdt, &qs[..n], &sat, &d, -128);
             let want = dot(n, &w, &a);
             for level in available_levels() {
                 let got = vec_dot_at(level, ty, n, &w, &a).unwrap();
                 prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                     "{} at {:?}, {} values: {} vs {}", ty, level, n, got, want);
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The decode-only types' tiles (where a level has one) against the
+    /// reference `vec_dot` of every pair, bit for bit, over partial tiles
+    /// of rows and tokens. The activations stay within -127..=127, as
+    /// the Q8_K and Q8_0 quantizers write them: the tiles multiply signed
+    /// weights exactly, where the reference's sign trick wraps -128.
+    #[test]
+    fn decode_only_gemm_matches_the_reference_at_every_level(
+        bytes in proptest::collection::vec(any::<u8>(), 9 * 440),
+        qs in proptest::collection::vec(any::<i8>(), 7 * 512),
+        sat in proptest::collection::vec(proptest::bool::weighted(0.2), 5),
+        d in proptest::collection::vec(prop_oneof![1e-4f32..0.1, -0.1f32..-1e-4], 3),
+        n_rows in 1usize..=9,
+        n_tok in 1usize..=7,
+        fp4_blocks in 1usize..=13,
+    ) {
+        for &(ty, f16_at, _) in DECODE_DOTS {
+            let vdt = reference::vec_dot_type(ty).unwrap();
+            let n = if ty == GgmlType::MXFP4 { 32 * fp4_blocks } else { 512 };
+            let wb = ty.row_size(n as u64).unwrap() as usize;
+            let w: Vec<u8> = bytes
+                .chunks_exact(wb)
+                .take(n_rows)
+                .flat_map(|row| decode_weights(ty, f16_at, row, n))
+                .collect();
+            let a: Vec<u8> = qs
+                .chunks_exact(n)
+                .take(n_tok)
+                .enumerate()
+                .flat_map(|(t, q)| decode_activations(vdt, q, &sat[t % sat.len()..], &d, -127))
+                .collect();
+            check_gemm(ty, n, &w, &a);
         }
     }
 }

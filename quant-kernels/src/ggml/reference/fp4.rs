@@ -179,11 +179,18 @@ pub fn vec_dot_mxfp4_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
     let mut sumf = hsum8(&sum);
     if ib < nb {
-        let (x, y) = (levels(ib), acts(ib));
-        let sumi: i32 = (0..32).map(|e| i32::from(x[e]) * i32::from(y[e])).sum();
-        sumf += scale(ib) * sumi as f32;
+        sumf += mxfp4_last_block(&w[MXFP4 * ib..MXFP4 * (ib + 1)], &a[34 * ib..34 * (ib + 1)]);
     }
     sumf
+}
+
+/// The term [`vec_dot_mxfp4_q8_0`] adds for the last block of an odd
+/// count: weight block `xb` against activation block `yb`, exact integer
+/// products, `d * sumi`.
+pub(crate) fn mxfp4_last_block(xb: &[u8], yb: &[u8]) -> f32 {
+    let (x, y) = (fp4_levels(&xb[1..MXFP4]), q8(&yb[2..34]));
+    let sumi: i32 = (0..32).map(|e| i32::from(x[e]) * i32::from(y[e])).sum();
+    read_f16(&yb[0..2]) * e8m0_to_f32_half(xb[0]) * sumi as f32
 }
 
 /// `ggml_vec_dot_nvfp4_q8_0`: one NVFP4 block against two Q8_0 blocks;

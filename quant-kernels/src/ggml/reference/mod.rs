@@ -37,6 +37,7 @@ pub use dot::{
     vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
     vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
 };
+pub(crate) use fp4::mxfp4_last_block;
 pub use fp4::{
     dequantize_row_mxfp4, dequantize_row_nvfp4, e8m0_to_f32_half, ue4m3_to_f32, vec_dot_mxfp4_q8_0,
     vec_dot_nvfp4_q8_0, KVALUES_FP4,
