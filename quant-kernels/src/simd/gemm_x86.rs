@@ -634,38 +634,44 @@ unsafe fn q0_batch<B: Q0Block, D: IntDot, const R: usize, const T: usize>(
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 let mut acc_odd = [[_mm256_setzero_ps(); T]; R];
                 let nb_tile = if B::ALTERNATE { nb & !1 } else { nb };
-                for b in 0..nb_tile {
-                    let odd = B::ALTERNATE && b & 1 == 1;
-                    // Loops, not closures, around intrinsics: a closure
-                    // does not inherit the caller's target features.
-                    let mut v = [zero; R];
-                    for r in 0..R {
-                        let xb = rows[r].add(b * B::BYTES);
-                        v[r] = if sign_trick {
-                            B::signed(xb)
-                        } else {
-                            B::unsigned::<D>(xb)
-                        };
-                    }
-                    for j in 0..T {
-                        let y = load32(toks[j].add(34 * b + 2));
+                // Even and odd blocks in one iteration when B alternates
+                // (as in `q0_batch_pairs`).
+                let step = if B::ALTERNATE { 2 } else { 1 };
+                for b0 in (0..nb_tile).step_by(step) {
+                    for h in 0..step {
+                        let b = b0 + h;
+                        let odd = B::ALTERNATE && h == 1;
+                        // Loops, not closures, around intrinsics: a closure
+                        // does not inherit the caller's target features.
+                        let mut v = [zero; R];
                         for r in 0..R {
-                            let lanes = if sign_trick {
-                                let x = v[r];
-                                let p = _mm256_maddubs_epi16(
-                                    _mm256_sign_epi8(x, x),
-                                    _mm256_sign_epi8(y, x),
-                                );
-                                _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+                            let xb = rows[r].add(b * B::BYTES);
+                            v[r] = if sign_trick {
+                                B::signed(xb)
                             } else {
-                                D::dot_u8(*bias.get_unchecked(tk[j] * nb + b), v[r], y)
+                                B::unsigned::<D>(xb)
                             };
-                            let d = _mm256_set1_ps(*dprod.get_unchecked(8 * (b * T + j) + r));
-                            let l = _mm256_cvtepi32_ps(lanes);
-                            if odd {
-                                acc_odd[r][j] = _mm256_fmadd_ps(d, l, acc_odd[r][j]);
-                            } else {
-                                acc[r][j] = _mm256_fmadd_ps(d, l, acc[r][j]);
+                        }
+                        for j in 0..T {
+                            let y = load32(toks[j].add(34 * b + 2));
+                            for r in 0..R {
+                                let lanes = if sign_trick {
+                                    let x = v[r];
+                                    let p = _mm256_maddubs_epi16(
+                                        _mm256_sign_epi8(x, x),
+                                        _mm256_sign_epi8(y, x),
+                                    );
+                                    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+                                } else {
+                                    D::dot_u8(*bias.get_unchecked(tk[j] * nb + b), v[r], y)
+                                };
+                                let d = _mm256_set1_ps(*dprod.get_unchecked(8 * (b * T + j) + r));
+                                let l = _mm256_cvtepi32_ps(lanes);
+                                if odd {
+                                    acc_odd[r][j] = _mm256_fmadd_ps(d, l, acc_odd[r][j]);
+                                } else {
+                                    acc[r][j] = _mm256_fmadd_ps(d, l, acc[r][j]);
+                                }
                             }
                         }
                     }
@@ -806,29 +812,39 @@ unsafe fn q0_batch_pairs<B: Q0Block, const R: usize, const P: usize>(
                 let mut acc = [[_mm512_setzero_ps(); P]; R];
                 let mut acc_odd = [[_mm512_setzero_ps(); P]; R];
                 let nb_tile = if B::ALTERNATE { nb & !1 } else { nb };
-                for b in 0..nb_tile {
-                    let odd = B::ALTERNATE && b & 1 == 1;
-                    let mut v = [_mm512_setzero_si512(); R];
-                    for r in 0..R {
-                        v[r] =
-                            _mm512_broadcast_i64x4(B::unsigned::<Vnni>(rows[r].add(b * B::BYTES)));
-                    }
-                    for j in 0..P {
-                        let y = join_i(
-                            load32(toks[j][0].add(34 * b + 2)),
-                            load32(toks[j][1].add(34 * b + 2)),
-                        );
-                        let init = *bias.get_unchecked(pk[j] * nb + b);
-                        let dyv = *dy.get_unchecked(pk[j] * nb + b);
+                // Even and odd blocks in one iteration when B alternates:
+                // which accumulator a block takes is then known at
+                // compile time.
+                let step = if B::ALTERNATE { 2 } else { 1 };
+                for b0 in (0..nb_tile).step_by(step) {
+                    for h in 0..step {
+                        let b = b0 + h;
+                        let odd = B::ALTERNATE && h == 1;
+                        let mut v = [_mm512_setzero_si512(); R];
                         for r in 0..R {
-                            let lanes = _mm512_dpbusd_epi32(init, v[r], y);
-                            let d =
-                                _mm512_mul_ps(_mm512_set1_ps(*dx.get_unchecked(8 * b + r)), dyv);
-                            let l = _mm512_cvtepi32_ps(lanes);
-                            if odd {
-                                acc_odd[r][j] = _mm512_fmadd_ps(d, l, acc_odd[r][j]);
-                            } else {
-                                acc[r][j] = _mm512_fmadd_ps(d, l, acc[r][j]);
+                            v[r] = _mm512_broadcast_i64x4(B::unsigned::<Vnni>(
+                                rows[r].add(b * B::BYTES),
+                            ));
+                        }
+                        for j in 0..P {
+                            let y = join_i(
+                                load32(toks[j][0].add(34 * b + 2)),
+                                load32(toks[j][1].add(34 * b + 2)),
+                            );
+                            let init = *bias.get_unchecked(pk[j] * nb + b);
+                            let dyv = *dy.get_unchecked(pk[j] * nb + b);
+                            for r in 0..R {
+                                let lanes = _mm512_dpbusd_epi32(init, v[r], y);
+                                let d = _mm512_mul_ps(
+                                    _mm512_set1_ps(*dx.get_unchecked(8 * b + r)),
+                                    dyv,
+                                );
+                                let l = _mm512_cvtepi32_ps(lanes);
+                                if odd {
+                                    acc_odd[r][j] = _mm512_fmadd_ps(d, l, acc_odd[r][j]);
+                                } else {
+                                    acc[r][j] = _mm512_fmadd_ps(d, l, acc[r][j]);
+                                }
                             }
                         }
                     }
