@@ -152,6 +152,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
         speed_reps: args.speed_reps,
         sample_tokens: args.sample_tokens,
         device: args.device,
+        reference_cache: None,
     };
     let bar = ProgressBar::with_draw_target(Some(0), draw_target(args.json));
     bar.set_style(

@@ -368,6 +368,9 @@ struct Runner<'a> {
     work: PathBuf,
     hashes: InputHashes,
     references: References,
+    /// Where verifications keep reference logits for each other, when more
+    /// than one artifact is verified.
+    reference_cache: Option<PathBuf>,
     old_lock: Option<Lockfile>,
     old_report: Option<Report>,
 }
@@ -669,6 +672,7 @@ impl Runner<'_> {
                     ctx: v.ctx,
                     chunks: v.chunks,
                     threads: self.opts.threads,
+                    reference_cache: self.reference_cache.as_deref(),
                     progress: self.progress,
                 });
                 match r {
@@ -765,6 +769,10 @@ pub fn run(
         work: work.clone(),
         hashes: InputHashes::default(),
         references: References::default(),
+        // Reference logits are worth keeping when a second artifact may
+        // read them back (the folder goes with the work folder).
+        reference_cache: (selected.iter().filter(|a| a.verify.is_some()).count() > 1)
+            .then(|| work.join("reference-logits")),
         old_lock,
         old_report,
     };

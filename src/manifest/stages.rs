@@ -204,6 +204,10 @@ pub struct VerifyRequest<'a> {
     pub chunks: Option<u32>,
     /// Worker threads (0: all cores).
     pub threads: usize,
+    /// Where the reference's logits are kept for the run's next
+    /// verification against the same reference (`VerifyOptions`), when
+    /// more than one artifact of the run is verified.
+    pub reference_cache: Option<&'a Path>,
     /// Progress.
     pub progress: &'a dyn StageProgress,
 }
@@ -673,6 +677,7 @@ pub mod real {
                 speed_reps: 3,
                 sample_tokens: 24,
                 device: crate::device::DeviceArg::Auto,
+                reference_cache: req.reference_cache.map(Path::to_path_buf),
             };
             req.progress.start("verifying", None);
             let report = crate::verify::run(

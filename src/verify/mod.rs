@@ -18,6 +18,7 @@ use crate::engine::Artifact;
 
 mod gates;
 pub mod perplexity;
+mod refcache;
 pub mod text;
 
 pub use gates::{GateResult, Gates};
@@ -49,6 +50,12 @@ pub struct VerifyOptions {
     pub sample_tokens: usize,
     /// Where the forward passes run (`--device`).
     pub device: DeviceArg,
+    /// A folder where the reference's logits of each window are kept for
+    /// the next verification against the same reference and windows
+    /// (`qforge run`, when several artifacts share a reference), and
+    /// read back from instead of running the reference again. Windows
+    /// beyond a budget of 4 GiB of logits stream as without it.
+    pub reference_cache: Option<PathBuf>,
 }
 
 impl Default for VerifyOptions {
@@ -63,6 +70,7 @@ impl Default for VerifyOptions {
             speed_reps: 3,
             sample_tokens: 24,
             device: DeviceArg::Auto,
+            reference_cache: None,
         }
     }
 }
@@ -120,6 +128,9 @@ pub struct KlReport {
     pub same_top: f64,
     /// Its uncertainty.
     pub same_top_error: f64,
+    /// Windows whose reference logits came from `reference_cache` (an
+    /// earlier verification of the same run) instead of the reference.
+    pub reused_reference_windows: usize,
 }
 
 /// Throughput, measured as llama-bench measures it.
@@ -291,7 +302,12 @@ pub fn run(
                 2 * opts.ctx
             );
         }
-        evaluate(&model, ref_model.as_ref(), tokens, bos, opts, progress, reference_path)
+        let reference = ref_model.as_ref().zip(reference_path).map(|(m, p)| EvalReference {
+            model: m,
+            path: p,
+            device: m.device_name(),
+        });
+        evaluate(&model, reference, tokens, bos, opts, progress)
     })?;
 
     let speed = if opts.speed {
@@ -338,14 +354,21 @@ pub fn run(
     Ok(report)
 }
 
+/// The model an evaluation compares with.
+struct EvalReference<'a, R> {
+    model: &'a R,
+    path: &'a Path,
+    /// Where its forward passes run (part of a stored window's key).
+    device: String,
+}
+
 fn evaluate<F: Forward, R: Forward>(
     model: &F,
-    reference: Option<&R>,
+    reference: Option<EvalReference<'_, R>>,
     tokens: &[u32],
     bos: Option<u32>,
     opts: &VerifyOptions,
     progress: &dyn Progress,
-    reference_path: Option<&Path>,
 ) -> Result<(Option<PerplexityReport>, Option<KlReport>)> {
     let n_ctx = opts.ctx;
     let windows = perplexity::windows(tokens, n_ctx, opts.chunks, bos);
@@ -355,16 +378,44 @@ fn evaluate<F: Forward, R: Forward>(
     let mut kl = KlStats::default();
     progress.start("perplexity", windows.len());
     let mut cache = model.new_cache(n_ctx)?;
-    let mut ref_cache = reference.map(|r| r.new_cache(n_ctx)).transpose()?;
+    let mut ref_cache = None;
+    let store = match (&reference, &opts.reference_cache) {
+        (Some(r), Some(dir)) => {
+            let key = refcache::RefKey {
+                reference: r.path,
+                device: &r.device,
+                vocab,
+                ctx: n_ctx,
+                first,
+            };
+            refcache::RefStore::new(dir, &key, windows.len(), (n_ctx - first) * vocab)
+        }
+        _ => None,
+    };
+    let mut reused = 0;
     for w in &windows {
         F::clear(&mut cache);
         let logits = model.forward(&mut cache, w, first)?;
-        let ref_logits = match (reference, &mut ref_cache) {
-            (Some(r), Some(c)) => {
-                R::clear(c);
-                Some(r.forward(c, w, first)?)
-            }
-            _ => None,
+        let ref_logits = match &reference {
+            Some(r) => Some(match store.as_ref().and_then(|s| s.get(w)) {
+                Some(stored) => {
+                    reused += 1;
+                    stored
+                }
+                None => {
+                    let c = match &mut ref_cache {
+                        Some(c) => c,
+                        None => ref_cache.insert(r.model.new_cache(n_ctx)?),
+                    };
+                    R::clear(c);
+                    let l = r.model.forward(c, w, first)?;
+                    if let Some(s) = &store {
+                        s.put(w, &l);
+                    }
+                    l
+                }
+            }),
+            None => None,
         };
         // Each position on its own (in parallel), the sums in order: the
         // same bits as one loop.
@@ -397,12 +448,12 @@ fn evaluate<F: Forward, R: Forward>(
         text_tokens: tokens.len(),
         bos,
     };
-    let kl = reference_path.filter(|_| kl.count() > 0).map(|p| {
+    let kl = reference.filter(|_| kl.count() > 0).map(|r| {
         let (mean_kld, mean_kld_error) = kl.mean_kld();
         let (same_top, same_top_error) = kl.same_top();
         let (ppl_ratio, ppl_ratio_error) = kl.ppl_ratio();
         KlReport {
-            reference: p.to_path_buf(),
+            reference: r.path.to_path_buf(),
             reference_ppl: kl.nll_base.ppl(),
             ppl_ratio,
             ppl_ratio_error,
@@ -412,6 +463,7 @@ fn evaluate<F: Forward, R: Forward>(
             kld_max: kl.kld_percentile(1.0),
             same_top,
             same_top_error,
+            reused_reference_windows: reused,
         }
     });
     Ok((Some(ppl), kl))
