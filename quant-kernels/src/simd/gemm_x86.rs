@@ -1657,7 +1657,8 @@ unsafe fn drive_shapes<K: TileKernel, D: IntDot>(
 // added at the end of the super-block are the reference's eight lanes of
 // four (integers, exact in any order). Then the reference's float steps
 // per super-block (Q2_K's `fma(dmin, mins, acc)` first, then
-// `fma(d, lanes, acc)`) and `hsum_float_8`.
+// `fma(d, lanes, acc)`) and `hsum_float_8`. The IQ1 types' deltas take a
+// path of their own ([`Delta`]).
 
 /// A super-block type for [`scaled_batch`].
 trait ScaledSuper {
@@ -1676,11 +1677,41 @@ trait ScaledSuper {
     unsafe fn mins(_xb: *const u8) -> (__m256i, f32) {
         unreachable!("only types with MINS have mins")
     }
-    /// The dot product from the folded sum (the IQ2/IQ3 types' final
-    /// factor).
-    fn finish(sum: f32) -> f32 {
+    /// The IQ1 types' delta part (see [`Delta`]).
+    const DELTA: Delta = Delta::None;
+    /// IQ1_S: the multiplier of each of the 16 activation block sums
+    /// (its sub-block's odd scale with the delta's sign).
+    unsafe fn bsum_multipliers(_xb: *const u8) -> __m256i {
+        unreachable!("only Delta::Bsums types have bsum multipliers")
+    }
+    /// IQ1_M: the delta weights (i8) of half `v` (0, 1) of
+    /// [`Delta::Lanes`]' layout, from the block and its `scales`.
+    unsafe fn delta_weights(_xb: *const u8, _sc: &[i16; 16], _v: usize) -> __m256i {
+        unreachable!("only Delta::Lanes types have delta weights")
+    }
+    /// The dot product from the folded sum and the delta part (the
+    /// IQ2/IQ3 types' final factor; the IQ1 types' `1/8 * delta`).
+    fn finish(sum: f32, _delta: f32) -> f32 {
         sum
     }
+}
+
+/// The second part of the IQ1 types' dot products, the deltas `±1/8`
+/// times the scales, which the references sum apart from the grid part.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delta {
+    None,
+    /// IQ1_S: per super-block `sumi = sum(bsums * multipliers)` (exact
+    /// integers), `acc = fma(d, sumi, acc)` in a scalar.
+    Bsums,
+    /// IQ1_M: a second set of eight lanes, `fma(d, lanes, acc)` per
+    /// super-block. Lane k holds the activations `4k..4k+3` of every
+    /// chunk times their sign and scale; the tile takes them as two
+    /// dots of 32 i16 against the sums of four activations: position
+    /// `32v + 4k + i` pairs chunk `4v + i`'s weight for lane k with its
+    /// four activations' sum, so [`Wide::lanes8`] folds each lane's
+    /// chunks together.
+    Lanes,
 }
 
 /// The IQ2/IQ3 lattice types ([`Lattice`]): each chunk's grid points with
@@ -1713,7 +1744,7 @@ impl<L: Lattice> ScaledSuper for LatticeSuper<L> {
     }
 
     #[inline(always)]
-    fn finish(sum: f32) -> f32 {
+    fn finish(sum: f32, _delta: f32) -> f32 {
         finish::<L>(sum)
     }
 }
@@ -1836,6 +1867,148 @@ impl ScaledSuper for Q2K {
             let m = _mm256_and_si256(m, _mm256_set1_epi16(0xF));
             (m, half::f16::from_bits(read_u16(xb.add(82))).to_f32())
         }
+    }
+}
+
+/// IQ1_S and IQ1_M: each chunk's grid points (-1..=1) times the odd
+/// scales `2s+1` (the references move the grid's signs onto the
+/// activations, as the IQ2/IQ3 types do: the products are the same for
+/// every activation but -128, which the Q8_K quantizer never writes; so
+/// is IQ1_M's delta sign), and the deltas apart ([`Delta`]).
+pub(super) struct Iq1S;
+pub(super) struct Iq1M;
+
+/// Chunk `c`'s four grid points, group `l` at index `idx(l)`.
+#[inline(always)]
+unsafe fn iq1_grid(idx: impl Fn(usize) -> usize) -> __m256i {
+    use crate::ggml::reference::iq1_tables::IQ1S_GRID;
+    let g = |l: usize| IQ1S_GRID[idx(l)] as i64;
+    // SAFETY: AVX is enabled in every caller.
+    unsafe { _mm256_set_epi64x(g(3), g(2), g(1), g(0)) }
+}
+
+impl ScaledSuper for Iq1S {
+    const BYTES: usize = 50;
+    const MINS: bool = false;
+    const DELTA: Delta = Delta::Bsums;
+
+    #[inline(always)]
+    unsafe fn scales(xb: *const u8) -> [i16; 16] {
+        std::array::from_fn(|j| {
+            // SAFETY: a whole 50-byte block: qh at 34..50.
+            let qh = unsafe { read_u16(xb.add(34 + 2 * (j / 2))) };
+            2 * ((qh >> 12) & 7) as i16 + 1
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn values(xb: *const u8, c: usize) -> __m256i {
+        // SAFETY: a whole block: qs at 2..34, qh at 34..50; AVX in every
+        // caller.
+        unsafe {
+            let qh = usize::from(read_u16(xb.add(34 + 2 * c)));
+            iq1_grid(|l| usize::from(*xb.add(2 + 4 * c + l)) | ((qh >> (3 * l)) & 7) << 8)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn d(xb: *const u8) -> f32 {
+        // SAFETY: a whole block.
+        half::f16::from_bits(unsafe { read_u16(xb) }).to_f32()
+    }
+
+    #[inline(always)]
+    unsafe fn bsum_multipliers(xb: *const u8) -> __m256i {
+        // SAFETY: a whole block: qh at 34..50; AVX in every caller.
+        unsafe {
+            let m: [i16; 16] = std::array::from_fn(|j| {
+                let qh = read_u16(xb.add(34 + 2 * (j / 2)));
+                let ls = 2 * ((qh >> 12) & 7) as i16 + 1;
+                if qh & 0x8000 != 0 {
+                    -ls
+                } else {
+                    ls
+                }
+            });
+            _mm256_loadu_si256(m.as_ptr() as *const __m256i)
+        }
+    }
+
+    #[inline(always)]
+    fn finish(sum: f32, delta: f32) -> f32 {
+        sum + 0.125 * delta
+    }
+}
+
+impl ScaledSuper for Iq1M {
+    const BYTES: usize = 56;
+    const MINS: bool = false;
+    const DELTA: Delta = Delta::Lanes;
+
+    #[inline(always)]
+    unsafe fn scales(xb: *const u8) -> [i16; 16] {
+        std::array::from_fn(|j| {
+            // SAFETY: a whole 56-byte block: scale words at 48..56.
+            let word = unsafe { read_u16(xb.add(48 + 2 * (j / 4))) };
+            2 * ((word >> (3 * (j % 4))) & 7) as i16 + 1
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn values(xb: *const u8, c: usize) -> __m256i {
+        // SAFETY: a whole block: qs at 0..32, qh at 32..48; AVX in every
+        // caller. Even groups take bits 0-2 of their qh byte, odd ones
+        // bits 4-6.
+        unsafe {
+            iq1_grid(|l| {
+                let h = usize::from(*xb.add(32 + 2 * c + l / 2)) << (8 - 4 * (l % 2));
+                usize::from(*xb.add(4 * c + l)) | (h & 0x700)
+            })
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn d(xb: *const u8) -> f32 {
+        // SAFETY: a whole block.
+        crate::ggml::reference::iq1m_d(unsafe { std::slice::from_raw_parts(xb, 56) })
+    }
+
+    #[inline(always)]
+    unsafe fn delta_weights(xb: *const u8, sc: &[i16; 16], v: usize) -> __m256i {
+        // SAFETY: a whole block: qh at 32..48; AVX2 in every caller.
+        // Position p (byte) takes chunk 4v + p % 4 and lane p / 4: the
+        // scale and the qh byte of that chunk's half p / 16 (index
+        // 8v + 2 * (p % 4) + p / 16), the delta's sign at bit 3 for lanes
+        // 0, 1, 4, 5 (groups 0 and 2) and at bit 7 for the others.
+        unsafe {
+            let s = _mm256_loadu_si256(sc.as_ptr() as *const __m256i);
+            let s8 = _mm_packs_epi16(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let qh = _mm_loadu_si128(xb.add(32) as *const __m128i);
+            let idx = _mm256_add_epi8(
+                _mm256_set_epi64x(
+                    0x0705_0301_0705_0301,
+                    0x0705_0301_0705_0301,
+                    0x0604_0200_0604_0200,
+                    0x0604_0200_0604_0200,
+                ),
+                _mm256_set1_epi8(8 * v as i8),
+            );
+            let bit = _mm256_set_epi64x(
+                0x8080_8080_8080_8080u64 as i64,
+                0x0808_0808_0808_0808,
+                0x8080_8080_8080_8080u64 as i64,
+                0x0808_0808_0808_0808,
+            );
+            let h = _mm256_shuffle_epi8(_mm256_set_m128i(qh, qh), idx);
+            let neg = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+            let ls = _mm256_shuffle_epi8(_mm256_set_m128i(s8, s8), idx);
+            _mm256_sub_epi8(_mm256_xor_si256(ls, neg), neg)
+        }
+    }
+
+    #[inline(always)]
+    fn finish(sum: f32, delta: f32) -> f32 {
+        delta.mul_add(0.125, sum)
     }
 }
 
@@ -1982,6 +2155,17 @@ impl Wide for Wide256 {
     }
 }
 
+/// The sum of eight i32 lanes (exact).
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    // SAFETY: AVX2 in every caller.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+    }
+}
+
 /// Tiles of `R` rows x `T` tokens of a [`ScaledSuper`] type (see above).
 ///
 /// # Safety
@@ -2018,6 +2202,17 @@ unsafe fn scaled_batch<K: ScaledSuper, W: Wide, const R: usize, const T: usize>(
                 }
             }
         }
+        // IQ1_M: the sums of each four activations in the delta layout.
+        let lanes_delta = K::DELTA == Delta::Lanes;
+        let mut y4 = vec![0i16; if lanes_delta { n_tok * nsb * 64 } else { 0 }];
+        if lanes_delta {
+            for (ts, q) in y4.chunks_exact_mut(64).zip(y16.chunks_exact(256)) {
+                for (p, v) in ts.iter_mut().enumerate() {
+                    let (ib, k) = (4 * (p / 32) + p % 4, (p % 32) / 4);
+                    *v = q[32 * ib + 4 * k..][..4].iter().sum();
+                }
+            }
+        }
         for r0 in (0..n_rows).step_by(R) {
             let rows: [*const u8; R] =
                 std::array::from_fn(|i| w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb));
@@ -2031,6 +2226,8 @@ unsafe fn scaled_batch<K: ScaledSuper, W: Wide, const R: usize, const T: usize>(
             for t0 in (0..n_tok).step_by(T) {
                 let tk: [usize; T] = std::array::from_fn(|j| (t0 + j).min(n_tok - 1));
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
+                let mut acc_delta = [[_mm256_setzero_ps(); T]; R];
+                let mut acc_bsums = [[0f32; T]; R];
                 for sb in 0..nsb {
                     prefetch_ahead(pf, sb, R * K::BYTES);
                     let xb: [*const u8; R] = std::array::from_fn(|r| rows[r].add(sb * K::BYTES));
@@ -2078,12 +2275,44 @@ unsafe fn scaled_batch<K: ScaledSuper, W: Wide, const R: usize, const T: usize>(
                                 acc[r][j],
                             );
                         }
+                        if K::DELTA == Delta::Bsums {
+                            let m = K::bsum_multipliers(xb[r]);
+                            for j in 0..T {
+                                let yd = *dy.get_unchecked(tk[j] * nsb + sb);
+                                let ya = a.as_ptr().add(tk[j] * arb + sb * Q8K_BYTES);
+                                let bsums = _mm256_loadu_si256(ya.add(260) as *const __m256i);
+                                let sumi = hsum_i32(_mm256_madd_epi16(m, bsums));
+                                acc_bsums[r][j] = (yd * dx).mul_add(sumi as f32, acc_bsums[r][j]);
+                            }
+                        }
+                        if lanes_delta {
+                            let dw = [
+                                W::widen(K::delta_weights(xb[r], &sc[r], 0)),
+                                W::widen(K::delta_weights(xb[r], &sc[r], 1)),
+                            ];
+                            for j in 0..T {
+                                let yd = *dy.get_unchecked(tk[j] * nsb + sb);
+                                let y4p = y4.as_ptr().add((tk[j] * nsb + sb) * 64);
+                                let l = W::dot(W::zero(), dw[0], W::load(y4p));
+                                let l = W::dot(l, dw[1], W::load(y4p.add(32)));
+                                acc_delta[r][j] = _mm256_fmadd_ps(
+                                    _mm256_set1_ps(yd * dx),
+                                    _mm256_cvtepi32_ps(W::lanes8(l)),
+                                    acc_delta[r][j],
+                                );
+                            }
+                        }
                     }
                 }
                 for r in 0..R.min(n_rows - r0) {
                     for j in 0..T.min(n_tok - t0) {
+                        let delta = match K::DELTA {
+                            Delta::None => 0.0,
+                            Delta::Bsums => acc_bsums[r][j],
+                            Delta::Lanes => hsum8(acc_delta[r][j]),
+                        };
                         *out.get_unchecked_mut((t0 + j) * n_rows + r0 + r) =
-                            K::finish(hsum8(acc[r][j]));
+                            K::finish(hsum8(acc[r][j]), delta);
                     }
                 }
             }
@@ -2133,6 +2362,8 @@ unsafe fn scaled_shapes<W: Wide, const R: usize, const T: usize, const R1: usize
             (G::IQ3S, true) => {
                 scaled_batch::<LatticeSuper<Iq3S>, W, R, T>(n, w, n_rows, a, arb, n_tok, out)
             }
+            (G::IQ1S, true) => scaled_batch::<Iq1S, W, R, T>(n, w, n_rows, a, arb, n_tok, out),
+            (G::IQ1M, true) => scaled_batch::<Iq1M, W, R, T>(n, w, n_rows, a, arb, n_tok, out),
             _ => return false,
         }
     }
@@ -2183,13 +2414,28 @@ unsafe fn gemm_types<D: IntDot>(
             // The lattices' chunks take longer to unpack: more tokens
             // per unpacked chunk (measured on a Zen 5 EPYC, 16 tokens:
             // 2 x 8 at 49-75 GMAC/s per core, 3 x 4 at 32-53).
-            G::IQ2XXS | G::IQ2XS | G::IQ2S | G::IQ3XXS | G::IQ3S if D::VNNI => {
+            G::IQ2XXS | G::IQ2XS | G::IQ2S | G::IQ3XXS | G::IQ3S | G::IQ1S if D::VNNI => {
                 return scaled_shapes::<Wide512, 2, 8, 4>(ty, n, w, n_rows, a, arb, n_tok, out);
+            }
+            // IQ1_M's second set of float lanes wants smaller tiles (the
+            // same machine: 2 x 4 at 39 GMAC/s, 4 x 4 at 37, 3 x 4 at 35,
+            // 2 x 8 at 29; IQ1_S 2 x 8 at 53, 4 x 4 at 51, 3 x 4 at 48).
+            G::IQ1M if D::VNNI => {
+                return scaled_shapes::<Wide512, 2, 4, 4>(ty, n, w, n_rows, a, arb, n_tok, out);
             }
             G::IQ4XS | G::Q3K | G::Q2K if D::VNNI => {
                 return scaled_shapes::<Wide512, 3, 4, 4>(ty, n, w, n_rows, a, arb, n_tok, out);
             }
-            G::IQ4XS | G::Q3K | G::Q2K | G::IQ2XXS | G::IQ2XS | G::IQ2S | G::IQ3XXS | G::IQ3S => {
+            G::IQ4XS
+            | G::Q3K
+            | G::Q2K
+            | G::IQ2XXS
+            | G::IQ2XS
+            | G::IQ2S
+            | G::IQ3XXS
+            | G::IQ3S
+            | G::IQ1S
+            | G::IQ1M => {
                 return scaled_shapes::<Wide256, 1, 4, 3>(ty, n, w, n_rows, a, arb, n_tok, out);
             }
             G::IQ4NL if n_tok > 1 && D::VNNI => {
