@@ -395,7 +395,6 @@ impl Q0Block for Mxfp4 {
 
 impl<B: Q0Block> TileKernel for B {
     fn row_bytes(n: usize) -> usize {
-        const { assert!(!B::E8M0, "the single-token tile reads f16 scales") };
         n / 32 * B::BYTES
     }
 
@@ -409,63 +408,96 @@ impl<B: Q0Block> TileKernel for B {
     ) {
         const { assert!(R <= 8 && T <= 8) };
         let sign_trick = B::FULL_BYTES && !D::VNNI;
+        let nb = n / 32;
         // SAFETY: the caller's contract: n / 32 whole blocks behind every
         // pointer, the CPU features of D plus AVX2, FMA and F16C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
+            // A second accumulator per pair for the odd blocks when B
+            // alternates blocks (unused otherwise); both blocks of a pair
+            // in one iteration, as `q0_batch` takes them.
+            let mut acc_odd = [[_mm256_setzero_ps(); T]; R];
+            let nb_tile = if B::ALTERNATE { nb & !1 } else { nb };
+            let step = if B::ALTERNATE { 2 } else { 1 };
             let shift = _mm_set_epi64x(0, B::SHIFT);
-            for b in 0..n / 32 {
-                prefetch_ahead(pf, b, R * B::BYTES);
-                let mut dxh = [0u16; 8];
-                let mut v = [_mm256_setzero_si256(); R];
-                for r in 0..R {
-                    let xb = w[r].add(b * B::BYTES);
-                    dxh[r] = read_u16(xb);
-                    v[r] = if sign_trick {
-                        load32(xb.add(2))
+            for b0 in (0..nb_tile).step_by(step) {
+                for h in 0..step {
+                    let b = b0 + h;
+                    let odd = B::ALTERNATE && h == 1;
+                    prefetch_ahead(pf, b, R * B::BYTES);
+                    let mut v = [_mm256_setzero_si256(); R];
+                    let dx = if B::E8M0 {
+                        let mut e = [0f32; 8];
+                        for r in 0..R {
+                            e[r] =
+                                crate::ggml::reference::e8m0_to_f32_half(*w[r].add(b * B::BYTES));
+                        }
+                        _mm256_loadu_ps(e.as_ptr())
                     } else {
-                        B::unsigned::<D>(xb)
-                    };
-                }
-                let dx = f16x8v(&dxh);
-                let mut dyh = [0u16; 8];
-                for t in 0..T {
-                    dyh[t] = read_u16(a[t].add(b * 34));
-                }
-                let dy = f16x8(&dyh);
-                for t in 0..T {
-                    let y = load32(a[t].add(b * 34 + 2));
-                    let mut d = [0f32; 8];
-                    _mm256_storeu_ps(d.as_mut_ptr(), _mm256_mul_ps(dx, _mm256_set1_ps(dy[t])));
-                    let zero = _mm256_setzero_si256();
-                    let init = if sign_trick {
-                        zero
-                    } else {
-                        let s = D::dot_u8(zero, _mm256_set1_epi8(1), y);
-                        _mm256_sub_epi32(zero, _mm256_sll_epi32(s, shift))
+                        let mut dxh = [0u16; 8];
+                        for r in 0..R {
+                            dxh[r] = read_u16(w[r].add(b * B::BYTES));
+                        }
+                        f16x8v(&dxh)
                     };
                     for r in 0..R {
-                        let lanes = if sign_trick {
-                            let x = v[r];
-                            let p = _mm256_maddubs_epi16(
-                                _mm256_sign_epi8(x, x),
-                                _mm256_sign_epi8(y, x),
-                            );
-                            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+                        let xb = w[r].add(b * B::BYTES);
+                        v[r] = if sign_trick {
+                            B::signed(xb)
                         } else {
-                            D::dot_u8(init, v[r], y)
+                            B::unsigned::<D>(xb)
                         };
-                        acc[r][t] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(d[r]),
-                            _mm256_cvtepi32_ps(lanes),
-                            acc[r][t],
-                        );
+                    }
+                    let mut dyh = [0u16; 8];
+                    for t in 0..T {
+                        dyh[t] = read_u16(a[t].add(b * 34));
+                    }
+                    let dy = f16x8(&dyh);
+                    for t in 0..T {
+                        let y = load32(a[t].add(b * 34 + 2));
+                        let mut d = [0f32; 8];
+                        _mm256_storeu_ps(d.as_mut_ptr(), _mm256_mul_ps(dx, _mm256_set1_ps(dy[t])));
+                        let zero = _mm256_setzero_si256();
+                        let init = if sign_trick {
+                            zero
+                        } else {
+                            let s = D::dot_u8(zero, _mm256_set1_epi8(1), y);
+                            _mm256_sub_epi32(zero, _mm256_sll_epi32(s, shift))
+                        };
+                        for r in 0..R {
+                            let lanes = if sign_trick {
+                                let x = v[r];
+                                let p = _mm256_maddubs_epi16(
+                                    _mm256_sign_epi8(x, x),
+                                    _mm256_sign_epi8(y, x),
+                                );
+                                _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+                            } else {
+                                D::dot_u8(init, v[r], y)
+                            };
+                            let dl = _mm256_set1_ps(d[r]);
+                            let l = _mm256_cvtepi32_ps(lanes);
+                            if odd {
+                                acc_odd[r][t] = _mm256_fmadd_ps(dl, l, acc_odd[r][t]);
+                            } else {
+                                acc[r][t] = _mm256_fmadd_ps(dl, l, acc[r][t]);
+                            }
+                        }
                     }
                 }
             }
             for r in 0..R {
                 for t in 0..T {
-                    out[r][t] = hsum8(acc[r][t]);
+                    out[r][t] = if B::ALTERNATE {
+                        let mut v = hsum8(_mm256_add_ps(acc[r][t], acc_odd[r][t]));
+                        if nb % 2 == 1 {
+                            let y = std::slice::from_raw_parts(a[t], 34 * nb);
+                            v += alternate_last::<B>(w[r], nb, y);
+                        }
+                        v
+                    } else {
+                        hsum8(acc[r][t])
+                    };
                 }
             }
         }
@@ -2453,6 +2485,8 @@ unsafe fn gemm_types<D: IntDot>(
                 q0_batch_pairs::<Mxfp4, 4, 2>(n, w, n_rows, a, arb, n_tok, out)
             }
             G::MXFP4 if n_tok > 1 => q0_batch::<Mxfp4, D, 1, 4>(n, w, n_rows, a, arb, n_tok, out),
+            G::IQ4NL => drive_shapes::<Iq4Nl, D>(n, w, n_rows, a, arb, n_tok, out),
+            G::MXFP4 => drive_shapes::<Mxfp4, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q4_0 => drive_shapes::<Q4_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q5_0 => drive_shapes::<Q5_0, D>(n, w, n_rows, a, arb, n_tok, out),
             G::Q8_0 => drive_shapes::<Q8_0, D>(n, w, n_rows, a, arb, n_tok, out),
