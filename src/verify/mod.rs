@@ -1,6 +1,7 @@
 //! The reference generation run behind `qforge verify`: perplexity as
 //! llama-perplexity computes it, KL divergence and top-1 agreement against
-//! a reference model (streamed window by window, no logit file), prompt and
+//! a reference model (streamed window by window; a run of several
+//! verifications can keep its logits for the others, `refcache`), prompt and
 //! generation throughput, peak memory, a greedy sample, and gates.
 //!
 //! [`run`] is the library entry point the CLI and the manifest runner
