@@ -426,20 +426,7 @@ impl<B: Q0Block> TileKernel for B {
                     let odd = B::ALTERNATE && h == 1;
                     prefetch_ahead(pf, b, R * B::BYTES);
                     let mut v = [_mm256_setzero_si256(); R];
-                    let dx = if B::E8M0 {
-                        let mut e = [0f32; 8];
-                        for r in 0..R {
-                            e[r] =
-                                crate::ggml::reference::e8m0_to_f32_half(*w[r].add(b * B::BYTES));
-                        }
-                        _mm256_loadu_ps(e.as_ptr())
-                    } else {
-                        let mut dxh = [0u16; 8];
-                        for r in 0..R {
-                            dxh[r] = read_u16(w[r].add(b * B::BYTES));
-                        }
-                        f16x8v(&dxh)
-                    };
+                    let dx = block_scales8::<B, R>(w, b);
                     for r in 0..R {
                         let xb = w[r].add(b * B::BYTES);
                         v[r] = if sign_trick {
@@ -566,8 +553,33 @@ unsafe fn row_scales<const R: usize>(
     }
 }
 
-/// [`row_scales`] for blocks of `B`, whose scales may be E8M0
-/// exponents.
+/// The scales of block `b` of `R <= 8` rows of `B` (f16, or E8M0
+/// exponents) as f32 lanes, row `r` in lane `r`.
+///
+/// # Safety
+/// Block `b` whole behind every row pointer; F16C (every caller's
+/// features).
+#[inline(always)]
+unsafe fn block_scales8<B: Q0Block, const R: usize>(rows: &[*const u8; R], b: usize) -> __m256 {
+    // SAFETY: the contract above.
+    unsafe {
+        if B::E8M0 {
+            let mut e = [0f32; 8];
+            for r in 0..R {
+                e[r] = crate::ggml::reference::e8m0_to_f32_half(*rows[r].add(b * B::BYTES));
+            }
+            _mm256_loadu_ps(e.as_ptr())
+        } else {
+            let mut h = [0u16; 8];
+            for r in 0..R {
+                h[r] = read_u16(rows[r].add(b * B::BYTES));
+            }
+            f16x8v(&h)
+        }
+    }
+}
+
+/// [`row_scales`] for blocks of `B` ([`block_scales8`] per block).
 ///
 /// # Safety
 /// As [`row_scales`].
@@ -577,17 +589,10 @@ unsafe fn block_scales<B: Q0Block, const R: usize>(
     nb: usize,
     dx: &mut [f32],
 ) {
-    if B::E8M0 {
-        for b in 0..nb {
-            for r in 0..R {
-                // SAFETY: block b of row r is in bounds (the contract).
-                let e = unsafe { *rows[r].add(b * B::BYTES) };
-                dx[8 * b + r] = crate::ggml::reference::e8m0_to_f32_half(e);
-            }
-        }
-    } else {
-        // SAFETY: forwarded contract.
-        unsafe { row_scales(rows, nb, B::BYTES, dx) }
+    debug_assert!(R <= 8 && dx.len() >= 8 * nb);
+    for b in 0..nb {
+        // SAFETY: forwarded contract; 8 values at 8 * b fit in `dx`.
+        unsafe { _mm256_storeu_ps(dx.as_mut_ptr().add(8 * b), block_scales8::<B, R>(rows, b)) };
     }
 }
 
@@ -1960,13 +1965,13 @@ impl ScaledSuper for Iq1S {
     unsafe fn bsum_multipliers(xb: *const u8) -> __m256i {
         // SAFETY: a whole block: qh at 34..50; AVX in every caller.
         unsafe {
+            let ls = Self::scales(xb);
             let m: [i16; 16] = std::array::from_fn(|j| {
-                let qh = read_u16(xb.add(34 + 2 * (j / 2)));
-                let ls = 2 * ((qh >> 12) & 7) as i16 + 1;
-                if qh & 0x8000 != 0 {
-                    -ls
+                let negative = read_u16(xb.add(34 + 2 * (j / 2))) & 0x8000 != 0;
+                if negative {
+                    -ls[j]
                 } else {
-                    ls
+                    ls[j]
                 }
             });
             _mm256_loadu_si256(m.as_ptr() as *const __m256i)
