@@ -7,7 +7,10 @@
 //! `cargo bench -p quant-kernels --bench gemm [-- TYPE,TYPE...]`
 //!
 //! Prints the rate of both in billions of multiply-adds per second and
-//! their ratio (the machine may be shared: read the ratio).
+//! their ratio (the machine may be shared: read the ratio). Batches of F16
+//! and F32 also get a row for `ggml::gemm_batch`, llamafile's tinyBLAS
+//! order, which ggml's `mul_mat` takes for them (against the same
+//! `vec_dot` loop).
 
 mod common;
 
@@ -36,6 +39,7 @@ fn main() {
     let types = filter.unwrap_or_else(|| {
         use GgmlType as T;
         vec![
+            T::F32,
             T::F16,
             T::BF16,
             T::Q4_0,
@@ -85,6 +89,17 @@ fn main() {
                 macs / tv,
                 tv / tg
             );
+            if ggml::sgemm_applies(ty, n, rows, toks) {
+                let tb = common::best_secs(REPS, || {
+                    ggml::gemm_batch(ty, n, &w, &a, &mut out, rows, toks).unwrap()
+                });
+                println!(
+                    "| {ty} (tinyBLAS order) | {n} | {rows} x {toks} | {:.1} | {:.1} | {:.2}x |",
+                    macs / tb,
+                    macs / tv,
+                    tv / tb
+                );
+            }
         }
     }
 }

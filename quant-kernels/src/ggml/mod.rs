@@ -366,6 +366,84 @@ pub fn vec_dot(
     }
 }
 
+/// Whether ggml's CPU `mul_mat` (an x86 build with llamafile, llama.cpp's
+/// default) multiplies a matrix of `matrix_rows` rows of `n` values of
+/// `ty` by a batch of `batch_tokens` activation rows through llamafile's
+/// `tinyBLAS` rather than per-pair `vec_dot`: F16 and F32 weights, at
+/// least two tokens, `n` a multiple of 16 and the rows a multiple of 4.
+/// Its order of additions differs from `vec_dot`'s
+/// ([`reference::sgemm_dot`]).
+pub fn sgemm_applies(ty: GgmlType, n: usize, matrix_rows: usize, batch_tokens: usize) -> bool {
+    matches!(ty, GgmlType::F16 | GgmlType::F32)
+        && batch_tokens >= 2
+        && n > 0
+        && n.is_multiple_of(16)
+        && matrix_rows.is_multiple_of(4)
+}
+
+/// [`gemm`] for part of a product of a whole matrix (`matrix_rows` rows)
+/// by a batch of `batch_tokens` activation rows, bit for bit what ggml's
+/// CPU `mul_mat` computes for each pair of it: [`reference::sgemm_dot`]
+/// where [`sgemm_applies`], [`vec_dot`] elsewhere. `weights` and
+/// `activations` may be any rows and tokens of the two: a pair's result
+/// does not depend on the others.
+///
+/// ```
+/// use quant_kernels::{ggml, GgmlType};
+/// let (n, ty) = (32, GgmlType::F32);
+/// let w: Vec<u8> = (0..4 * n).flat_map(|i| (i as f32 * 0.1).sin().to_le_bytes()).collect();
+/// let x: Vec<u8> = (0..2 * n).flat_map(|i| (i as f32 * 0.3).cos().to_le_bytes()).collect();
+/// let mut out = vec![0f32; 4 * 2];
+/// ggml::gemm_batch(ty, n, &w, &x, &mut out, 4, 2).unwrap();
+/// let one = ggml::reference::sgemm_dot(ty, n, &w[4 * n..8 * n], &x[4 * n..]);
+/// assert_eq!(out[4 + 1].to_bits(), one.to_bits()); // token 1, row 1
+/// ```
+pub fn gemm_batch(
+    ty: GgmlType,
+    n: usize,
+    weights: &[u8],
+    activations: &[u8],
+    out: &mut [f32],
+    matrix_rows: usize,
+    batch_tokens: usize,
+) -> Result<(), KernelError> {
+    if !sgemm_applies(ty, n, matrix_rows, batch_tokens) {
+        return gemm(ty, n, weights, activations, out);
+    }
+    let rb = row_size(ty, n)?;
+    let (n_rows, n_tok) = (weights.len() / rb, activations.len() / rb);
+    if weights.len() != n_rows * rb
+        || activations.len() != n_tok * rb
+        || out.len() != n_rows * n_tok
+    {
+        return Err(KernelError::BadLength(format!(
+            "{} bytes of {ty} weight rows and {} bytes of activation rows ({rb} bytes each) \
+             do not give {} dot products",
+            weights.len(),
+            activations.len(),
+            out.len()
+        )));
+    }
+    if simd::sgemm_at(
+        simd::level(),
+        ty,
+        n,
+        weights,
+        n_rows,
+        activations,
+        n_tok,
+        out,
+    ) {
+        return Ok(());
+    }
+    for (t, a) in activations.chunks_exact(rb).enumerate() {
+        for (r, w) in weights.chunks_exact(rb).enumerate() {
+            out[t * n_rows + r] = reference::sgemm_dot(ty, n, w, a);
+        }
+    }
+    Ok(())
+}
+
 /// Dot products of every weight row with every activation row: `weights`
 /// holds rows of `n` values of `ty`, `activations` rows of `n` values
 /// quantized with [`quantize_activations`] to `vec_dot_type(ty)`, and
@@ -376,7 +454,8 @@ pub fn vec_dot(
 /// VNNI; batches of F16 and F32 on AVX-512) each weight block is unpacked
 /// once for several tokens and each activation block loaded once for
 /// several rows; other types loop over the pairs. Runs on the calling
-/// thread.
+/// thread. ggml's `mul_mat` adds batches of F16 and F32 weights in
+/// another order: [`gemm_batch`] follows it.
 ///
 /// ```
 /// use quant_kernels::{ggml, GgmlType};

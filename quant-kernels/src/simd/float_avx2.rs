@@ -239,6 +239,105 @@ pub(super) unsafe fn gemm_float(
     true
 }
 
+/// llamafile's `tinyBLAS` order ([`crate::ggml::reference::sgemm_dot`])
+/// over `n` (a multiple of 16) values of `R` weight rows and `T` f32
+/// activation rows: each pair's 16-lane accumulator as two 8-lane ones.
+#[inline(always)]
+unsafe fn sgemm_tile<E: Elem, const R: usize, const T: usize>(
+    n: usize,
+    w: &[*const u8; R],
+    x: &[*const f32; T],
+    out: &mut [[f32; T]; R],
+) {
+    // SAFETY: the caller's contract: n values behind every pointer; AVX2,
+    // FMA and F16C.
+    unsafe {
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        for k in (0..n).step_by(16) {
+            let mut wv = [[_mm256_setzero_ps(); 2]; R];
+            for r in 0..R {
+                for h in 0..2 {
+                    wv[r][h] = E::load8(w[r].add((k + 8 * h) * E::BYTES));
+                }
+            }
+            for t in 0..T {
+                for h in 0..2 {
+                    let xv = _mm256_loadu_ps(x[t].add(k + 8 * h));
+                    for r in 0..R {
+                        acc[r][t][h] = _mm256_fmadd_ps(wv[r][h], xv, acc[r][t][h]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let mut lanes = [0f32; 16];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][t][0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][t][1]);
+                out[r][t] = reduce_add_16(&lanes);
+            }
+        }
+    }
+}
+
+/// F16 or F32 weights (`ty`) times activations of the same type in
+/// llamafile's `tinyBLAS` order ([`crate::ggml::reference::sgemm_dot`]),
+/// `n` a multiple of 16; false for other types.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; the sizes as `gemm_at` checks
+/// them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn sgemm_float(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    const R: usize = 2;
+    const T: usize = 2;
+    let mut x = vec![0f32; n_tok * n];
+    match ty {
+        // SAFETY: F16C and AVX are enabled here (exact widening).
+        GgmlType::F16 => unsafe { super::x86::f16_to_f32_row(a, &mut x) },
+        GgmlType::F32 => {
+            for (v, b) in x.iter_mut().zip(a.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        _ => return false,
+    }
+    let wrb = n * if ty == GgmlType::F16 { 2 } else { 4 };
+    for r0 in (0..n_rows).step_by(R) {
+        // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.
+        let rows: [*const u8; R] =
+            std::array::from_fn(|i| unsafe { w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb) });
+        for t0 in (0..n_tok).step_by(T) {
+            // SAFETY: as above for the tokens in `x`.
+            let toks: [*const f32; T] =
+                std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * n) });
+            let mut tile = [[0f32; T]; R];
+            // SAFETY: whole rows (above); the features are enabled here.
+            unsafe {
+                if ty == GgmlType::F16 {
+                    sgemm_tile::<F16, R, T>(n, &rows, &toks, &mut tile);
+                } else {
+                    sgemm_tile::<F32, R, T>(n, &rows, &toks, &mut tile);
+                }
+            }
+            for (i, row) in tile.iter().enumerate().take(n_rows - r0) {
+                for (j, &v) in row.iter().enumerate().take(n_tok - t0) {
+                    out[(t0 + j) * n_rows + r0 + i] = v;
+                }
+            }
+        }
+    }
+    true
+}
+
 // ---------------------------------------------------------------------
 // BF16: the reference emulates `vdpbf16ps` (see `gemm_x86`'s BF16 section
 // for why two FMAs give its bits where no value is out of range). Stream

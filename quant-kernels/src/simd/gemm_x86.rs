@@ -2598,13 +2598,63 @@ unsafe fn float_tile<E: FloatElem, const R: usize, const T: usize>(
     }
 }
 
-/// Tiles of [`float_tile`] over the whole product, then the tails.
+/// llamafile's `tinyBLAS` order ([`crate::ggml::reference::sgemm_dot`])
+/// over `n` (a multiple of 16) values of `R` weight rows and `T` f32
+/// activation rows: one 16-lane accumulator per pair.
+#[inline(always)]
+unsafe fn sgemm_tile<E: FloatElem, const R: usize, const T: usize>(
+    n: usize,
+    w: &[*const u8; R],
+    x: &[*const f32; T],
+    out: &mut [[f32; T]; R],
+) {
+    // SAFETY: the caller's contract: n values behind every pointer,
+    // AVX-512F.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for k in (0..n).step_by(16) {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                wv[r] = E::load16(w[r].add(k * E::BYTES));
+            }
+            for t in 0..T {
+                let xv = _mm512_loadu_ps(x[t].add(k));
+                for r in 0..R {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = reduce_add_16_v(acc[r][t]);
+            }
+        }
+    }
+}
+
+/// [`reduce_add_16`] in registers: the same additions in the same order.
+#[inline(always)]
+unsafe fn reduce_add_16_v(v: __m512) -> f32 {
+    // SAFETY: AVX-512F in every caller.
+    unsafe {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let t3 = _mm256_add_ps(hi, _mm512_castps512_ps256(v));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        // t8 = t6 + (t6[2], t6[3], ...): lanes 0 and 1 hold t6[0] + t6[2]
+        // and t6[1] + t6[3].
+        let t8 = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
+    }
+}
+
+/// Tiles of [`float_tile`] (or, `SGEMM`, of [`sgemm_tile`] over all `n`
+/// values) over the whole product; `float_tile` leaves the tails.
 ///
 /// # Safety
 /// `w` must hold `n_rows` rows of `n` values of `E`, `x` `n_tok` rows of
 /// `n` f32 values, `out` `n_rows * n_tok` values; AVX-512F.
 #[inline(always)]
-unsafe fn drive_float<E: FloatElem, const R: usize, const T: usize>(
+unsafe fn drive_float<E: FloatElem, const R: usize, const T: usize, const SGEMM: bool>(
     n: usize,
     w: &[u8],
     n_rows: usize,
@@ -2624,7 +2674,13 @@ unsafe fn drive_float<E: FloatElem, const R: usize, const T: usize>(
                 std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * n) });
             let mut tile = [[0f32; T]; R];
             // SAFETY: whole rows (above); AVX-512F per the caller.
-            unsafe { float_tile::<E, R, T>(np, &rows, &toks, &mut tile) };
+            unsafe {
+                if SGEMM {
+                    sgemm_tile::<E, R, T>(n, &rows, &toks, &mut tile);
+                } else {
+                    float_tile::<E, R, T>(np, &rows, &toks, &mut tile);
+                }
+            }
             for (i, row) in tile.iter().enumerate().take(n_rows - r0) {
                 for (j, &v) in row.iter().enumerate().take(n_tok - t0) {
                     out[(t0 + j) * n_rows + r0 + i] = v;
@@ -2675,8 +2731,8 @@ pub(super) unsafe fn gemm_float_avx512(
     // SAFETY: the sizes are the caller's contract; AVX-512F is enabled.
     unsafe {
         match (ty, n_tok) {
-            (G::F16, _) => drive_float::<F16Elem, 2, 3>(n, w, n_rows, &x, n_tok, out),
-            _ => drive_float::<F32Elem, 2, 3>(n, w, n_rows, &x, n_tok, out),
+            (G::F16, _) => drive_float::<F16Elem, 2, 3, false>(n, w, n_rows, &x, n_tok, out),
+            _ => drive_float::<F32Elem, 2, 3, false>(n, w, n_rows, &x, n_tok, out),
         }
     }
     let np = n & !63;
@@ -2693,6 +2749,47 @@ pub(super) unsafe fn gemm_float_avx512(
                     vec_dot_f32_tail(*o, np, n, wr, at)
                 };
             }
+        }
+    }
+    true
+}
+
+/// F16 or F32 weights (`ty`) times activations of the same type in
+/// llamafile's `tinyBLAS` order ([`crate::ggml::reference::sgemm_dot`]),
+/// `n` a multiple of 16; false for other types.
+///
+/// # Safety
+/// The CPU must support AVX-512F, FMA and F16C; the sizes as `gemm_avx2`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn sgemm_float_avx512(
+    ty: crate::GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    use crate::GgmlType as G;
+    let mut x = vec![0f32; n_tok * n];
+    match ty {
+        // SAFETY: F16C and AVX are enabled here (exact widening).
+        G::F16 => unsafe { super::x86::f16_to_f32_row(a, &mut x) },
+        G::F32 => {
+            for (v, b) in x.iter_mut().zip(a.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        _ => return false,
+    }
+    // SAFETY: the sizes are the caller's contract; AVX-512F is enabled.
+    // Tiles of 3 x 4 pairs (F16) and 4 x 4 (F32): the fastest shapes on
+    // Zen 5 of those tried (4 x 6, 3 x 6, 2 x 6, 4 x 4, 3 x 4; BENCH-engine.md).
+    unsafe {
+        if ty == G::F16 {
+            drive_float::<F16Elem, 3, 4, true>(n, w, n_rows, &x, n_tok, out);
+        } else {
+            drive_float::<F32Elem, 4, 4, true>(n, w, n_rows, &x, n_tok, out);
         }
     }
     true

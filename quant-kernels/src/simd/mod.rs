@@ -493,6 +493,52 @@ pub(crate) fn gemm_at(
     false
 }
 
+/// [`reference::sgemm_dot`] of every pair of `n_rows` F16 or F32 weight
+/// rows (`w`) and `n_tok` activation rows of the same type (`a`), written
+/// to `out[t * n_rows + r]`; `n` a multiple of 16. False when `level` has
+/// no kernel for it (the caller then runs the reference per pair). The
+/// sizes must have been checked (`ggml::gemm_batch`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_at(
+    level: Level,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let elem = match ty {
+            GgmlType::F16 => 2,
+            GgmlType::F32 => 4,
+            _ => return false,
+        };
+        let sizes_ok = n.is_multiple_of(16)
+            && w.len() == n_rows * n * elem
+            && a.len() == n_tok * n * elem
+            && out.len() == n_rows * n_tok;
+        assert!(sizes_ok, "sgemm_at: sizes not checked by the caller");
+        if n_rows == 0 || n_tok == 0 {
+            return true;
+        }
+        if level >= Level::Avx512 {
+            // SAFETY: AVX-512F, FMA and F16C are present at this level;
+            // the sizes are asserted above.
+            return unsafe { gemm_x86::sgemm_float_avx512(ty, n, w, n_rows, a, n_tok, out) };
+        }
+        if level >= Level::Avx2 {
+            // SAFETY: AVX2, FMA and F16C are present at this level; the
+            // sizes are asserted above.
+            return unsafe { float_avx2::sgemm_float(ty, n, w, n_rows, a, n_tok, out) };
+        }
+    }
+    let _ = (level, ty, n, w, n_rows, a, n_tok, out);
+    false
+}
+
 /// Dequantizes whole blocks of `ty` at `level`; false when there is no
 /// fast kernel for `ty` (the caller then runs the reference).
 pub(crate) fn dequantize_at(level: Level, ty: GgmlType, x: &[u8], y: &mut [f32]) -> bool {

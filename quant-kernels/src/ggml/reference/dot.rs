@@ -18,6 +18,7 @@
 
 use super::iq4::KVALUES_IQ4NL;
 use crate::float::{read_f16, write_f16};
+use crate::GgmlType;
 
 /// x86 `cvtps2dq` after rounding: the nearest integer (ties to even), or
 /// `i32::MIN` ("integer indefinite") for NaN and out-of-range values.
@@ -575,6 +576,37 @@ pub(crate) fn vec_dot_f16_tail(main: f32, np: usize, n: usize, w: &[u8], a: &[u8
         sumf += f64::from(read_f16(&w[2 * k..]) * read_f16(&a[2 * k..]));
     }
     sumf as f32
+}
+
+/// One (row, token) product of a batch as llama.cpp's CPU `mul_mat`
+/// computes it through llamafile's `tinyBLAS` on an AVX-512 build: F16 or
+/// F32 weights `w`, activations `a` of the same type (F16 ones are the f32
+/// activations rounded to f16 first, as ggml converts them), `n` a
+/// multiple of 16. One 16-lane FMA accumulator runs over the row in steps
+/// of 16 values, then `_mm512_reduce_add_ps` folds it. ggml takes this
+/// path for batches of at least two tokens when `n % 16 == 0` and the
+/// matrix has a multiple of 4 rows (`ggml::sgemm_applies`); otherwise
+/// [`vec_dot_f16`] / [`vec_dot_f32`].
+///
+/// # Panics
+/// If `ty` is not F16 or F32, or `n` is not a multiple of 16.
+pub fn sgemm_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    assert!(
+        n.is_multiple_of(16),
+        "sgemm_dot: {n} values are not a multiple of 16"
+    );
+    let at: fn(&[u8], usize) -> f32 = match ty {
+        GgmlType::F16 => |b, k| read_f16(&b[2 * k..]),
+        GgmlType::F32 => f32_at,
+        _ => panic!("sgemm_dot: {ty} is not F16 or F32"),
+    };
+    let mut acc = [0f32; 16];
+    for k0 in (0..n).step_by(16) {
+        for (l, c) in acc.iter_mut().enumerate() {
+            *c = at(w, k0 + l).mul_add(at(a, k0 + l), *c);
+        }
+    }
+    reduce_add_16(&acc)
 }
 
 /// bf16 -> f32 with denormals treated as zero (AVX512-BF16's DAZ).

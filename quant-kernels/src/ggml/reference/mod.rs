@@ -32,8 +32,8 @@ mod legacy;
 mod ternary;
 
 pub use dot::{
-    quantize_row_q8_0_act, quantize_row_q8_1_act, vec_dot_bf16, vec_dot_f16, vec_dot_f32,
-    vec_dot_iq4_nl_q8_0, vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k,
+    quantize_row_q8_0_act, quantize_row_q8_1_act, sgemm_dot, vec_dot_bf16, vec_dot_f16,
+    vec_dot_f32, vec_dot_iq4_nl_q8_0, vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k,
     vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
     vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
 };
