@@ -6,6 +6,9 @@
 //! qk dequantize TYPE IN.bin OUT.f32
 //! qk quantize-act TYPE IN.f32 OUT.bin           (TYPE: an activation type)
 //! qk vec-dot TYPE W.bin A.bin OUT.f32 --n N     (row i of W with row i of A)
+//! qk mul-mat TYPE W.bin A.bin OUT.f32 --n N     (every row of W with every row
+//!                                               of A, as ggml's mul_mat: OUT
+//!                                               holds A's rows x W's rows)
 //! ```
 
 use std::process::ExitCode;
@@ -117,7 +120,22 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             write_f32(output, &out)
         }
-        _ => Err("usage: qk quantize TYPE IN.f32 OUT.bin --n-per-row N [--imatrix W.f32]\n       qk dequantize TYPE IN.bin OUT.f32\n       qk quantize-act TYPE IN.f32 OUT.bin\n       qk vec-dot TYPE W.bin A.bin OUT.f32 --n N".into()),
+        ["mul-mat", ty, weights, acts, output] => {
+            let ty = parse_type(ty)?;
+            let n = usize_opt(&opts, "n")?;
+            let vdt = ggml::vec_dot_type(ty).ok_or(format!("{ty} has no dot product"))?;
+            let w = std::fs::read(weights).map_err(|e| format!("{weights}: {e}"))?;
+            let a = std::fs::read(acts).map_err(|e| format!("{acts}: {e}"))?;
+            let (wb, ab) = (
+                ggml::row_size(ty, n).map_err(|e| e.to_string())?,
+                ggml::row_size(vdt, n).map_err(|e| e.to_string())?,
+            );
+            let (rows, toks) = (w.len() / wb.max(1), a.len() / ab.max(1));
+            let mut out = vec![0f32; rows * toks];
+            ggml::gemm_batch(ty, n, &w, &a, &mut out, rows, toks).map_err(|e| e.to_string())?;
+            write_f32(output, &out)
+        }
+        _ => Err("usage: qk quantize TYPE IN.f32 OUT.bin --n-per-row N [--imatrix W.f32]\n       qk dequantize TYPE IN.bin OUT.f32\n       qk quantize-act TYPE IN.f32 OUT.bin\n       qk vec-dot TYPE W.bin A.bin OUT.f32 --n N\n       qk mul-mat TYPE W.bin A.bin OUT.f32 --n N".into()),
     }
 }
 

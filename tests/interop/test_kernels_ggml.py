@@ -28,7 +28,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "fixtures" / "golden" / "ggml"))
-from ggml_ctypes import GEOMETRY, IMATRIX_IGNORED, QUANT_TYPES, Ggml, row_size  # noqa: E402
+from ggml_ctypes import GEOMETRY, IMATRIX_IGNORED, QUANT_TYPES, Ggml, mul_mat, row_size  # noqa: E402
 
 import gguf  # noqa: E402
 from gguf import GGMLQuantizationType  # noqa: E402
@@ -197,6 +197,40 @@ def test_requantize_model_like_ggml(ty, with_imatrix, rows_by_width, ggml, qk, t
 
 
 DOT_ROWS = 2048
+
+
+@pytest.mark.parametrize("ty", ["F16", "F32"])
+def test_batched_mul_mat_like_ggml_cpu(ty, rows_by_width, ggml, qk, tmp_path):
+    """ggml's `mul_mat` takes llamafile's tinyBLAS for batches of F16 and
+    F32 weights (at least two tokens, rows a multiple of 4, rows of a
+    multiple of 16 values), whose order of additions is not `vec_dot`'s.
+    `ggml::gemm_batch` (through `qk mul-mat`) must give ggml's bits there
+    and `vec_dot`'s elsewhere: model weight rows times other model rows
+    scaled by random powers of ten, as ggml computes them through a graph
+    of one `mul_mat` (its activations converted to the weights'
+    `vec_dot_type` by ggml itself)."""
+    vdt = ggml.vec_dot_type(ty)
+    rng = np.random.default_rng(11)
+    for width, (_, x) in sorted(rows_by_width.items()):
+        rows = x.reshape(-1, width)
+        # tinyBLAS; rows not a multiple of 4 and a single token: vec_dot.
+        for m, n_tok, tiny in [(64, 7, True), (62, 5, False), (64, 1, False)]:
+            w = np.ascontiguousarray(rows[:m])
+            act = (rows[m:m + n_tok] * (10.0 ** rng.uniform(-2, 2, (n_tok, 1)))).astype(np.float32)
+            wq = ggml.quantize(ty, w, width)
+            aq = ggml.from_float(vdt, act)
+            wq.tofile(tmp_path / "w.bin")
+            aq.tofile(tmp_path / "a.bin")
+            run_qk(qk, "mul-mat", ty, tmp_path / "w.bin", tmp_path / "a.bin", tmp_path / "y.f32",
+                   "--n", width)
+            ours = np.fromfile(tmp_path / "y.f32", dtype=np.float32)
+            theirs = mul_mat(ggml, ty, wq, width, act, threads=THREADS).reshape(-1)
+            assert_same_floats(ty, ours, theirs, f"mul_mat of {m} rows of {width} by {n_tok} tokens")
+            per_pair = np.array([ggml.vec_dot(ty, wq.reshape(m, -1)[i], aq.reshape(n_tok, -1)[t], width)
+                                 for t in range(n_tok) for i in range(m)], dtype=np.float32)
+            differ = int((per_pair.view(np.uint32) != theirs.view(np.uint32)).sum())
+            # The case tests the order only where the two orders part.
+            assert (differ > 0) == tiny, f"{ty} {m}x{width} by {n_tok}: {differ} pairs differ from vec_dot"
 
 
 @pytest.mark.parametrize("ty", QUANT_TYPES)
