@@ -401,7 +401,8 @@ impl Weight for DenseWeight<'_> {
 /// A GGUF matrix of any GGML type with a dot product in quant-kernels:
 /// each output is `ggml::vec_dot` of a stored row with the activations
 /// quantized to the type's `vec_dot_type`, as ggml's CPU backend computes
-/// it.
+/// it; for batches of F16 and F32 weights, llamafile's `tinyBLAS` order
+/// where ggml takes it (`ggml::gemm_batch`).
 pub struct GgmlWeight<'a> {
     data: &'a [u8],
     ty: GgmlType,
@@ -477,8 +478,18 @@ impl Weight for GgmlWeight<'_> {
         _scratch: &mut Vec<f32>,
     ) {
         let bytes = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
-        ggml::gemm(self.ty, self.cols, bytes, acts.encoded_rows(toks), out)
-            .expect("sizes checked when the weight was built");
+        // The whole matrix and batch decide ggml's order (tinyBLAS for
+        // batches of F16 and F32), not the part this tile covers.
+        ggml::gemm_batch(
+            self.ty,
+            self.cols,
+            bytes,
+            acts.encoded_rows(toks),
+            out,
+            self.rows,
+            acts.n_tok,
+        )
+        .expect("sizes checked when the weight was built");
     }
 }
 
