@@ -222,19 +222,18 @@ pub(super) unsafe fn gemm_float(
         return false;
     }
     // The tokens as f32 once (exact for F16), read by every row block.
-    let mut x = vec![0f32; n_tok * n];
-    if ty == GgmlType::F16 {
-        // SAFETY: F16C and AVX are enabled here; 2n bytes per n values.
-        unsafe { super::x86::f16_to_f32_row(a, &mut x) };
-        // SAFETY: the sizes are the caller's contract; the features are
-        // enabled here.
-        unsafe { drive_float::<F16, 3, 4>(n, w, n_rows, &x, a, n_tok, out) };
-    } else {
-        for (v, b) in x.iter_mut().zip(a.chunks_exact(4)) {
-            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    // SAFETY: F16C and AVX are enabled here.
+    let Some(x) = (unsafe { super::x86::float_rows_f32(ty, a) }) else {
+        return false;
+    };
+    // SAFETY: the sizes are the caller's contract; the features are
+    // enabled here.
+    unsafe {
+        if ty == GgmlType::F16 {
+            drive_float::<F16, 3, 4>(n, w, n_rows, &x, a, n_tok, out);
+        } else {
+            drive_float::<F32, 3, 4>(n, w, n_rows, &x, a, n_tok, out);
         }
-        // SAFETY: as above.
-        unsafe { drive_float::<F32, 3, 4>(n, w, n_rows, &x, a, n_tok, out) };
     }
     true
 }
@@ -299,17 +298,10 @@ pub(super) unsafe fn sgemm_float(
 ) -> bool {
     const R: usize = 2;
     const T: usize = 2;
-    let mut x = vec![0f32; n_tok * n];
-    match ty {
-        // SAFETY: F16C and AVX are enabled here (exact widening).
-        GgmlType::F16 => unsafe { super::x86::f16_to_f32_row(a, &mut x) },
-        GgmlType::F32 => {
-            for (v, b) in x.iter_mut().zip(a.chunks_exact(4)) {
-                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        _ => return false,
-    }
+    // SAFETY: F16C and AVX are enabled here.
+    let Some(x) = (unsafe { super::x86::float_rows_f32(ty, a) }) else {
+        return false;
+    };
     let wrb = n * if ty == GgmlType::F16 { 2 } else { 4 };
     for r0 in (0..n_rows).step_by(R) {
         // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.

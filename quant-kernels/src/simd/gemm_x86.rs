@@ -2552,12 +2552,15 @@ impl FloatElem for F32Elem {
 /// GCC's `_mm512_reduce_add_ps`: halves of 8, then of 4, then pairs.
 #[inline(always)]
 unsafe fn reduce_add_16(v: __m512) -> f32 {
-    let mut a = [0f32; 16];
-    // SAFETY: `a` holds 16 f32; AVX-512F in every caller.
-    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-    let t3: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
-    (t6[0] + t6[2]) + (t6[1] + t6[3])
+    // SAFETY: AVX-512F in every caller.
+    unsafe {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let t3 = _mm256_add_ps(hi, _mm512_castps512_ps256(v));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        // Lanes 0 and 1 of t8: t6[0] + t6[2] and t6[1] + t6[3].
+        let t8 = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
+    }
 }
 
 /// The main loop over the first `np` (a multiple of 64) values of `R`
@@ -2626,24 +2629,9 @@ unsafe fn sgemm_tile<E: FloatElem, const R: usize, const T: usize>(
         }
         for r in 0..R {
             for t in 0..T {
-                out[r][t] = reduce_add_16_v(acc[r][t]);
+                out[r][t] = reduce_add_16(acc[r][t]);
             }
         }
-    }
-}
-
-/// [`reduce_add_16`] in registers: the same additions in the same order.
-#[inline(always)]
-unsafe fn reduce_add_16_v(v: __m512) -> f32 {
-    // SAFETY: AVX-512F in every caller.
-    unsafe {
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-        let t3 = _mm256_add_ps(hi, _mm512_castps512_ps256(v));
-        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-        // t8 = t6 + (t6[2], t6[3], ...): lanes 0 and 1 hold t6[0] + t6[2]
-        // and t6[1] + t6[3].
-        let t8 = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-        _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
     }
 }
 
@@ -2715,18 +2703,9 @@ pub(super) unsafe fn gemm_float_avx512(
         return false;
     }
     // Activations as f32 (exact for F16).
-    let x: Vec<f32> = match ty {
-        G::F16 => {
-            let mut x = vec![0f32; n_tok * n];
-            // SAFETY: F16C and AVX are enabled here.
-            unsafe { super::x86::f16_to_f32_row(a, &mut x) };
-            x
-        }
-        G::F32 => a
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        _ => return false,
+    // SAFETY: F16C and AVX are enabled here.
+    let Some(x) = (unsafe { super::x86::float_rows_f32(ty, a) }) else {
+        return false;
     };
     // SAFETY: the sizes are the caller's contract; AVX-512F is enabled.
     unsafe {
@@ -2771,17 +2750,10 @@ pub(super) unsafe fn sgemm_float_avx512(
     out: &mut [f32],
 ) -> bool {
     use crate::GgmlType as G;
-    let mut x = vec![0f32; n_tok * n];
-    match ty {
-        // SAFETY: F16C and AVX are enabled here (exact widening).
-        G::F16 => unsafe { super::x86::f16_to_f32_row(a, &mut x) },
-        G::F32 => {
-            for (v, b) in x.iter_mut().zip(a.chunks_exact(4)) {
-                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        _ => return false,
-    }
+    // SAFETY: F16C and AVX are enabled here.
+    let Some(x) = (unsafe { super::x86::float_rows_f32(ty, a) }) else {
+        return false;
+    };
     // SAFETY: the sizes are the caller's contract; AVX-512F is enabled.
     // Tiles of 3 x 4 pairs (F16) and 4 x 4 (F32): the fastest shapes on
     // Zen 5 of those tried (4 x 6, 3 x 6, 2 x 6, 4 x 4, 3 x 4; BENCH-engine.md).

@@ -25,6 +25,29 @@ pub(super) unsafe fn f16_to_f32_row(x: &[u8], y: &mut [f32]) {
     }
 }
 
+/// F16 or F32 activation rows (`ty`, raw bytes) as f32, exactly: what
+/// the float tiles read. None for other types.
+///
+/// # Safety
+/// The CPU must support AVX and F16C.
+#[target_feature(enable = "avx,f16c")]
+pub(super) unsafe fn float_rows_f32(ty: crate::GgmlType, a: &[u8]) -> Option<Vec<f32>> {
+    match ty {
+        crate::GgmlType::F16 => {
+            let mut x = vec![0f32; a.len() / 2];
+            // SAFETY: the features are enabled here; 2 bytes per value.
+            unsafe { f16_to_f32_row(a, &mut x) };
+            Some(x)
+        }
+        crate::GgmlType::F32 => Some(
+            a.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 /// f32 to F16 bytes, round to nearest even (what ggml's
 /// `GGML_FP32_TO_FP16` computes), 8 at a time with F16C.
 ///
