@@ -28,7 +28,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "fixtures" / "golden" / "ggml"))
-from ggml_ctypes import GEOMETRY, IMATRIX_IGNORED, QUANT_TYPES, Ggml, mul_mat, row_size  # noqa: E402
+from ggml_ctypes import GEOMETRY, IMATRIX_IGNORED, QUANT_TYPES, Ggml, row_size  # noqa: E402
 
 import gguf  # noqa: E402
 from gguf import GGMLQuantizationType  # noqa: E402
@@ -224,7 +224,7 @@ def test_batched_mul_mat_like_ggml_cpu(ty, rows_by_width, ggml, qk, tmp_path):
             run_qk(qk, "mul-mat", ty, tmp_path / "w.bin", tmp_path / "a.bin", tmp_path / "y.f32",
                    "--n", width)
             ours = np.fromfile(tmp_path / "y.f32", dtype=np.float32)
-            theirs = mul_mat(ggml, ty, wq, width, act, threads=THREADS).reshape(-1)
+            theirs = ggml.mul_mat(ty, wq, width, act, threads=THREADS).reshape(-1)
             assert_same_floats(ty, ours, theirs, f"mul_mat of {m} rows of {width} by {n_tok} tokens")
             per_pair = np.array([ggml.vec_dot(ty, wq.reshape(m, -1)[i], aq.reshape(n_tok, -1)[t], width)
                                  for t in range(n_tok) for i in range(m)], dtype=np.float32)

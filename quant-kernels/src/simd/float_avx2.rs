@@ -303,30 +303,17 @@ pub(super) unsafe fn sgemm_float(
         return false;
     };
     let wrb = n * if ty == GgmlType::F16 { 2 } else { 4 };
-    for r0 in (0..n_rows).step_by(R) {
-        // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.
-        let rows: [*const u8; R] =
-            std::array::from_fn(|i| unsafe { w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb) });
-        for t0 in (0..n_tok).step_by(T) {
-            // SAFETY: as above for the tokens in `x`.
-            let toks: [*const f32; T] =
-                std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * n) });
-            let mut tile = [[0f32; T]; R];
-            // SAFETY: whole rows (above); the features are enabled here.
-            unsafe {
-                if ty == GgmlType::F16 {
-                    sgemm_tile::<F16, R, T>(n, &rows, &toks, &mut tile);
-                } else {
-                    sgemm_tile::<F32, R, T>(n, &rows, &toks, &mut tile);
-                }
-            }
-            for (i, row) in tile.iter().enumerate().take(n_rows - r0) {
-                for (j, &v) in row.iter().enumerate().take(n_tok - t0) {
-                    out[(t0 + j) * n_rows + r0 + i] = v;
-                }
+    super::x86::float_tiles::<R, T>(w, wrb, n_rows, &x, n, n_tok, out, |rows, toks, tile| {
+        // SAFETY: whole rows behind every pointer (the caller's sizes); the
+        // features are enabled here.
+        unsafe {
+            if ty == GgmlType::F16 {
+                sgemm_tile::<F16, R, T>(n, rows, toks, tile);
+            } else {
+                sgemm_tile::<F32, R, T>(n, rows, toks, tile);
             }
         }
-    }
+    });
     true
 }
 

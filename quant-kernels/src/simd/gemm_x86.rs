@@ -2650,32 +2650,27 @@ unsafe fn drive_float<E: FloatElem, const R: usize, const T: usize, const SGEMM:
     n_tok: usize,
     out: &mut [f32],
 ) {
-    let wrb = n * E::BYTES;
     let np = n & !63;
-    for r0 in (0..n_rows).step_by(R) {
-        // SAFETY: min(r0 + i, n_rows - 1) < n_rows rows fit in `w`.
-        let rows: [*const u8; R] =
-            std::array::from_fn(|i| unsafe { w.as_ptr().add((r0 + i).min(n_rows - 1) * wrb) });
-        for t0 in (0..n_tok).step_by(T) {
-            // SAFETY: as above for the tokens in `x`.
-            let toks: [*const f32; T] =
-                std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j).min(n_tok - 1) * n) });
-            let mut tile = [[0f32; T]; R];
-            // SAFETY: whole rows (above); AVX-512F per the caller.
+    super::x86::float_tiles::<R, T>(
+        w,
+        n * E::BYTES,
+        n_rows,
+        x,
+        n,
+        n_tok,
+        out,
+        |rows, toks, tile| {
+            // SAFETY: whole rows behind every pointer (the caller's sizes);
+            // AVX-512F per the caller.
             unsafe {
                 if SGEMM {
-                    sgemm_tile::<E, R, T>(n, &rows, &toks, &mut tile);
+                    sgemm_tile::<E, R, T>(n, rows, toks, tile);
                 } else {
-                    float_tile::<E, R, T>(np, &rows, &toks, &mut tile);
+                    float_tile::<E, R, T>(np, rows, toks, tile);
                 }
             }
-            for (i, row) in tile.iter().enumerate().take(n_rows - r0) {
-                for (j, &v) in row.iter().enumerate().take(n_tok - t0) {
-                    out[(t0 + j) * n_rows + r0 + i] = v;
-                }
-            }
-        }
-    }
+        },
+    );
 }
 
 /// F16 or F32 weights (`ty`) times activations of the same type, as

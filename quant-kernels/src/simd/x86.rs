@@ -48,6 +48,40 @@ pub(super) unsafe fn float_rows_f32(ty: crate::GgmlType, a: &[u8]) -> Option<Vec
     }
 }
 
+/// Runs `tile` over the product of `n_rows` weight rows (`row_bytes`
+/// each, in `w`) and `n_tok` f32 activation rows (`n` values each, in
+/// `x`), `R` rows and `T` tokens at a time, and writes the result of row
+/// `r` and token `t` to `out[t * n_rows + r]`. A partial tile repeats
+/// the last row or token, whose results it drops.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn float_tiles<const R: usize, const T: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+    x: &[f32],
+    n: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    mut tile: impl FnMut(&[*const u8; R], &[*const f32; T], &mut [[f32; T]; R]),
+) {
+    for r0 in (0..n_rows).step_by(R) {
+        let rows: [*const u8; R] =
+            std::array::from_fn(|i| w[(r0 + i).min(n_rows - 1) * row_bytes..].as_ptr());
+        for t0 in (0..n_tok).step_by(T) {
+            let toks: [*const f32; T] =
+                std::array::from_fn(|j| x[(t0 + j).min(n_tok - 1) * n..].as_ptr());
+            let mut out_tile = [[0f32; T]; R];
+            tile(&rows, &toks, &mut out_tile);
+            for (i, row) in out_tile.iter().enumerate().take(n_rows - r0) {
+                for (j, &v) in row.iter().enumerate().take(n_tok - t0) {
+                    out[(t0 + j) * n_rows + r0 + i] = v;
+                }
+            }
+        }
+    }
+}
+
 /// f32 to F16 bytes, round to nearest even (what ggml's
 /// `GGML_FP32_TO_FP16` computes), 8 at a time with F16C.
 ///
